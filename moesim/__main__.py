@@ -1,0 +1,3 @@
+from moesim.cli.main import main
+
+main()

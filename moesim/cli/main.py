@@ -1,0 +1,83 @@
+"""Entry point of the ``moesim`` console script.
+
+Each command family lives in its own module with a ``register(app)`` function; heavy imports (tuner, kernels,
+torch, optuna, matplotlib) happen inside the command functions, never here, so ``moesim --help`` stays fast and
+planning/simulation work without the ``kernels`` extra.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from moesim.errors import MoesimError
+
+app = typer.Typer(
+    name="moesim",
+    help=(
+        "Plan and tune Mixture-of-Experts layers for GPU clusters.\n\n"
+        "Example: moesim plan --model olmoe-1b-7b --cluster dgx-h100 "
+        "--trace profiles/traces/olmoe_c4.npz -o placement.yaml"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Modules that register commands, in the order they appear in --help. A module that is missing (work in
+# progress on a branch) is skipped rather than breaking every other command.
+COMMAND_MODULES = (
+    "specs_cmd",
+    "trace_cmd",
+    "simulate_cmd",
+    "plan_cmd",
+    "whatif_cmd",
+    "autotune_cmd",
+    "profile_cmd",
+    "validate_cmd",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Plan and tune Mixture-of-Experts layers for GPU clusters."""
+
+
+@app.command("version")
+def version() -> None:
+    """Print moesim's version."""
+    from moesim import __version__
+
+    print(__version__)
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"moesim.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"moesim.cli.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; any ``MoesimError`` becomes one line on stderr and exit code 2."""
+    try:
+        app(args=argv, prog_name="moesim")
+    except MoesimError as exc:
+        print(f"moesim: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("moesim: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
