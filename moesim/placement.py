@@ -1,22 +1,60 @@
 """Expert placement: which GPU slot holds which logical expert, per MoE layer, and the replica shares.
 
-Dimension legend: L MoE layers (in the order of ``ModelSpec.moe_layers``), E logical experts, G GPUs,
-S slots per GPU, P = G*S physical experts (slots). Physical slot p lives on GPU p // S (SGLang's convention).
+Dimension legend: L MoE layers (in the order of ``ModelSpec.moe_layers``, or the trace's recorded layers),
+E logical experts, G GPUs, S slots per GPU, P = G*S physical experts (slots). Physical slot p lives on GPU
+p // S (SGLang's convention).
 
 - ``phy2log``: int64 ``[L, P]``, the logical expert held in each slot.
 - ``shares``: float64 ``[L, P]``, the fraction of its logical expert's tokens that slot serves; for each layer
   and logical expert the shares of its replicas sum to 1. A placement without replicas has all shares 1.
+- ``meta``: free-form header. Keys written by the tuner: ``model``, ``cluster``, ``trace``, ``method``,
+  ``layers`` (model layer index of each row), ``predicted`` (figures the planner predicted).
 
 This module owns the dataclass, its validation, the contiguous default (Megatron's) and the YAML file format.
 Solvers and the other baselines live in ``tuner``.
+
+Native YAML (``format: moesim-placement/1``)::
+
+    format: moesim-placement/1
+    model: olmoe-1b-7b            # header: model, cluster, trace, method, predicted figures
+    cluster: dgx-h100
+    trace: profiles/traces/olmoe_c4.npz
+    method: ilp
+    num_experts: 64
+    num_gpus: 8
+    slots_per_gpu: 9
+    predicted: {max_mean_load: 1.02, cross_gpu_bytes: 1.2e9, ...}
+    layers:
+      - layer: 7                  # model layer index
+        gpus:                     # one entry per GPU, S slots each: [logical expert, share]
+          - [[41, 0.5], [3, 1.0], ...]
+          - ...
+
+Memory: a placement fits when the expert weights one GPU holds, ``S * num_moe_layers * expert_bytes``, are at
+most ``(1 - reserve) * hbm`` with ``reserve`` = :data:`DEFAULT_MEMORY_RESERVE` of HBM kept for attention and
+dense weights, the KV cache, activations and communication buffers.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from moesim.specs import GPUSpec, ModelSpec
+
+FORMAT = "moesim-placement/1"
+
+# Fraction of HBM not available to routed-expert weights. A planning assumption, not a measured figure:
+# DeepSeek-V3 serving on H800 (80 GB) keeps roughly a quarter of memory for KV cache and activations.
+DEFAULT_MEMORY_RESERVE = 0.25
+
+_SHARE_ATOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -48,6 +86,99 @@ class Placement:
             np.add.at(out[layer], (self.phy2log[layer], gpu), self.shares[layer])
         return out
 
+    def replica_counts(self) -> np.ndarray:
+        """[L, E] number of slots holding each logical expert."""
+        layer_off = np.arange(self.num_layers)[:, None] * self.num_experts
+        return np.bincount((layer_off + self.phy2log).ravel(),
+                           minlength=self.num_layers * self.num_experts).reshape(self.num_layers, self.num_experts)
+
+    def gpu_loads(self, counts: np.ndarray) -> np.ndarray:
+        """[L, G] token-expert assignments each GPU processes, from per-expert ``counts [L, E]``."""
+        counts = np.asarray(counts, dtype=np.float64)
+        rows = np.arange(self.num_layers)[:, None]
+        slot_tokens = counts[rows, self.phy2log] * self.shares  # [L, P]
+        return slot_tokens.reshape(self.num_layers, self.num_gpus, self.slots_per_gpu).sum(axis=-1)
+
+    def with_meta(self, **meta: Any) -> Placement:
+        """A copy with ``meta`` updated."""
+        merged = dict(self.meta)
+        merged.update(meta)
+        return Placement(self.num_gpus, self.slots_per_gpu, self.num_experts, self.phy2log, self.shares, merged)
+
+    def validate(self, origin: str = "placement") -> None:
+        """``PlacementError`` unless: shapes agree, ids are in range, every expert of every layer has at least
+        one replica, shares lie in (0, 1] and sum to 1 per (layer, expert), and every GPU has the same number of
+        slots (implied by ``P = G * S``)."""
+        from moesim.errors import PlacementError
+
+        for name in ("num_gpus", "slots_per_gpu", "num_experts"):
+            if int(getattr(self, name)) < 1:
+                raise PlacementError(f"{origin}: {name}: must be >= 1, got {getattr(self, name)}")
+        phy2log = np.asarray(self.phy2log)
+        shares = np.asarray(self.shares, dtype=np.float64)
+        if phy2log.ndim != 2 or phy2log.shape[1] != self.num_physical or shares.shape != phy2log.shape:
+            raise PlacementError(f"{origin}: phy2log: shape {phy2log.shape} (shares {shares.shape}), expected "
+                                 f"[layers, {self.num_gpus} GPUs x {self.slots_per_gpu} slots]")
+        if self.num_physical < self.num_experts:
+            raise PlacementError(f"{origin}: slots_per_gpu: {self.num_physical} slots for {self.num_experts} "
+                                 f"experts; every expert needs a slot")
+        if phy2log.size and (phy2log.min() < 0 or phy2log.max() >= self.num_experts):
+            raise PlacementError(f"{origin}: phy2log: expert ids must be in [0, {self.num_experts}), got "
+                                 f"{int(phy2log.min())}..{int(phy2log.max())}")
+        if not np.all(np.isfinite(shares)) or np.any(shares <= 0) or np.any(shares > 1 + _SHARE_ATOL):
+            raise PlacementError(f"{origin}: shares: every share must be in (0, 1]")
+        num_layers = phy2log.shape[0]
+        layer_off = np.arange(num_layers)[:, None] * self.num_experts
+        total = np.bincount((layer_off + phy2log).ravel(), weights=shares.ravel(),
+                            minlength=num_layers * self.num_experts).reshape(num_layers, self.num_experts)
+        bad = np.argwhere(~np.isclose(total, 1.0, atol=_SHARE_ATOL))
+        if bad.size:
+            row, expert = (int(v) for v in bad[0])
+            what = "has no replica" if total[row, expert] == 0 else f"has shares summing to {total[row, expert]:.6g}"
+            raise PlacementError(f"{origin}: layers[{row}]: expert {expert} {what} ({len(bad)} (layer, expert) "
+                                 f"pairs wrong)")
+
+
+def slots_per_gpu(num_experts: int, redundant_experts: int, num_gpus: int, origin: str = "placement") -> int:
+    """``S = (E + R) / G``; ``PlacementError`` if it does not divide or a slot count is impossible."""
+    from moesim.errors import PlacementError
+
+    if redundant_experts < 0:
+        raise PlacementError(f"{origin}: redundant_experts: must be >= 0, got {redundant_experts}")
+    total = num_experts + redundant_experts
+    if num_gpus < 1:
+        raise PlacementError(f"{origin}: num_gpus: must be >= 1, got {num_gpus}")
+    if total % num_gpus:
+        raise PlacementError(f"{origin}: redundant_experts: {num_experts} experts + {redundant_experts} redundant "
+                             f"= {total} slots do not divide evenly over {num_gpus} GPUs")
+    if total < num_gpus:
+        raise PlacementError(f"{origin}: num_gpus: {num_gpus} GPUs but only {total} expert slots")
+    return total // num_gpus
+
+
+def expert_weight_bytes_per_gpu(slots: int, num_moe_layers: int, expert_bytes: float) -> float:
+    """Routed-expert weights one GPU holds (bytes): ``S * L_moe * expert_bytes``."""
+    return float(slots) * float(num_moe_layers) * float(expert_bytes)
+
+
+def check_memory(placement: Placement, model: ModelSpec, gpu: GPUSpec, dtype_bytes: float = 2.0,
+                 reserve_fraction: float = DEFAULT_MEMORY_RESERVE, origin: str = "placement") -> None:
+    """``PlacementError`` if one GPU's expert weights exceed ``(1 - reserve_fraction) * hbm``.
+
+    Every MoE layer of the deployed model has ``slots_per_gpu`` slots per GPU, whatever layers the placement
+    rows cover, so the weights are ``S * model.num_moe_layers * model.expert_weight_bytes(dtype_bytes)``.
+    """
+    from moesim.errors import PlacementError
+
+    need = expert_weight_bytes_per_gpu(placement.slots_per_gpu, model.num_moe_layers,
+                                       model.expert_weight_bytes(dtype_bytes))
+    have = (1.0 - reserve_fraction) * float(gpu.hbm_gb) * 1e9
+    if need > have:
+        raise PlacementError(
+            f"{origin}: GPU memory: {placement.slots_per_gpu} expert slots x {model.num_moe_layers} MoE layers x "
+            f"{model.expert_weight_bytes(dtype_bytes) / 1e6:.1f} MB = {need / 1e9:.1f} GB of expert weights per GPU, "
+            f"more than {have / 1e9:.1f} GB ({100 * (1 - reserve_fraction):.0f}% of {gpu.slug}'s {gpu.hbm_gb:g} GB)")
+
 
 def contiguous(num_experts: int, num_gpus: int, num_layers: int) -> Placement:
     """Megatron's default: GPU g holds experts [g*E/G, (g+1)*E/G). Requires E % G == 0."""
@@ -67,3 +198,180 @@ def contiguous(num_experts: int, num_gpus: int, num_layers: int) -> Placement:
         shares=np.ones(phy2log.shape),
         meta={"method": "contiguous"},
     )
+
+
+def even_shares(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
+    """[L, P] shares that split each expert's tokens evenly over its replicas (what SGLang and vLLM do)."""
+    phy2log = np.asarray(phy2log, dtype=np.int64)
+    num_layers = phy2log.shape[0]
+    layer_off = np.arange(num_layers)[:, None] * num_experts
+    cnt = np.bincount((layer_off + phy2log).ravel(), minlength=num_layers * num_experts)
+    return 1.0 / cnt[layer_off + phy2log]
+
+
+# --------------------------------------------------------------------------------------------- file format
+def _jsonable(obj: Any) -> Any:
+    """Plain Python types for YAML (numpy scalars and arrays become floats, ints and lists)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
+
+
+def placement_to_dict(p: Placement) -> dict[str, Any]:
+    """The native document (see the module docstring)."""
+    p.validate()
+    meta = dict(p.meta)
+    layers = meta.pop("layers", None)
+    if layers is None or len(layers) != p.num_layers:
+        layers = list(range(p.num_layers))
+    doc: dict[str, Any] = {"format": FORMAT}
+    for key in ("model", "cluster", "trace", "method"):
+        doc[key] = meta.pop(key, "")
+    doc.update({"num_experts": int(p.num_experts), "num_gpus": int(p.num_gpus),
+                "slots_per_gpu": int(p.slots_per_gpu)})
+    doc["predicted"] = _jsonable(meta.pop("predicted", {}))
+    if meta:
+        doc["extra"] = _jsonable(meta)
+    rows = []
+    for row in range(p.num_layers):
+        ids = p.phy2log[row].reshape(p.num_gpus, p.slots_per_gpu)
+        sh = p.shares[row].reshape(p.num_gpus, p.slots_per_gpu)
+        gpus = [[[int(e), round(float(s), 9)] for e, s in zip(ids[g], sh[g])] for g in range(p.num_gpus)]
+        rows.append({"layer": int(layers[row]), "gpus": gpus})
+    doc["layers"] = rows
+    return doc
+
+
+class _FlowDumper:
+    """YAML dumper factory: slot lists in flow style (one GPU per line), the rest block style."""
+
+    @staticmethod
+    def make() -> Any:
+        import yaml
+
+        class Dumper(yaml.SafeDumper):
+            pass
+
+        def repr_list(dumper: Any, data: list) -> Any:
+            flow = bool(data) and all(not isinstance(x, dict) for x in data) and not (
+                data and isinstance(data[0], list) and data[0] and isinstance(data[0][0], list))
+            return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+        Dumper.add_representer(list, repr_list)
+        return Dumper
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temp file in the destination directory, then ``os.replace`` it into place."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_placement(p: Placement, path: str | os.PathLike) -> None:
+    """Write the native YAML atomically (temp file + rename): a failure leaves nothing half-written."""
+    import yaml
+
+    text = yaml.dump(placement_to_dict(p), Dumper=_FlowDumper.make(), sort_keys=False, width=100000)
+    atomic_write_text(path, text)
+
+
+def placement_from_dict(doc: Any, origin: str = "placement") -> Placement:
+    """Parse and validate a native document; ``PlacementError`` names ``origin`` and the bad field."""
+    from moesim.errors import PlacementError
+
+    if not isinstance(doc, dict):
+        raise PlacementError(f"{origin}: not a placement document (expected a mapping)")
+    if doc.get("format") != FORMAT:
+        raise PlacementError(f"{origin}: format: expected {FORMAT!r}, got {doc.get('format')!r}")
+    try:
+        num_experts = int(doc["num_experts"])
+        num_gpus = int(doc["num_gpus"])
+        slots = int(doc["slots_per_gpu"])
+        rows = doc["layers"]
+    except KeyError as exc:
+        raise PlacementError(f"{origin}: {exc.args[0]}: missing") from None
+    except (TypeError, ValueError) as exc:
+        raise PlacementError(f"{origin}: header: {exc}") from None
+    if not isinstance(rows, list) or not rows:
+        raise PlacementError(f"{origin}: layers: expected a non-empty list")
+    phy2log = np.zeros((len(rows), num_gpus * slots), dtype=np.int64)
+    shares = np.zeros((len(rows), num_gpus * slots), dtype=np.float64)
+    layer_ids = []
+    for i, row in enumerate(rows):
+        where = f"{origin}: layers[{i}]"
+        if not isinstance(row, dict) or "gpus" not in row:
+            raise PlacementError(f"{where}: expected a mapping with 'layer' and 'gpus'")
+        layer_ids.append(int(row.get("layer", i)))
+        gpus = row["gpus"]
+        if not isinstance(gpus, list) or len(gpus) != num_gpus:
+            raise PlacementError(f"{where}: gpus: expected {num_gpus} GPUs, got "
+                                 f"{len(gpus) if isinstance(gpus, list) else type(gpus).__name__}")
+        for g, gslots in enumerate(gpus):
+            if not isinstance(gslots, list) or len(gslots) != slots:
+                raise PlacementError(f"{where}: gpus[{g}]: expected {slots} slots (every GPU the same), got "
+                                     f"{len(gslots) if isinstance(gslots, list) else gslots!r}")
+            for s, slot in enumerate(gslots):
+                try:
+                    expert, share = (slot[0], slot[1]) if isinstance(slot, list) else (slot, 1.0)
+                    phy2log[i, g * slots + s] = int(expert)
+                    shares[i, g * slots + s] = float(share)
+                except (TypeError, ValueError, IndexError):
+                    raise PlacementError(f"{where}: gpus[{g}][{s}]: expected [expert, share], got {slot!r}") from None
+    meta: dict[str, Any] = {k: doc.get(k, "") for k in ("model", "cluster", "trace", "method")}
+    meta["predicted"] = doc.get("predicted") or {}
+    meta["layers"] = layer_ids
+    if isinstance(doc.get("extra"), dict):
+        for k, v in doc["extra"].items():
+            meta.setdefault(k, v)
+    p = Placement(num_gpus=num_gpus, slots_per_gpu=slots, num_experts=num_experts, phy2log=phy2log,
+                  shares=shares, meta=meta)
+    p.validate(origin)
+    return p
+
+
+def load_placement(path: str | os.PathLike) -> Placement:
+    """Read a native placement YAML (``PlacementError`` naming the file on any problem)."""
+    import yaml
+
+    from moesim.errors import PlacementError
+
+    origin = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlacementError(f"{origin}: cannot read: {exc.strerror or exc}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PlacementError(f"{origin}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    return placement_from_dict(doc, origin)
+
+
+def check_model(p: Placement, model: ModelSpec, origin: str = "placement") -> None:
+    """``PlacementError`` if the placement was made for another model (name or expert count)."""
+    from moesim.errors import PlacementError
+
+    if p.num_experts != model.num_experts:
+        raise PlacementError(f"{origin}: num_experts: {p.num_experts}, but {model.slug} has {model.num_experts}")
+    named = p.meta.get("model")
+    if named and named != model.slug:
+        raise PlacementError(f"{origin}: model: made for {named!r}, not {model.slug!r}")

@@ -1,0 +1,219 @@
+"""``moesim autotune kernel`` and ``moesim autotune capacity``: Optuna searches for kernel and capacity configs.
+
+The heavy imports (optuna, torch, triton, tuner, kernels) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+KERNEL_EXAMPLE = (
+    "moesim autotune kernel --E 8 --N 7168 --K 4096 --top-k 2 --ms 1,64,1024 --trials 120 "
+    "--trace profiles/traces/mixtral_c4.npz --save-dir tuned/"
+)
+KERNEL_CPU_EXAMPLE = (
+    "moesim autotune kernel --backend interpret --E 4 --N 32 --K 64 --ms 4 --trials 6 --save-dir /tmp/cfg"
+)
+CAPACITY_EXAMPLE = (
+    "moesim autotune capacity --model olmoe-1b-7b --cluster dgx-h100 --trace profiles/traces/olmoe_c4.npz "
+    "--trials 300 --max-drop 0.01 -o front.json"
+)
+
+
+def _parse_ms(text: str) -> tuple[int, ...]:
+    from moesim.errors import field_error
+
+    try:
+        ms = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise field_error("--ms", "value", f"expected comma-separated batch sizes, got {text!r}") from None
+    if not ms or min(ms) < 1:
+        raise field_error("--ms", "value", f"batch sizes must be >= 1, got {text!r}")
+    return ms
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer.Typer(
+        name="autotune",
+        help=(
+            "Tune fused-MoE kernel configs (Optuna TPE on vLLM's grid) or per-layer capacity factors "
+            f"(NSGA-II on latency vs drops).\n\nExample: {KERNEL_EXAMPLE}"
+        ),
+        no_args_is_help=True,
+    )
+
+    @sub.command(
+        "kernel",
+        help=(
+            "Tune the fused-MoE Triton kernel's config per batch size M with an Optuna study each, resumable "
+            "from storage, and write vLLM-format JSON (loadable through VLLM_TUNED_CONFIG_FOLDER).\n\n"
+            "Studies live in an embedded journal file under the user cache dir unless --storage URL is given "
+            "(e.g. postgresql+psycopg2://user@host/db for workers on many hosts). --trials counts measured "
+            "configs per M, exactly, across workers and restarts (journal, sqlite and PostgreSQL storages).\n\n"
+            f"Example: {KERNEL_EXAMPLE}\n\nWithout a GPU (tests of the loop only): {KERNEL_CPU_EXAMPLE}"
+        ),
+    )
+    def kernel(
+        E: int = typer.Option(..., "--E", help="Number of experts (on this GPU).", show_default=False),
+        N: int = typer.Option(..., "--N", help="Intermediate size per expert and shard (vLLM's N; w1 is "
+                              "[E, 2N, K]).", show_default=False),
+        K: int = typer.Option(..., "--K", help="Hidden size.", show_default=False),
+        top_k: int = typer.Option(2, "--top-k", help="Experts per token."),
+        dtype: str = typer.Option("bf16", "--dtype", help="bf16 or fp16."),
+        ms: str = typer.Option("1,64,1024", "--ms", help="Comma-separated batch sizes, one study each."),
+        trials: int = typer.Option(100, "--trials", help="Measured configs per M (exact)."),
+        patience: int = typer.Option(40, "--patience", help="Stop an M after this many trials without a new "
+                                     "best (0: off)."),
+        sampler: str = typer.Option("tpe", "--sampler", help="tpe (multivariate TPE), gp or random."),
+        seed: int = typer.Option(None, "--seed", help="Sampler seed (default: random)."),
+        trace: Path = typer.Option(None, "--trace", help="moesim routing trace: timed routings are drawn "
+                                   "from its real top-k choices.", show_default=False),
+        trace_layer: int = typer.Option(None, "--trace-layer", help="Model layer of the trace to use "
+                                        "(default: the first recorded)."),
+        routing: str = typer.Option("uniform", "--routing", help="Without --trace: uniform or "
+                                    "dirichlet:ALPHA (small ALPHA = skewed)."),
+        warmup: int = typer.Option(5, "--warmup", help="Graph replays before timing."),
+        repeats: int = typer.Option(20, "--repeats", help="Timed graph replays (median; fresh routing each)."),
+        storage: str = typer.Option(None, "--storage", help="Optuna storage URL (default: journal file in "
+                                    "the cache dir)."),
+        workers: int = typer.Option(1, "--workers", help="Worker processes, one per visible GPU, sharing the "
+                                    "studies."),
+        gpu: str = typer.Option(None, "--gpu", help="GPU profile slug for the shared-memory filter (default: "
+                                "from the device name)."),
+        backend: str = typer.Option("cuda", "--backend", help="cuda, or interpret (Triton interpreter on "
+                                    "CPU: tiny shapes, no meaningful timing)."),
+        save_dir: Path = typer.Option(None, "--save-dir", help="Write E=..,N=..,device_name=...json here.",
+                                      show_default=False),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    ) -> None:
+        import sys
+
+        from rich.console import Console
+
+        from moesim.errors import field_error
+
+        ms_t = _parse_ms(ms)
+        if trace is not None and not trace.exists():
+            raise field_error(str(trace), "--trace", "no such file")
+        if dtype not in ("bf16", "fp16"):
+            raise field_error("--dtype", "value", f"expected bf16 or fp16, got {dtype!r}")
+        for name, value in (("--E", E), ("--N", N), ("--K", K), ("--top-k", top_k), ("--repeats", repeats)):
+            if value < 1:
+                raise field_error(name, "value", f"must be >= 1, got {value}")
+        if top_k > E:
+            raise field_error("--top-k", "value", f"must be <= --E ({E}), got {top_k}")
+        from tuner.autotune_kernel import (
+            KernelTuneSpec, autotune_kernel, check_backend, device_label, parse_routing, results_json,
+            results_table,
+        )
+
+        check_backend(backend)  # HardwareError (exit 2) without CUDA unless --backend interpret
+        if trace is None:
+            parse_routing(routing)
+        spec = KernelTuneSpec(
+            E=E, N=N, K=K, top_k=top_k, dtype=dtype, ms=ms_t, trials=trials,
+            patience=patience if patience > 0 else None, sampler=sampler, seed=seed, backend=backend,
+            routing=routing, trace=str(trace) if trace else None, trace_layer=trace_layer,
+            warmup=warmup, repeats=repeats, storage=storage, gpu=gpu,
+        )
+        err = Console(stderr=True)
+        results = autotune_kernel(spec, workers=workers, save_dir=str(save_dir) if save_dir else None,
+                                  console=err, show_progress=not json_out or err.is_terminal)
+        device = device_label(backend)
+        if json_out:
+            print(results_json(results, spec, device))
+            return
+        out = Console()
+        out.print(results_table(results, f"fused MoE E={E} N={N} K={K} top-{top_k} {dtype} on {device}"))
+        if save_dir:
+            from kernels.configs import config_file_name
+
+            out.print(f"wrote {save_dir / config_file_name(E, N, device, None)}")
+        sys.stdout.flush()
+
+    @sub.command(
+        "capacity",
+        help=(
+            "Search per-layer capacity factors (1.0-4.0 or dropless) and drop policies with NSGA-II on two "
+            "objectives from the simulator: step latency and dropped fraction. Prints the Pareto front; "
+            f"--max-drop X picks the fastest point dropping at most X. Runs on a CPU.\n\nExample: {CAPACITY_EXAMPLE}"
+        ),
+    )
+    def capacity(
+        model: str = typer.Option(..., "--model", help="Model slug or YAML path.", show_default=False),
+        cluster: str = typer.Option(..., "--cluster", help="Cluster slug or YAML path.", show_default=False),
+        trace: str = typer.Option(..., "--trace", help="Trace file, or synthetic spec (zipf:1.2, "
+                                  "dirichlet:0.3, uniform).", show_default=False),
+        tokens_per_gpu: int = typer.Option(4096, "--tokens-per-gpu", help="Tokens per GPU per step."),
+        synthetic_tokens: int = typer.Option(8192, "--synthetic-tokens", help="Tokens of a synthetic trace."),
+        trials: int = typer.Option(200, "--trials", help="NSGA-II trials."),
+        population: int = typer.Option(40, "--population", help="NSGA-II population size."),
+        seed: int = typer.Option(0, "--seed", help="Sampler and synthetic-trace seed."),
+        max_drop: float = typer.Option(None, "--max-drop", help="Pick the fastest point with dropped "
+                                       "fraction <= this (e.g. 0.01)."),
+        out: Path = typer.Option(None, "-o", "--out", help="Write the front as JSON here.", show_default=False),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    ) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from moesim.errors import field_error
+        from moesim.simulate import SimOptions
+        from moesim.specs import load_cluster, load_model
+        from tuner.autotune_capacity import SimulatorObjective, autotune_capacity, front_table, result_json
+
+        if tokens_per_gpu < 1:
+            raise field_error("--tokens-per-gpu", "value", f"must be >= 1, got {tokens_per_gpu}")
+        model_spec = load_model(model)
+        cluster_spec = load_cluster(cluster)
+        trace_obj = _load_or_synthesize(trace, model_spec, synthetic_tokens, seed)
+        objective = SimulatorObjective(model_spec, cluster_spec, trace_obj, None,
+                                       SimOptions(tokens_per_gpu=tokens_per_gpu))
+        err = Console(stderr=True)
+        with Progress(TextColumn("[bold]capacity[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, disable=json_out and not err.is_terminal) as bar:
+            task = bar.add_task("", total=trials)
+            result = autotune_capacity(objective, trace_obj.layers, trials=trials, population=population,
+                                       seed=seed, max_drop=max_drop,
+                                       on_trial=lambda n: bar.update(task, advance=1))
+        result.meta.update({"model": model_spec.slug, "cluster": cluster_spec.slug, "trace": trace,
+                            "tokens_per_gpu": tokens_per_gpu})
+        text = result_json(result)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text(text + "\n")
+            os.replace(tmp, out)
+        if json_out:
+            print(text)
+            return
+        console = Console()
+        console.print(front_table(result, f"Pareto front: {model_spec.slug} on {cluster_spec.slug}, "
+                                          f"{len(trace_obj.layers)} MoE layers, {trials} trials"))
+        if result.pick is not None:
+            p = result.pick
+            console.print(f"--max-drop {max_drop:g}: fastest point drops {100 * p.dropped_fraction:.3f}% at "
+                          f"{p.step_latency_us:.1f} us ({result.dropless.step_latency_us / p.step_latency_us:.3f}x "
+                          "vs dropless), marked *")
+        if out is not None:
+            console.print(f"wrote {out}")
+
+    app.add_typer(sub, name="autotune")
+
+
+def _load_or_synthesize(spec: str, model, tokens: int, seed: int):
+    """A trace from a file, or a synthetic one when ``spec`` is ``zipf:A``/``dirichlet:A``/``uniform``."""
+    from moesim.errors import field_error
+    from moesim.trace import load_trace, parse_synthetic, synthetic_trace
+
+    if Path(spec).exists():
+        trace = load_trace(spec)
+        trace.check_model(model, spec)
+        return trace
+    if spec.split(":")[0] in ("zipf", "dirichlet", "uniform"):
+        params = parse_synthetic(spec)
+        return synthetic_trace(model, tokens, seed=seed, **params)
+    raise field_error(spec, "--trace", "no such file, and not a synthetic spec (zipf:1.2, dirichlet:0.3, uniform)")

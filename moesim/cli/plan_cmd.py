@@ -1,0 +1,132 @@
+"""``moesim plan``: place experts (with replicas) on a cluster from a routing trace, and compare methods."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from moesim.errors import SpecError
+
+EXAMPLE = ("moesim plan --model olmoe-1b-7b --cluster h100-2x8-ib400 --trace profiles/traces/olmoe_c4.npz "
+           "--redundant-experts 16 -o placement.yaml --sglang placement.json")
+
+
+def _fmt_bytes(v: float) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:,.2f} {unit}"
+    return f"{v:,.0f} B"
+
+
+def print_rows(rows: list[dict[str, Any]], notes: list[str], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="Expert placement: methods compared (per step, recorded layers)")
+    for col, just in (("method", "left"), ("max/mean GPU tokens", "right"), ("cross-GPU", "right"),
+                      ("cross-node", "right"), ("MoE layer latency (us)", "right"), ("solve (s)", "right"),
+                      ("gap", "right")):
+        table.add_column(col, justify=just)
+    base = rows[0]["layer_latency_us"] if rows else None
+    for r in rows:
+        lat = f"{r['layer_latency_us']:,.1f}"
+        if base and r is not rows[0]:
+            lat += f" ({100 * (r['layer_latency_us'] / base - 1):+.1f}%)"
+        gap = "" if r["gap"] is None else f"{100 * r['gap']:.2f}%"
+        table.add_row(r["method"], f"{r['max_mean_load']:.3f}", _fmt_bytes(r["cross_gpu_bytes"]),
+                      _fmt_bytes(r["cross_node_bytes"]), lat, f"{r['solve_s']:.1f}" if r["method"] == "ilp" else "",
+                      gap)
+    console.print(table)
+    for note in notes:
+        console.print(f"note: {note}")
+
+
+def plan_cmd(
+    model: str = typer.Option(..., "--model", help="model slug or YAML path (e.g. olmoe-1b-7b)"),
+    cluster: str = typer.Option(..., "--cluster", help="cluster slug or YAML path (e.g. dgx-h100)"),
+    trace: str = typer.Option(..., "--trace", help="routing trace file (.npz), or a shipped trace's slug"),
+    output: Path = typer.Option(..., "-o", "--output", help="placement YAML to write"),
+    redundant_experts: int = typer.Option(0, "--redundant-experts", help="extra replica slots per layer (all GPUs)"),
+    solver: str = typer.Option("cbc", "--solver", help="cbc | highs"),
+    time_limit: float = typer.Option(60.0, "--time-limit", help="seconds for the whole MILP solve"),
+    current: Path | None = typer.Option(None, "--current", help="placement YAML now deployed (adds a move cost)"),
+    hierarchical: bool = typer.Option(False, "--hierarchical", help="experts to nodes first, then to GPUs"),
+    split: str = typer.Option("even", "--split", help="replica shares: even (as SGLang and vLLM dispatch) | continuous"),
+    tokens_per_gpu: int = typer.Option(4096, "--tokens-per-gpu", help="tokens on each GPU per layer"),
+    sglang: Path | None = typer.Option(None, "--sglang", help="also write SGLang's --init-expert-location JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the comparison rows as JSON"),
+) -> None:
+    """Place experts on GPUs (MILP, with replicas) and compare with contiguous, round-robin and EPLB."""
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from moesim import trace as tr
+    from moesim.cli.simulate_cmd import resolve_trace_path
+    from moesim.placement import load_placement, save_placement
+    from moesim.specs import load_cluster, load_model
+    from tuner.plan import ROW_KEYS, plan
+
+    if solver not in ("cbc", "highs"):
+        raise SpecError(f"plan: --solver: must be cbc or highs, got {solver!r}")
+    if not time_limit > 0:
+        raise SpecError(f"plan: --time-limit: must be > 0, got {time_limit}")
+    if not output.parent.exists():
+        raise SpecError(f"{output}: -o: directory {output.parent} does not exist")
+    model_spec = load_model(model)
+    cluster_spec = load_cluster(cluster)
+    trace_path = resolve_trace_path(trace)
+    routing = tr.load_trace(trace_path)
+    routing.check_model(model_spec, str(trace_path))
+    cur = None
+    if current is not None:
+        cur = load_placement(current)
+        from moesim.placement import check_model
+
+        check_model(cur, model_spec, str(current))
+
+    console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("[bold]solving[/]"), BarColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("baselines", total=None)
+
+        def progress(done: int, total: int, text: str) -> None:
+            bar.update(task, completed=done, total=total, description=text)
+
+        result = plan(model_spec, cluster_spec, routing, redundant_experts=redundant_experts, solver=solver,
+                      time_limit_s=time_limit, current=cur, hierarchical=True if hierarchical else None,
+                      split=split, tokens_per_gpu=tokens_per_gpu, trace_name=str(trace), progress=progress)
+
+    notes = list(result.notes)
+    filled: list[int] = []
+    if sglang is not None:  # build the map before writing anything, so an error leaves no file behind
+        from tuner.sglang import physical_to_logical_map, save_sglang
+
+        physical_to_logical_map(result.best, model_spec)
+    save_placement(result.best, output)
+    if sglang is not None:
+        filled = save_sglang(result.best, model_spec, sglang)
+        if filled:
+            notes.append(f"{sglang}: {len(filled)} MoE layers not in the trace take SGLang's trivial mapping")
+    rows = [{k: r[k] for k in ROW_KEYS} for r in result.rows]
+    if as_json:
+        print(json.dumps([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                          for r in rows], indent=1))
+    else:
+        out = Console()
+        print_rows(rows, notes, out)
+        ilp = result.ilp
+        out.print(f"ILP: {ilp.solver}, status {ilp.status}, objective {ilp.objective_us:,.1f} us predicted, "
+                  f"gap {100 * ilp.gap:.2f}% (worst subproblem {100 * ilp.max_sub_gap:.2f}%), "
+                  f"{len(ilp.subproblems)} subproblems in {ilp.solve_s:.1f} s")
+        out.print(f"wrote {output}" + (f" and {sglang}" if sglang else ""))
+    sys.stdout.flush()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan", help=f"Place experts (with replicas) on GPUs from a routing trace.\n\nExample: {EXAMPLE}",
+                epilog=f"Example: {EXAMPLE}")(plan_cmd)

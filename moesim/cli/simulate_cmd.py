@@ -1,0 +1,228 @@
+"""``moesim simulate``: predict an MoE model step on a cluster, per layer, and say where the time goes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from moesim.errors import SpecError, TraceError
+
+EXAMPLE = "moesim simulate --model deepseek-v3 --cluster h100-8x8-ib400 --synthetic zipf:1.2 --json"
+
+# Synthetic traces are counts-only; this many tokens give a routing distribution whose sampling noise is
+# well below the skew being modelled (per-expert relative error ~ 1/sqrt(tokens * k / E)).
+MAX_SYNTHETIC_TOKENS = 1 << 18
+
+
+def resolve_trace_path(name: str) -> Path:
+    """A trace file path, or a shipped trace's slug (``olmoe_c4`` -> ``profiles/traces/olmoe_c4.npz``)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    import profiles
+
+    shipped = Path(profiles.__file__).parent / "traces"
+    for candidate in (shipped / name, shipped / f"{name}.npz"):
+        if candidate.exists():
+            return candidate
+    available = sorted(p.stem for p in shipped.glob("*.npz"))
+    raise TraceError(
+        f"{name}: trace: no such file or shipped trace (shipped: {', '.join(available) or 'none'})"
+    )
+
+
+def load_inputs(
+    model: str, cluster: str, trace: str | None, synthetic: str | None, tokens_per_gpu: int, seed: int = 0
+) -> tuple[Any, Any, Any]:
+    """Model, cluster and routing trace as the command line names them."""
+    from moesim import trace as tr
+    from moesim.specs import load_cluster, load_model
+
+    model_spec = load_model(model)
+    cluster_spec = load_cluster(cluster)
+    if trace is not None and synthetic is not None:
+        raise SpecError("simulate: --trace/--synthetic: give one, not both")
+    if trace is not None:
+        path = resolve_trace_path(trace)
+        routing = tr.load_trace(path)
+        routing.check_model(model_spec, str(path))
+    else:
+        params = tr.parse_synthetic(synthetic or "zipf:1.2")
+        num_tokens = min(tokens_per_gpu * cluster_spec.num_gpus, MAX_SYNTHETIC_TOKENS)
+        params = dict(params)
+        params.setdefault("seed", seed)
+        params["with_topk_ids"] = False
+        routing = tr.synthetic_trace(model_spec, num_tokens, **params)
+    return model_spec, cluster_spec, routing
+
+
+def _bar(step: Any, width: int = 60) -> Any:
+    """A one-line stacked bar of the step: attention, dense, and the MoE phases of the tail GPUs."""
+    from rich.text import Text
+
+    phases = step.phase_us()
+    scale = step.moe_us / phases["latency_us"] if phases["latency_us"] > 0 else 0.0
+    moe_parts = {
+        k: phases[f"{k}_us"] * scale for k in ("router", "permute", "dispatch", "compute", "combine")
+    }
+    # with overlap the MoE phases add up to more than the MoE time: show them in proportion
+    moe_sum = sum(moe_parts.values())
+    if moe_sum > 0:
+        moe_parts = {k: v * step.moe_us / moe_sum for k, v in moe_parts.items()}
+    parts = {"attention": step.attention_us, "dense": step.dense_us + step.lm_head_us, **moe_parts}
+    colors = {
+        "attention": "blue",
+        "dense": "cyan",
+        "router": "white",
+        "permute": "yellow",
+        "dispatch": "red",
+        "compute": "green",
+        "combine": "magenta",
+    }
+    total = sum(parts.values()) or 1.0
+    bar = Text()
+    legend = Text()
+    for name, value in parts.items():
+        cells = round(width * value / total)
+        bar.append("█" * cells, style=colors[name])
+        legend.append(f"■ {name} {100 * value / total:.1f}%  ", style=colors[name])
+    return Text.assemble(bar, "\n", legend)
+
+
+def print_step(step: Any, console: Any | None = None) -> None:
+    """Rich table per layer, then the breakdown bar and the step totals."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=max(Console().width, 132))
+    table = Table(
+        title=f"{step.model} on {step.cluster} ({step.num_gpus} GPUs, "
+        f"{step.options.tokens_per_gpu} tokens/GPU): MoE layers, tail GPU, ms"
+    )
+    for col in (
+        "layer",
+        "latency",
+        "router",
+        "permute",
+        "dispatch",
+        "compute",
+        "combine",
+        "max/mean tok",
+        "dropped",
+        "NVLink GB",
+        "network GB",
+    ):
+        table.add_column(col, justify="right", no_wrap=True)
+    for la in step.layers:
+        ratio = la.max_gpu_tokens / la.mean_gpu_tokens if la.mean_gpu_tokens else 0.0
+        table.add_row(
+            str(la.layer),
+            *(
+                f"{v / 1e3:,.3f}"
+                for v in (
+                    la.latency_us,
+                    la.router_us,
+                    la.permute_us,
+                    la.dispatch_us,
+                    la.compute_us,
+                    la.combine_us,
+                )
+            ),
+            f"{ratio:.2f}",
+            f"{100 * la.dropped_fraction:.1f}%",
+            f"{la.nvlink_bytes / 1e9:.2f}",
+            f"{la.network_bytes / 1e9:.2f}",
+        )
+    console.print(table)
+    console.print(_bar(step))
+    console.print(
+        f"step {step.step_latency_us / 1e3:,.2f} ms  |  MoE {100 * step.moe_share:.1f}%  |  "
+        f"exposed all-to-all {100 * step.alltoall_share:.1f}%  |  attention "
+        f"{step.attention_us / 1e3:,.2f} ms  |  dense + head {(step.dense_us + step.lm_head_us) / 1e3:,.2f} ms"
+    )
+
+
+def simulate_cmd(
+    model: str = typer.Option(..., "--model", help="model slug or YAML path (e.g. deepseek-v3)"),
+    cluster: str = typer.Option(..., "--cluster", help="cluster slug or YAML path (e.g. h100-8x8-ib400)"),
+    trace: str | None = typer.Option(None, "--trace", help="routing trace file, or a shipped trace's slug"),
+    synthetic: str | None = typer.Option(
+        None,
+        "--synthetic",
+        help="synthetic routing: zipf:1.2 | dirichlet:0.3 | uniform (default zipf:1.2 when no --trace)",
+    ),
+    tokens_per_gpu: int = typer.Option(4096, "--tokens-per-gpu", help="tokens on each GPU per layer"),
+    placement: Path | None = typer.Option(None, "--placement", help="placement YAML (default: contiguous)"),
+    capacity_factor: float | None = typer.Option(None, "--capacity-factor", help="Megatron capacity factor"),
+    drop_policy: str = typer.Option("probs", "--drop-policy", help="probs | position | reroute"),
+    overlap_chunks: int = typer.Option(1, "--overlap-chunks", help="pipeline chunks (1 = sequential)"),
+    dispatch_dtype: str = typer.Option("bf16", "--dispatch-dtype", help="fp8 | bf16"),
+    combine_dtype: str = typer.Option("bf16", "--combine-dtype", help="fp8 | bf16"),
+    alltoall: str = typer.Option(
+        "flat", "--alltoall", help="flat (NCCL all-to-all) | hierarchical (DeepEP: RDMA + NVLink forwarding)"
+    ),
+    no_dedup: bool = typer.Option(False, "--no-dedup", help="send a token once per expert, not once per GPU"),
+    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="bf16 | fp8 weights"),
+    seed: int = typer.Option(0, "--seed", help="seed of the synthetic trace"),
+    calibration: str | None = typer.Option(
+        None,
+        "--calibration",
+        help="measured device (profiles/measured/<device>) or directory whose "
+        "fitted efficiency curves replace the GPU profile's constants",
+    ),
+    per_gpu: bool = typer.Option(False, "--per-gpu", help="with --json: add per-GPU latency and tokens"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
+) -> None:
+    """Predict one step: per MoE layer router, permute, dispatch, compute, combine of the slowest GPU."""
+    from moesim.simulate import SimOptions, simulate
+
+    options = SimOptions(
+        tokens_per_gpu=tokens_per_gpu,
+        capacity_factor=capacity_factor,
+        drop_policy=drop_policy,
+        overlap_chunks=overlap_chunks,
+        dispatch_dtype=dispatch_dtype,
+        combine_dtype=combine_dtype,
+        dedup=not no_dedup,
+        alltoall=alltoall,
+        weight_dtype=weight_dtype,
+    )
+    options.validate()
+    model_spec, cluster_spec, routing = load_inputs(model, cluster, trace, synthetic, tokens_per_gpu, seed)
+    pl = None
+    if placement is not None:
+        from moesim import placement as placement_mod
+
+        loader = getattr(placement_mod, "load_placement", None)
+        if loader is None:
+            raise SpecError(f"{placement}: placement: this build cannot read placement files yet")
+        if not placement.exists():
+            raise SpecError(f"{placement}: placement: no such file")
+        pl = loader(placement)
+    cal = None
+    if calibration is not None:
+        try:
+            from moesim.calibration import load_calibration
+        except ImportError:
+            raise SpecError(
+                f"{calibration}: calibration: this build has no calibration support yet"
+            ) from None
+        cal = load_calibration(calibration)
+        if cal is None:
+            raise SpecError(f"{calibration}: calibration: no calibration.json found")
+    step = simulate(model_spec, cluster_spec, routing, pl, options, calibration=cal)
+    if as_json:
+        print(json.dumps(step.to_dict(per_gpu=per_gpu), indent=1))
+    else:
+        print_step(step)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "simulate",
+        help=f"Predict an MoE model step on a cluster.\n\nExample: {EXAMPLE}",
+        epilog=f"Example: {EXAMPLE}",
+    )(simulate_cmd)

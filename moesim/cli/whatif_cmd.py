@@ -1,0 +1,120 @@
+"""``moesim whatif``: evaluate a scenario sweep and write a report people can paste into a design review."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+EXAMPLE = "moesim whatif profiles/scenarios/ep_degree_deepseek_v3.yaml -o out/ep_degree --workers 2"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "whatif",
+        help=(
+            "Sweep what-if scenarios (GPU count, interconnect, capacity factor, placement method, ...) "
+            "and write DIR/report.html, report.md, results.csv and results.json.\n\n"
+            f"Example: {EXAMPLE}"
+        ),
+        no_args_is_help=True,
+    )
+    def whatif(
+        scenarios: Annotated[Path, typer.Argument(help="Scenario YAML file (see docs/WHATIF.md).",
+                                                  show_default=False)],
+        out: Annotated[Path, typer.Option("-o", "--out", help="Output directory for the report and results.",
+                                          show_default=False)],
+        workers: Annotated[int, typer.Option("--workers", "-j", help="Worker processes for cache misses.")] = (
+            os.cpu_count() or 1),
+        no_cache: Annotated[bool, typer.Option("--no-cache",
+                                               help="Recompute every scenario (and do not store).")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print one JSON summary document on stdout.")] = False,
+    ) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        from moesim.errors import field_error
+        from moesim.report import flat_row, write_report
+        from moesim.scenario import load_scenarios
+        from moesim.whatif import run_whatif
+
+        if workers < 1:
+            raise field_error("--workers", "value", f"must be >= 1, got {workers}")
+        if out.exists() and not out.is_dir():
+            raise field_error(str(out), "-o", "exists and is not a directory")
+        sf = load_scenarios(scenarios)
+        err = Console(stderr=True)
+        hits = 0
+        with Progress(
+            TextColumn("[bold]whatif[/bold] {task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+            disable=json_out and not err.is_terminal,
+        ) as progress:
+            task = progress.add_task(Path(sf.path).name, total=len(sf.scenarios))
+
+            def on_done(i: int, rec: dict, cached: bool) -> None:
+                nonlocal hits
+                hits += cached
+                progress.update(task, advance=1)
+
+            run = run_whatif(sf, workers=workers, use_cache=not no_cache, on_done=on_done)
+        paths = write_report(run, out)
+
+        if json_out:
+            doc = {
+                "title": sf.title,
+                "objective": sf.objective,
+                "baseline": run.baseline["name"],
+                "best": run.best["name"],
+                "best_gain_vs_baseline": run.gain(),
+                "cache_hits": run.cache_hits,
+                "wall_s": run.wall_s,
+                "files": {k: str(v) for k, v in paths.items()},
+                "scenarios": [flat_row(run, r) for r in run.records],
+            }
+            print(json.dumps(doc, indent=1))
+            return
+        _print_table(run, paths)
+
+
+def _print_table(run: Any, paths: dict[str, Path]) -> None:
+    """The summary table: scenario names already carry the swept values, so only the results are columns."""
+    import sys
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from moesim.report import summary_lines, table_rows
+
+    sf = run.scenario_file
+    head, rows = table_rows(run, [])
+    table = Table(title=f"{sf.title}: {len(run.records)} scenarios", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column(head[0], overflow="fold", ratio=1)
+    for h in head[1:]:
+        table.add_column(h, justify="right", no_wrap=True)
+    for rec, row in zip(run.records, rows):
+        style = "bold green" if rec["is_best"] else "bold blue" if rec["is_baseline"] else None
+        tag = " (base)" if rec["is_baseline"] else ""
+        tag += " (best)" if rec["is_best"] else ""
+        table.add_row(row[0] + tag, *row[1:], style=style)
+    # piped output has no terminal width: give the table room rather than folding every number
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console.print(table)
+    for line in summary_lines(run):
+        console.print(line, highlight=False)
+    failed = [r for r in run.records if "error" in r]
+    for r in failed:
+        console.print(f"cannot run: {r['name']}: {r['error']}", highlight=False, style="yellow")
+    console.print(f"{run.cache_hits} of {len(run.records)} from cache; {run.wall_s:.1f} s. Wrote {paths['html']}, "
+                  f"{paths['md'].name}, {paths['csv'].name}, {paths['json'].name}", highlight=False)

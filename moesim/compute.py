@@ -1,0 +1,185 @@
+"""Expert compute: roofline of the grouped GEMMs of an MoE layer on one GPU.
+
+Dimension legend: E_local experts (slots) on a GPU; leading ``...`` axes are any batch of (layer, GPU).
+
+Every expert GEMM ``C[m, n] = A[m, k] @ W[k, n]`` costs (microseconds)::
+
+    flops  = 2 * m * n * k                                            # FLOP
+    bytes  = (n * k  if m > 0 else 0) * w_bytes                       # each active expert's weights, once
+           + (m * k + m * n) * a_bytes                                # activations in and out
+    t_gemm = max(flops / (peak_tflops * 1e6 * eff(m, n, k)),          # 1 TFLOP/s = 1e6 FLOP/us
+                 bytes / (hbm_bw_gb_s * 1e3 * hbm_eff(bytes)))        # 1 GB/s = 1e3 B/us
+
+and a grouped GEMM is the sum over its experts plus one launch overhead. The weight term is what makes
+small-batch (decode) MoE weight-bandwidth bound: each expert that receives any token streams its whole
+``n * k`` weight matrix from HBM.
+
+``eff`` and ``hbm_eff`` come from a :class:`moesim.calibration.Calibration` when one is given (curves fitted
+to measured profiles), otherwise from the GPU profile's constants ``gemm_efficiency`` / ``hbm_efficiency``.
+The peak is the FP8 one for 1-byte weights and the BF16 one otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # the spec and calibration modules are only needed for type hints here
+    from moesim.specs import GPUSpec
+
+# Modelling assumption, not a published figure: a CUDA kernel launch plus its tail costs a few microseconds
+# when not captured in a CUDA graph; measured calibrations replace it with their own ``launch_overhead_us``.
+DEFAULT_LAUNCH_OVERHEAD_US = 4.0
+
+
+def peak_tflops(gpu: GPUSpec, dtype_bytes: float) -> float:
+    """Dense peak for the GEMM dtype: FP8 for 1-byte operands, BF16 otherwise (TFLOP/s)."""
+    return float(gpu.fp8_tflops) if dtype_bytes <= 1 else float(gpu.bf16_tflops)
+
+
+def launch_overhead_us(calibration: Any | None) -> float:
+    """Per-kernel launch overhead (us): the calibration's, or :data:`DEFAULT_LAUNCH_OVERHEAD_US`."""
+    if calibration is None:
+        return DEFAULT_LAUNCH_OVERHEAD_US
+    return float(calibration.launch_overhead_us)
+
+
+def gemm_efficiency(
+    gpu: GPUSpec, m: np.ndarray, n: int, k: int, calibration: Any | None = None
+) -> np.ndarray:
+    """Fraction of peak FLOP/s reached by one ``m x n x k`` GEMM (dimensionless, (0, 1])."""
+    m = np.asarray(m, dtype=np.float64)
+    if calibration is None:
+        return np.full(m.shape, float(gpu.gemm_efficiency))
+    eff = np.asarray(calibration.gemm_efficiency(np.maximum(m, 1.0), n, k), dtype=np.float64)
+    return np.clip(np.broadcast_to(eff, m.shape), 1e-3, 1.0)
+
+
+def hbm_efficiency(gpu: GPUSpec, nbytes: np.ndarray, calibration: Any | None = None) -> np.ndarray:
+    """Fraction of HBM bandwidth reached when streaming ``nbytes`` (dimensionless, (0, 1])."""
+    nbytes = np.asarray(nbytes, dtype=np.float64)
+    if calibration is None:
+        return np.full(nbytes.shape, float(gpu.hbm_efficiency))
+    eff = np.asarray(calibration.hbm_efficiency(np.maximum(nbytes, 1.0)), dtype=np.float64)
+    return np.clip(np.broadcast_to(eff, nbytes.shape), 1e-3, 1.0)
+
+
+def memory_us(gpu: GPUSpec, nbytes: np.ndarray | float, calibration: Any | None = None) -> np.ndarray:
+    """Time to move ``nbytes`` through HBM (us): ``nbytes / (hbm_bw_gb_s * 1e3 * hbm_eff(nbytes))``."""
+    nbytes = np.asarray(nbytes, dtype=np.float64)
+    return nbytes / (float(gpu.hbm_bw_gb_s) * 1e3 * hbm_efficiency(gpu, nbytes, calibration))
+
+
+def gemm_us(
+    gpu: GPUSpec,
+    m: np.ndarray,
+    n: int,
+    k: int,
+    dtype_bytes: float = 2,
+    calibration: Any | None = None,
+    act_bytes: float = 2,
+) -> np.ndarray:
+    """Roofline time (us) of independent ``m x n x k`` GEMMs, elementwise over ``m`` (no launch overhead).
+
+    ``m == 0`` costs nothing (the expert is skipped, its weights are not read).
+    """
+    m = np.asarray(m, dtype=np.float64)
+    active = m > 0
+    flops = 2.0 * m * n * k
+    nbytes = np.where(active, float(n) * k * dtype_bytes, 0.0) + (m * k + m * n) * act_bytes
+    peak = peak_tflops(gpu, dtype_bytes) * 1e6  # FLOP/us
+    t_flops = flops / (peak * gemm_efficiency(gpu, m, n, k, calibration))
+    t_bytes = memory_us(gpu, nbytes, calibration)
+    return np.where(active, np.maximum(t_flops, t_bytes), 0.0)
+
+
+def grouped_gemm_us(
+    gpu: GPUSpec,
+    tokens_per_expert: np.ndarray,
+    n: int,
+    k: int,
+    dtype_bytes: float = 2,
+    calibration: Any | None = None,
+) -> np.ndarray:
+    """One grouped GEMM over the local experts (us).
+
+    Args:
+        tokens_per_expert: ``[..., E_local]`` rows of each expert's GEMM (padded or not; may be fractional
+            expectations).
+        n, k: output and reduction dims of every expert GEMM.
+        dtype_bytes: bytes per weight element (1 = FP8, 2 = BF16).
+
+    Returns:
+        ``[...]``: ``sum_e t_gemm(m_e) + launch_overhead``; a GPU with no tokens at all costs nothing.
+    """
+    m = np.asarray(tokens_per_expert, dtype=np.float64)
+    per_expert = gemm_us(gpu, m, n, k, dtype_bytes, calibration)
+    total = per_expert.sum(axis=-1)
+    return np.where(m.sum(axis=-1) > 0, total + launch_overhead_us(calibration), 0.0)
+
+
+def pad_to_block(tokens_per_expert: np.ndarray, block_size_m: int) -> np.ndarray:
+    """Rows each expert occupies after padding to the kernel's block: ``ceil(m / B) * B`` (0 stays 0).
+
+    Fractional expected counts are padded as ``ceil`` of the expectation: a modelling simplification of
+    ``E[ceil(m / B)] * B`` that is exact for integer counts.
+    """
+    m = np.asarray(tokens_per_expert, dtype=np.float64)
+    if block_size_m <= 1:
+        return m
+    return np.ceil(m / block_size_m - 1e-9) * block_size_m
+
+
+def fused_moe_us(
+    gpu: GPUSpec,
+    tokens_per_expert: np.ndarray,
+    hidden: int,
+    intermediate: int,
+    top_k: int,
+    dtype_bytes: float = 2,
+    block_size_m: int = 64,
+    calibration: Any | None = None,
+) -> np.ndarray:
+    """Both GEMMs of a fused MoE layer over the local experts (us), as vLLM's ``fused_moe`` runs them.
+
+    Args:
+        tokens_per_expert: ``[..., E_local]`` token-expert assignments per local expert (unpadded).
+        hidden: model hidden size H; intermediate: per-expert intermediate size I.
+        top_k: choices per token; the final weighted sum over the k expert outputs reads ``M*k`` rows and
+            writes ``M`` (``M = sum_e m_e / top_k`` tokens).
+        block_size_m: each expert's rows are padded to a multiple of it (the kernel computes the padding).
+
+    Returns ``[...]`` us::
+
+        t = grouped(pad(m), n=2I, k=H)        # gate+up, SiLU*mul fused in the epilogue
+          + grouped(pad(m), n=H,  k=I)        # down
+          + hbm(m * 2I * 2 + m * I * 2)       # activation round trip of SiLU(gate)*up (BF16)
+          + hbm(m * H * 2 * (1 + 1/top_k))    # weighted sum of the k outputs per token
+    """
+    m = np.asarray(tokens_per_expert, dtype=np.float64)
+    padded = pad_to_block(m, block_size_m)
+    t = grouped_gemm_us(gpu, padded, 2 * intermediate, hidden, dtype_bytes, calibration)
+    t = t + grouped_gemm_us(gpu, padded, hidden, intermediate, dtype_bytes, calibration)
+    rows = m.sum(axis=-1)
+    act = rows * (2.0 * intermediate * 2 + intermediate * 2) + rows * hidden * 2.0 * (
+        1.0 + 1.0 / max(top_k, 1)
+    )
+    t = t + np.where(rows > 0, memory_us(gpu, act, calibration) + launch_overhead_us(calibration), 0.0)
+    return t
+
+
+def dense_mlp_us(
+    gpu: GPUSpec,
+    num_tokens: np.ndarray | float,
+    hidden: int,
+    intermediate: int,
+    dtype_bytes: float = 2,
+    calibration: Any | None = None,
+) -> np.ndarray:
+    """A gated MLP (gate+up then down) over ``num_tokens`` rows: shared experts and dense layers (us)."""
+    m = np.asarray(num_tokens, dtype=np.float64)[..., None]
+    if intermediate <= 0:
+        return np.zeros(m.shape[:-1])
+    t = grouped_gemm_us(gpu, m, 2 * intermediate, hidden, dtype_bytes, calibration)
+    return t + grouped_gemm_us(gpu, m, hidden, intermediate, dtype_bytes, calibration)

@@ -1,0 +1,515 @@
+"""Dispatch and combine all-to-all: who sends how many bytes where, and how long the busiest link takes.
+
+Dimension legend: L MoE layers, E logical experts, k top-k, G GPUs, N nodes (g = node * gpn + local rank),
+S slots per GPU, P = G*S physical slots, J = n_group expert groups (1 without group-limited routing).
+
+1. Delivery probabilities (from per-expert counts only, no loop over tokens)
+-------------------------------------------------------------------------------
+Every GPU holds T tokens whose routing follows the layer's expert distribution ``p_e`` (fraction of all
+assignments; modelling assumption: the source GPU does not change the distribution). A slot (physical expert)
+of expert e with replica share ``a`` receives a fraction ``x = p_e * a`` of the assignments. A token includes
+expert e with probability ``k * p_e`` exactly (an expert is chosen at most once).
+
+The token reaches a bin (a GPU, or a node for the inter-node hop of the hierarchical scheme) unless none of
+the bin's slots is chosen. Plain top-k, with ``n`` = the bin's share of experts::
+
+    P_miss(bin) = prod_{slots in bin} (1 - min(1, k x)) * C_k(n)
+    C_k(n)      = prod_{i<k} (1 - n / (E - i)) / (1 - k / E) ** n       # sampling without replacement
+    u(bin)      = 1 - P_miss(bin)         # expected deliveries of one token to the bin, deduplicated
+
+``C_k`` corrects the independence product for drawing k distinct experts: exact for uniform routing
+(``P_miss = C(E-n, k) / C(E, k)``) and for a single expert under any skew (``P_miss = 1 - k p_e``); in between
+an approximation, checked against exact top-k sampling in ``tests/moesim/test_dispatch.py``.
+
+Group-limited routing (``topk_group < n_group``): group j is selected with probability ``s_j = min(1, c
+m_j)``,
+``sum_j s_j = topk_group`` (water-filling on the group masses ``m_j``). A selected group always gets one pick
+(it was selected for its strongest experts), landing on a slot in proportion to ``w = x / m_j``; the other
+``k - topk_group`` picks spread over the selected groups (``E_sel = E * topk_group / n_group`` experts) with
+inclusion ``x * (k / s_j - 1 / m_j)``::
+
+    M(bin, j)   = (1 - sum w) * prod (1 - x (k / s_j - 1 / m_j)) * C_{k - topk_group}(n)   # over E_sel - k_g
+    P_miss(bin) = prod_j (1 - s_j + s_j * M(bin, j))                                   # groups independent
+
+Exact for uniform routing. Without dedup ``u(bin) = k * sum x``: every assignment is sent separately.
+All equations with their assumptions: ``docs/COSTMODEL.md``.
+
+2. Bytes per link class (rank-1 traffic: every source sends ``T * u(d) * B`` bytes to destination d)
+-------------------------------------------------------------------------------------------------------------
+``B`` is bytes per token row: BF16 ``2H``; FP8 ``H + 4H/128`` (one FP32 scale per 128 channels, DeepEP's
+format). Own-GPU deliveries use no link. ``U(b)`` = sum of u over the GPUs of node b, ``un(b)`` node delivery.
+
+flat (NCCL-style: every GPU sends straight to every other GPU; inter-node pairs use the sender's NIC)::
+
+    nvl_in(d)  = (gpn - 1) * T * u(d) * B             nvl_out(s) = T * (U(node s) - u(s)) * B
+    nic_in(d)  = (G - gpn) * T * u(d) * B             nic_out(s) = T * (sum_b U(b) - U(node s)) * B
+
+hierarchical (DeepEP's normal kernels: RDMA once per destination node to the GPU of the same local rank, then
+NVLink forwarding deduplicated per GPU; one node: DeepEP's intranode kernel). DeepEP pushes every received
+row,
+the rank's own included, through its SM-driven NVLink buffers, so the NVLink-port class counts own rows too
+(modelling assumption, see :class:`HierarchicalAllToAll`); the own node's rows never use the NIC::
+
+    nic_out(s) = T * (sum_b un(b) - un(node s)) * B   nic_in(d)  = (N - 1) * T * un(node d) * B
+    nvl_in(d)  = N * gpn * T * u(d) * B               nvl_out(f) = N * T * U(node f) * B
+
+GPUs sharing a NIC add their NIC loads; a fat-tree with oversubscription r > 1 adds a per-node uplink class of
+capacity ``gpn * nic_bw / r`` carrying the node's inter-node bytes. PCIe nodes (``cluster.pcie``) add a switch
+uplink class: traffic between GPUs under different PCIe switches crosses both switches' uplinks,
+``sw_out = gps * T * (U(node) - U(switch)) * B``, ``sw_in = (gpn - gps) * T * U(switch) * B`` (times N for the
+hierarchical forwarding).
+
+3. Time
+-------
+Each link class c has a capacity ``bw_c`` (GB/s per direction, from the cluster profile) and a size-dependent
+efficiency ``eff_c(msg)`` (``ClusterSpec.efficiency(level, msg)``, log-interpolated points the cluster profile
+cites from nccl-tests), evaluated at the per-peer message size ``msg``::
+
+    t_c = bytes_c / (bw_c * 1e3 * eff_c(msg))                          # us (1 GB/s = 1e3 bytes/us)
+    t(d) = max(t_in(d), max_s t_out(s)) + latency                      # d waits for its slowest sender too
+
+with ``latency`` the per-hop latency of the levels crossed (flat: the outermost level used; hierarchical:
+inter-node + intra-node, the forwarding is a second hop). The hierarchical scheme pipelines its two hops
+(DeepEP forwards chunk by chunk), so its time is the max over both hops' links, not their sum. Combine is the
+reverse traffic (in <-> out) with the combine dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from moesim.errors import field_error
+
+if TYPE_CHECKING:
+    from moesim.specs import ClusterSpec
+
+DTYPES = ("fp8", "bf16")
+_TINY = 1e-300
+
+
+def bytes_per_token(hidden: int, dtype: str) -> float:
+    """Bytes of one token row on the wire: BF16 ``2H``; FP8 ``H`` plus one FP32 scale per 128 channels."""
+    if dtype == "bf16":
+        return 2.0 * hidden
+    if dtype == "fp8":
+        return hidden * (1.0 + 4.0 / 128.0)
+    raise field_error("options", "dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+# --------------------------------------------------------------------------------------------- delivery
+def group_selection(group_mass: np.ndarray, topk_group: int) -> np.ndarray:
+    """``[L, J]`` probability that a token selects each group: ``s_j = min(1, c * m_j)``, ``sum_j s_j
+    = topk_group``.
+
+    ``group_mass``: ``[L, J]`` fraction of assignments in each group (rows sum to 1).
+    """
+    m = np.asarray(group_mass, dtype=np.float64)
+    num_groups = m.shape[-1]
+    if topk_group >= num_groups:
+        return np.ones_like(m)
+    capped = np.zeros(m.shape, dtype=bool)
+    s = m
+    for _ in range(num_groups):  # at most J rounds of capping; J is 8 for DeepSeek-V3
+        free_mass = np.where(capped, 0.0, m).sum(axis=-1, keepdims=True)
+        room = topk_group - capped.sum(axis=-1, keepdims=True)
+        c = np.where(free_mass > 0, room / np.maximum(free_mass, _TINY), 0.0)
+        s = np.where(capped, 1.0, np.minimum(1.0, c * m))
+        newly = (s >= 1.0) & ~capped
+        if not newly.any():
+            break
+        capped |= newly
+    return s
+
+
+def _log_correction(n: np.ndarray, top_k: int, e_sel: float) -> np.ndarray:
+    """``log C(n)``: exact sampling without replacement over the independence product, for a uniform bin."""
+    n = np.asarray(n, dtype=np.float64)
+    out = np.zeros(n.shape)
+    for i in range(top_k):
+        out += np.log(np.maximum(1.0 - n / (e_sel - i), 1e-12))
+    base = np.log(max(1.0 - top_k / e_sel, 1e-12))
+    return out - n * base
+
+
+def delivery_per_token(
+    slot_mass: np.ndarray,
+    slot_share: np.ndarray,
+    slot_bin: np.ndarray,
+    slot_group: np.ndarray,
+    num_bins: int,
+    group_sel: np.ndarray,
+    top_k: int,
+    num_experts: int,
+    topk_group: int,
+    dedup: bool = True,
+) -> np.ndarray:
+    """Expected deliveries of one source token to each bin (GPU or node), ``[L, num_bins]``.
+
+    Args:
+        slot_mass: ``[L, P]`` fraction of the layer's assignments served by each slot (``p_e * share``), after
+            drops (rows may sum to < 1).
+        slot_share: ``[L, P]`` replica share of each slot (its count towards ``n``, the bin's experts).
+        slot_bin: ``[P]`` or ``[L, P]`` bin of each slot.
+        slot_group: ``[L, P]`` group of each slot's logical expert.
+        group_sel: ``[L, J]`` from :func:`group_selection`.
+    See the module docstring for the equations.
+    """
+    mass = np.asarray(slot_mass, dtype=np.float64)
+    num_layers = mass.shape[0]
+    num_groups = group_sel.shape[-1]
+    if topk_group >= num_groups > 1:
+        # every group may be selected: the limit is vacuous and routing is plain top-k
+        return delivery_per_token(
+            mass,
+            slot_share,
+            slot_bin,
+            np.zeros_like(slot_group),
+            num_bins,
+            np.ones((num_layers, 1)),
+            top_k,
+            num_experts,
+            1,
+            dedup,
+        )
+    bins = np.broadcast_to(slot_bin, mass.shape)
+    layer_off = np.arange(num_layers)[:, None]
+    if not dedup:
+        idx = (layer_off * num_bins + bins).ravel()
+        out = np.bincount(idx, weights=mass.ravel(), minlength=num_layers * num_bins)
+        return top_k * out.reshape(num_layers, num_bins)
+    sel = np.take_along_axis(group_sel, slot_group, axis=1)  # [L, P]
+    share = np.asarray(slot_share, dtype=np.float64)
+    idx = ((layer_off * num_bins + bins) * num_groups + slot_group).ravel()
+    size = num_layers * num_bins * num_groups
+    n = np.bincount(idx, weights=share.ravel(), minlength=size)
+    e_sel = num_experts * min(topk_group, num_groups) / num_groups
+    if num_groups == 1:
+        pi = np.minimum(1.0, top_k * mass)
+        log_keep = np.log(np.maximum(1.0 - pi, 1e-12))
+        log_m = np.bincount(idx, weights=log_keep.ravel(), minlength=size)
+        miss_given_sel = np.exp(log_m + _log_correction(n, top_k, e_sel))
+    else:
+        # A group is selected for its strongest experts, so each selected group gets one pick for sure,
+        # landing on a slot in proportion to the slot's share w of the group's mass; the remaining
+        # k - topk_group picks spread over the selected groups with inclusion pi'' = x * (k / s_j - 1 / m_j)
+        # (the expected picks k * x minus the sure pick's s_j * x / m_j, given selection). Exact for uniform
+        # routing.
+        gidx = (layer_off * num_groups + slot_group).ravel()
+        m_group = np.bincount(gidx, weights=mass.ravel(), minlength=num_layers * num_groups)
+        m_slot = m_group.reshape(num_layers, num_groups)[layer_off, slot_group]
+        w = mass / np.maximum(m_slot, _TINY)
+        first = np.bincount(idx, weights=w.ravel(), minlength=size)
+        rest_k = max(top_k - min(topk_group, num_groups), 0)
+        pi = np.clip(mass * (top_k / np.maximum(sel, _TINY) - 1.0 / np.maximum(m_slot, _TINY)), 0.0, 1.0)
+        log_keep = np.log(np.maximum(1.0 - pi, 1e-12))
+        log_m = np.bincount(idx, weights=log_keep.ravel(), minlength=size)
+        log_first = np.log(np.maximum(1.0 - first, 1e-12))
+        rest = log_m + _log_correction(n, rest_k, e_sel - min(topk_group, num_groups)) if rest_k else 0.0
+        miss_given_sel = np.exp(log_first + rest)
+    miss_given_sel = np.clip(miss_given_sel, 0.0, 1.0).reshape(num_layers, num_bins, num_groups)
+    s = group_sel[:, None, :]
+    p_miss = np.prod(1.0 - s + s * miss_given_sel, axis=-1)
+    return 1.0 - p_miss
+
+
+# --------------------------------------------------------------------------------------------- links
+@dataclass(frozen=True)
+class LinkClasses:
+    """The link classes of a cluster that the all-to-all loads, derived once per cluster.
+
+    ``nvl_*``: the intra-node port of each GPU (NVLink/NVSwitch or PCIe), per direction. ``nic_*``: the
+    inter-node NIC; ``gpu_nic[g]`` maps GPUs to NICs (rail: one each; shared: ``gpus_per_nic`` share one).
+    ``uplink_bw_gb_s``: per-node fat-tree uplink when oversubscribed, else 0 (never the bottleneck).
+    """
+
+    num_gpus: int
+    gpus_per_node: int
+    num_nodes: int
+    intra_kind: str
+    nvl_bw_gb_s: float
+    nvl_latency_us: float
+    nic_bw_gb_s: float
+    nic_latency_us: float
+    gpus_per_nic: int
+    uplink_bw_gb_s: float
+    cluster: Any  # the ClusterSpec, for its efficiency curves
+    gpus_per_switch: int = 0  # PCIe nodes: GPUs behind one PCIe switch (0 = no switch class)
+    switch_uplink_gb_s: float = 0.0  # per switch uplink to the host, per direction
+
+    @property
+    def multi_node(self) -> bool:
+        return self.num_nodes > 1
+
+    def efficiency(self, level: int, message_bytes: np.ndarray) -> np.ndarray:
+        msg = np.maximum(np.asarray(message_bytes, dtype=np.float64), 1.0)
+        return np.clip(np.asarray(self.cluster.efficiency(level, msg), dtype=np.float64), 1e-3, 1.0)
+
+
+def link_classes(cluster: ClusterSpec) -> LinkClasses:
+    """Derive the link classes from a cluster spec (levels innermost first, NIC layout, fabric)."""
+    levels = cluster.levels
+    gpn = int(cluster.gpus_per_node)
+    num_nodes = int(cluster.num_nodes)
+    intra = levels[0]
+    nic_bw = 0.0
+    nic_lat = 0.0
+    gpus_per_nic = 1
+    uplink = 0.0
+    if num_nodes > 1:
+        if len(levels) < 2:
+            raise field_error(cluster.slug, "levels", f"{num_nodes} nodes but no inter-node level")
+        inter = levels[1]
+        nic_lat = float(inter.latency_ns) * 1e-3
+        nic = getattr(cluster, "nic", None)
+        if nic is not None and float(getattr(nic, "bw_gb_s", 0) or 0) > 0:
+            nic_bw = float(nic.bw_gb_s)
+            gpus_per_nic = max(1, int(getattr(nic, "gpus_per_nic", 1) or 1)) if nic.layout == "shared" else 1
+        else:
+            nic_bw = float(inter.bw_gb_s)
+        fabric = getattr(cluster, "fabric", None)
+        if fabric is not None and fabric.kind == "fat-tree" and float(fabric.oversubscription) > 1.0:
+            uplink = gpn * nic_bw / gpus_per_nic / float(fabric.oversubscription)
+    pcie = getattr(cluster, "pcie", None)
+    gps = int(pcie.gpus_per_switch) if pcie is not None and int(pcie.gpus_per_switch) < gpn else 0
+    return LinkClasses(
+        gpus_per_switch=gps,
+        switch_uplink_gb_s=float(pcie.switch_uplink_gb_s) if gps else 0.0,
+        num_gpus=gpn * num_nodes,
+        gpus_per_node=gpn,
+        num_nodes=num_nodes,
+        intra_kind=str(intra.kind),
+        nvl_bw_gb_s=float(intra.bw_gb_s),
+        nvl_latency_us=float(intra.latency_ns) * 1e-3,
+        nic_bw_gb_s=nic_bw,
+        nic_latency_us=nic_lat,
+        gpus_per_nic=gpus_per_nic,
+        uplink_bw_gb_s=uplink,
+        cluster=cluster,
+    )
+
+
+# --------------------------------------------------------------------------------------------- strategies
+@dataclass(frozen=True)
+class LinkLoads:
+    """Bytes per GPU (``[L, G]``) on each link class, in one direction of one all-to-all, and the per-peer
+    message sizes (``[L, G]``) that set each class's efficiency."""
+
+    nvl_in: np.ndarray
+    nvl_out: np.ndarray
+    nic_in: np.ndarray
+    nic_out: np.ndarray
+    nvl_msg: np.ndarray
+    nic_msg: np.ndarray
+    latency_us: float
+    nvl_own: np.ndarray | float = 0.0  # own rows counted in nvl_in/nvl_out (pipeline load, not link bytes)
+    sw_in: np.ndarray | float = 0.0  # PCIe switch uplink bytes into each GPU's switch (per GPU: its switch's)
+    sw_out: np.ndarray | float = 0.0
+
+    def reversed(self) -> LinkLoads:
+        """The combine direction: the same bytes flowing back."""
+        return LinkLoads(
+            self.nvl_out,
+            self.nvl_in,
+            self.nic_out,
+            self.nic_in,
+            self.nvl_msg,
+            self.nic_msg,
+            self.latency_us,
+            self.nvl_own,
+            self.sw_out,
+            self.sw_in,
+        )
+
+    def scaled(self, factor: float) -> LinkLoads:
+        """Loads for another bytes-per-token (combine dtype) or a chunk of the tokens."""
+        return LinkLoads(
+            self.nvl_in * factor,
+            self.nvl_out * factor,
+            self.nic_in * factor,
+            self.nic_out * factor,
+            self.nvl_msg * factor,
+            self.nic_msg * factor,
+            self.latency_us,
+            self.nvl_own * factor,
+            self.sw_in * factor,
+            self.sw_out * factor,
+        )
+
+    @property
+    def nvlink_bytes(self) -> np.ndarray:
+        """``[L]`` bytes over intra-node links, all GPUs (own rows excluded)."""
+        return (self.nvl_in - self.nvl_own).sum(axis=-1)
+
+    @property
+    def network_bytes(self) -> np.ndarray:
+        """``[L]`` bytes over the inter-node network, all GPUs."""
+        return self.nic_in.sum(axis=-1)
+
+
+class AllToAll:
+    """Strategy interface: per-GPU link loads of one all-to-all from the delivery probabilities."""
+
+    name = ""
+
+    def loads(
+        self,
+        links: LinkClasses,
+        u_gpu: np.ndarray,
+        u_node: np.ndarray,
+        tokens_per_gpu: float,
+        row_bytes: float,
+    ) -> LinkLoads:
+        raise NotImplementedError
+
+
+def _node_sum(links: LinkClasses, x: np.ndarray) -> np.ndarray:
+    """``[L, G] -> [L, N]`` sum over each node's GPUs."""
+    return x.reshape(x.shape[0], links.num_nodes, links.gpus_per_node).sum(axis=-1)
+
+
+def _per_gpu(links: LinkClasses, x_node: np.ndarray) -> np.ndarray:
+    """``[L, N] -> [L, G]`` broadcast a node value to its GPUs."""
+    return np.repeat(x_node, links.gpus_per_node, axis=-1)
+
+
+def _switch_loads(links: LinkClasses, u_gpu: np.ndarray, per_pair: float) -> tuple[np.ndarray, np.ndarray]:
+    """PCIe switch uplink bytes (per GPU: its switch's) when every GPU of a node sends ``per_pair * u(d)``
+    bytes to every other GPU d of the node: traffic between GPUs under different switches crosses both
+    switches' uplinks. ``sw_out(s) = gps * per_pair * (U(node) - U(s)); sw_in(s) = (gpn - gps) * per_pair
+    * U(s)``.
+    """
+    gps = links.gpus_per_switch
+    if not gps:
+        return np.zeros_like(u_gpu), np.zeros_like(u_gpu)
+    num_layers = u_gpu.shape[0]
+    u_switch = u_gpu.reshape(num_layers, -1, gps).sum(axis=-1)
+    u_switch = np.repeat(u_switch, gps, axis=-1)
+    node_u = _per_gpu(links, _node_sum(links, u_gpu))
+    sw_out = gps * per_pair * (node_u - u_switch)
+    sw_in = (links.gpus_per_node - gps) * per_pair * u_switch
+    return sw_in, sw_out
+
+
+class FlatAllToAll(AllToAll):
+    """Every GPU sends straight to every other GPU (NCCL ``alltoall``, DeepEP intranode)."""
+
+    name = "flat"
+
+    def loads(
+        self,
+        links: LinkClasses,
+        u_gpu: np.ndarray,
+        u_node: np.ndarray,
+        tokens_per_gpu: float,
+        row_bytes: float,
+    ) -> LinkLoads:
+        tb = tokens_per_gpu * row_bytes
+        gpn, num_gpus = links.gpus_per_node, links.num_gpus
+        node_u = _per_gpu(links, _node_sum(links, u_gpu))  # U(node of g), [L, G]
+        pair = tb * u_gpu  # bytes each source sends to d
+        nvl_in = (gpn - 1) * pair
+        nvl_out = tb * (node_u - u_gpu)
+        if links.multi_node:
+            nic_in = (num_gpus - gpn) * pair
+            nic_out = tb * (u_gpu.sum(axis=-1, keepdims=True) - node_u)
+            latency = links.nic_latency_us
+        else:
+            nic_in = nic_out = np.zeros_like(u_gpu)
+            latency = links.nvl_latency_us
+        sw_in, sw_out = _switch_loads(links, u_gpu, tb)
+        return LinkLoads(nvl_in, nvl_out, nic_in, nic_out, pair, pair, latency, 0.0, sw_in, sw_out)
+
+
+class HierarchicalAllToAll(AllToAll):
+    """DeepEP's normal kernels: RDMA once per destination node to the same-rank GPU, then NVLink forwarding,
+    deduplicated per GPU; inside one node, DeepEP's intranode kernel.
+
+    DeepEP moves every received row, the rank's own included, through the same SM-driven NVLink buffers
+    (sender warps write a per-(source, destination) ring buffer, receiver warps copy it out; the own rank's
+    buffer costs the same SM time). So the NVLink-port class carries the own rows too (modelling assumption;
+    DeepEP's own bandwidth metric and its "~160 GB/s NVLink maximum" count them the same way). The own node's
+    rows never touch the NIC.
+    """
+
+    name = "hierarchical"
+
+    def loads(
+        self,
+        links: LinkClasses,
+        u_gpu: np.ndarray,
+        u_node: np.ndarray,
+        tokens_per_gpu: float,
+        row_bytes: float,
+    ) -> LinkLoads:
+        tb = tokens_per_gpu * row_bytes
+        gpn, num_nodes = links.gpus_per_node, links.num_nodes
+        node_u = _per_gpu(links, _node_sum(links, u_gpu))
+        nvl_in = num_nodes * gpn * tb * u_gpu
+        nvl_out = num_nodes * tb * node_u
+        own = num_nodes * tb * u_gpu  # rows a GPU forwards to itself: in the pipeline, not on a link
+        if links.multi_node:
+            un = _per_gpu(links, u_node)  # un(node of g)
+            nic_out = tb * (u_node.sum(axis=-1, keepdims=True) - un)
+            nic_in = (num_nodes - 1) * tb * un
+            latency = links.nic_latency_us + links.nvl_latency_us
+            nic_msg = tb * un
+        else:
+            nic_in = nic_out = nic_msg = np.zeros_like(u_gpu)
+            latency = links.nvl_latency_us
+        # per-peer messages: the forwarder sends to d what all N source nodes routed there
+        sw_in, sw_out = _switch_loads(links, u_gpu, num_nodes * tb)
+        return LinkLoads(
+            nvl_in, nvl_out, nic_in, nic_out, num_nodes * tb * u_gpu, nic_msg, latency, own, sw_in, sw_out
+        )
+
+
+ALLTOALL = {"flat": FlatAllToAll, "hierarchical": HierarchicalAllToAll}
+
+
+def make_alltoall(name: str) -> AllToAll:
+    """Pick the all-to-all strategy once, by name (``flat`` | ``hierarchical``)."""
+    try:
+        return ALLTOALL[name]()
+    except KeyError:
+        raise field_error(
+            "options", "alltoall", f"must be one of {', '.join(ALLTOALL)}, got {name!r}"
+        ) from None
+
+
+def _shared_nic(links: LinkClasses, x: np.ndarray) -> np.ndarray:
+    """Per-GPU NIC bytes -> bytes on the NIC each GPU uses (GPUs sharing a NIC add up)."""
+    if links.gpus_per_nic <= 1:
+        return x
+    shape = x.shape
+    per_nic = x.reshape(shape[0], -1, links.gpus_per_nic).sum(axis=-1)
+    return np.repeat(per_nic, links.gpus_per_nic, axis=-1)
+
+
+def link_times_us(links: LinkClasses, loads: LinkLoads) -> np.ndarray:
+    """``[L, G]`` time for each GPU to receive everything sent to it (us); see the module docstring.
+
+    ``t(d) = max(t_in(d), max_s t_out(s)) + latency`` over the NVLink port, the NIC and the node uplink.
+    """
+    to_us = 1e3  # GB/s -> bytes/us
+    eff0 = links.efficiency(0, loads.nvl_msg)
+    t_in = loads.nvl_in / (links.nvl_bw_gb_s * to_us * eff0)
+    t_out = loads.nvl_out / (links.nvl_bw_gb_s * to_us * eff0)
+    if links.gpus_per_switch:
+        t_in = np.maximum(t_in, loads.sw_in / (links.switch_uplink_gb_s * to_us * eff0))
+        t_out = np.maximum(t_out, loads.sw_out / (links.switch_uplink_gb_s * to_us * eff0))
+    if links.multi_node and links.nic_bw_gb_s > 0:
+        eff1 = links.efficiency(1, loads.nic_msg)
+        nic_in = _shared_nic(links, loads.nic_in)
+        nic_out = _shared_nic(links, loads.nic_out)
+        t_in = np.maximum(t_in, nic_in / (links.nic_bw_gb_s * to_us * eff1))
+        t_out = np.maximum(t_out, nic_out / (links.nic_bw_gb_s * to_us * eff1))
+        if links.uplink_bw_gb_s > 0:
+            up_in = _per_gpu(links, _node_sum(links, loads.nic_in))
+            up_out = _per_gpu(links, _node_sum(links, loads.nic_out))
+            t_in = np.maximum(t_in, up_in / (links.uplink_bw_gb_s * to_us * eff1))
+            t_out = np.maximum(t_out, up_out / (links.uplink_bw_gb_s * to_us * eff1))
+    t = np.maximum(t_in, t_out.max(axis=-1, keepdims=True))
+    return np.where(t > 0, t + loads.latency_us, 0.0)

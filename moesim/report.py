@@ -1,0 +1,392 @@
+"""Write a what-if sweep's report: ``report.html`` (self-contained), ``report.md``, ``results.csv``, ``results.json``.
+
+The HTML embeds every plot as a base64 PNG and needs nothing else (no scripts, no network), so it can be
+attached to a design review as one file. ``report.md`` shows the same tables and links the PNGs written to
+``plots/``. ``results.csv`` has one flat row per scenario; ``results.json`` carries every record in full,
+including the simulator's own ``StepResult.to_dict()`` per scenario. Every file is written to a temporary file
+in the output directory and ``os.replace``-d into place.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from moesim.whatif import PHASES, WhatifRun
+
+SETTING_COLUMNS = (
+    "model", "cluster", "trace", "tokens_per_gpu", "placement", "redundant_experts", "capacity_factor",
+    "drop_policy", "overlap_chunks", "dispatch_dtype", "combine_dtype", "alltoall", "weight_dtype",
+)
+
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return ""
+    s = str(value)
+    return Path(s).name if "/" in s else s
+
+
+def flat_row(run: WhatifRun, rec: dict) -> dict[str, Any]:
+    """One CSV row: settings, headline numbers, the phase breakdown and traffic per link class."""
+    s = rec["settings"]
+    row: dict[str, Any] = {"name": rec["name"], "baseline": int(rec["is_baseline"]), "best": int(rec["is_best"])}
+    for col, value in s.items():  # every setting, in Scenario's field order
+        if col in ("model", "cluster", "trace"):
+            value = _short(value)
+        elif isinstance(value, (tuple, list)):
+            value = " ".join(str(v) for v in value)
+        row[col] = value
+    row["num_gpus"] = rec["num_gpus"]
+    row["error"] = rec.get("error", "")
+    if "error" in rec:
+        return row
+    row["num_layers"] = rec["num_layers"]
+    row["step_latency_us"] = rec["step_latency_us"]
+    row["tokens_per_s_per_gpu"] = rec["tokens_per_s_per_gpu"]
+    row["gain_vs_baseline"] = run.gain(rec)
+    for p in PHASES:
+        row[f"{p}_us"] = rec["phase_us"][p]
+    row["moe_share"] = rec["moe_share"]
+    row["alltoall_share"] = rec["alltoall_share"]
+    row["dropped_fraction"] = rec["dropped_fraction"]
+    row["load_imbalance"] = rec["load_imbalance"]
+    return row
+
+
+def results_document(run: WhatifRun) -> dict[str, Any]:
+    """The JSON document: what was asked, which scenario is the baseline and the best, every record."""
+    sf = run.scenario_file
+    return {
+        "title": sf.title,
+        "scenario_file": sf.path,
+        "objective": sf.objective,
+        "objective_sense": "min" if sf.minimize else "max",
+        "baseline": run.baseline["name"],
+        "best": run.best["name"],
+        "best_gain_vs_baseline": run.gain(),
+        "scenarios": run.records,
+    }
+
+
+def _fig_png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def make_plots(run: WhatifRun) -> list[tuple[str, str, str, bytes]]:
+    """(file stem, title, caption, PNG bytes) for every plot that applies to this sweep."""
+    from moesim import plots
+
+    sf = run.scenario_file
+    ok = run.feasible
+    shown, cut = plots.shown_records(ok, ok.index(run.baseline), sf.minimize, sf.objective)
+    cut_note = (f" Showing the {len(shown)} best of {len(ok)} scenarios (and the baseline); "
+                "results.csv has them all." if cut else "")
+    latency_caption = (
+        "Each bar stacks the MoE phases of each layer's slowest GPU, summed over all MoE layers, then attention "
+        "and the dense part; the diamond is the simulated step latency, left of the bar's end when overlap "
+        "hides communication behind compute." + cut_note
+    )
+    load_caption = (
+        "Token-expert assignments each GPU computes per layer under the placement of the baseline and of the "
+        "best scenario: bars are the mean over the simulated layers, red ticks the GPU's busiest layer. The "
+        "busiest GPU sets each layer's time; the title gives its load over the mean, per layer, averaged over "
+        "layers."
+    )
+    out = [
+        ("latency", "Step latency by phase", latency_caption, _fig_png(plots.plot_latency(shown))),
+        ("gpu_load", "Per-GPU load: baseline and best", load_caption,
+         _fig_png(plots.plot_gpu_load(run.baseline, run.best))),
+    ]
+    if plots.has_capacity_sweep(ok):
+        caption = ("Each point is a capacity factor; a lower capacity drops more assignments and shortens the "
+                   "slowest expert. The star is the dropless run. Dropped assignments cost model quality, which "
+                   "moesim does not model: read a latency gain together with its drop rate.")
+        out.append(("capacity", "Latency vs dropped tokens", caption, _fig_png(plots.plot_capacity(ok))))
+    if any(r["traffic_bytes"] for r in shown):
+        caption = ("Bytes moved by dispatch and combine per step, by the class of link they cross."
+                   + cut_note)
+        out.append(("traffic", "Traffic by link class", caption, _fig_png(plots.plot_traffic(shown))))
+    return out
+
+
+def time_unit(run: WhatifRun) -> tuple[str, float]:
+    """One time unit for a whole report (ms when the slowest step is >= 2 ms), so columns compare at a glance."""
+    worst = max(r["step_latency_us"] for r in run.feasible)
+    return ("ms", 1e-3) if worst >= 2000 else ("µs", 1.0)
+
+
+def fmt_us(us: float, unit: tuple[str, float] = ("µs", 1.0)) -> str:
+    """``us`` in the given unit with about four significant digits (``12.35 ms``, ``1,227 ms``, ``86.4 µs``)."""
+    name, scale = unit
+    v = us * scale
+    digits = 3 if abs(v) < 10 else 2 if abs(v) < 100 else 1 if abs(v) < 1000 else 0
+    return f"{v:,.{digits}f} {name}"
+
+
+def fmt_gain(g: float) -> str:
+    return f"{100 * g:+.1f}%"
+
+
+def varying_columns(run: WhatifRun) -> list[str]:
+    """Setting columns that actually differ between scenarios (the rest go in the 'fixed' line)."""
+    names = [k for k in run.records[0]["settings"] if k not in ("model", "cluster", "trace")]
+    names = ["model", "cluster", "trace", *names]  # Scenario's field order, the inputs first
+    cols = [c for c in names if len({repr(r["settings"].get(c)) for r in run.records}) > 1]
+    # a column that only repeats the scenario names (a single axis of slugs) adds nothing
+    return [c for c in cols if any(cell(c, r["settings"][c]) != r["name"] for r in run.records)]
+
+
+def cell(col: str, value: Any) -> str:
+    if col in ("model", "cluster", "trace"):
+        return _short(value)
+    if value is None:
+        return "none" if col == "capacity_factor" else ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def summary_lines(run: WhatifRun) -> list[str]:
+    sf = run.scenario_file
+    base, best = run.baseline, run.best
+    obj = sf.objective
+    unit = "tokens/s per GPU" if obj == "tokens_per_s_per_gpu" else ""
+    tu = time_unit(run)
+    fmt = (lambda v: f"{v:,.0f} {unit}") if unit else (lambda v: fmt_us(v, tu))
+    lines = [f"Baseline: {base['name']}: {fmt(base[obj])}"]
+    if best["name"] == base["name"]:
+        lines.append(f"Best: the baseline itself ({len(run.records)} scenarios evaluated)")
+    else:
+        drops = f", dropping {100 * best['dropped_fraction']:.1f}% of assignments" if best["dropped_fraction"] else ""
+        lines.append(f"Best: {best['name']}: {fmt(best[obj])}, {fmt_gain(run.gain())} vs baseline "
+                     f"({'lower latency' if sf.minimize else 'higher throughput'} is better){drops}")
+    return lines
+
+
+def _fixed_settings(run: WhatifRun, varying: list[str]) -> str:
+    s = run.records[0]["settings"]
+    parts = [f"{c}={cell(c, s[c])}" for c in SETTING_COLUMNS if c not in varying]
+    return ", ".join(parts)
+
+
+def compact_names(run: WhatifRun) -> bool:
+    """Generated names of a multi-axis sweep only repeat the value columns: number the rows instead."""
+    sf = run.scenario_file
+    return len(sf.axes) >= 2 and not sf.named_variants
+
+
+TABLE_NOTE = (
+    "Step: one forward step of the whole model (attention, dense layers, LM head and every MoE layer; MoE layers "
+    "the trace does not record count at the mean of the recorded ones). Dispatch+combine and compute: the "
+    "slowest GPU's, summed over the MoE layers. Gain: relative to the baseline, positive is better. Dropped: "
+    "share of token-expert assignments over capacity. Max/mean load: per layer, the busiest GPU's assignments "
+    "over the mean, averaged over layers."
+)
+
+
+def table_rows(run: WhatifRun, varying: list[str], compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the results table; ``compact`` puts the row number where the name would be."""
+    tu = time_unit(run)
+    head = ["#" if compact else "scenario", *varying, "GPUs", f"step ({tu[0]})", "gain", "tokens/s/GPU",
+            f"dispatch+combine ({tu[0]})", f"compute ({tu[0]})", "dropped", "max/mean load"]
+    rows = []
+
+    def label(r: dict) -> str:
+        return str(r["index"] + 1) if compact else r["name"]
+
+    for r in run.records:
+        if "error" in r:
+            rows.append([label(r), *[cell(c, r["settings"][c]) for c in varying], str(r["num_gpus"]),
+                         "—", "cannot run", "", "", "", "", ""])
+            continue
+        ph = r["phase_us"]
+        rows.append([
+            label(r),
+            *[cell(c, r["settings"][c]) for c in varying],
+            str(r["num_gpus"]),
+            fmt_us(r["step_latency_us"], tu).split()[0],
+            "" if r["is_baseline"] else fmt_gain(run.gain(r)),
+            f"{r['tokens_per_s_per_gpu']:,.0f}",
+            fmt_us(ph["dispatch"] + ph["combine"], tu).split()[0],
+            fmt_us(ph["compute"], tu).split()[0],
+            f"{100 * r['dropped_fraction']:.2f}%",
+            f"{r['load_imbalance']:.2f}",
+        ])
+    return head, rows
+
+
+_CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1240px;
+color:#1b1b1b;padding:0 16px;line-height:1.45}
+h1{font-size:26px;margin-bottom:4px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.sub{color:#555;margin-top:0}
+.cards{display:flex;gap:14px;flex-wrap:wrap;margin:18px 0}
+.card{border:1px solid #d0d7de;border-radius:8px;padding:12px 16px;min-width:220px;flex:1;background:#f6f8fa}
+.card .k{font-size:12px;text-transform:uppercase;color:#57606a;letter-spacing:.04em}
+.card .v{font-size:21px;font-weight:600;margin-top:2px}
+.card .d{font-size:13px;color:#444}
+.good{color:#1a7f37}.bad{color:#cf222e}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:13px;width:100%}
+th,td{border-bottom:1px solid #e1e4e8;padding:5px 8px;text-align:right;white-space:nowrap}
+th{background:#f6f8fa;position:sticky;top:0}
+td:first-child,th:first-child{text-align:left;white-space:normal}
+tr.base td{background:#eef4ff}tr.best td{background:#e9f7ec;font-weight:600}
+.tag{font-size:11px;border-radius:4px;padding:1px 5px;margin-left:6px;color:#fff}
+.tag.base{background:#0969da}.tag.best{background:#1a7f37}
+figure{margin:18px 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;font-size:13px;margin-top:4px}
+pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px}
+.fixed{font-size:13px;color:#444}
+"""
+
+
+def render_html(run: WhatifRun, plot_list: list[tuple[str, str, str, bytes]], scenario_text: str) -> str:
+    sf = run.scenario_file
+    esc = html.escape
+    base, best = run.baseline, run.best
+    varying = varying_columns(run)
+    head, rows = table_rows(run, varying, compact_names(run))
+    gain = run.gain()
+    tu = time_unit(run)
+    gain_cls = "good" if gain > 0 else "bad" if gain < 0 else ""
+    obj_fmt = (lambda v: f"{v:,.0f} tok/s/GPU") if not sf.minimize else (lambda v: fmt_us(v, tu))
+    cards = [
+        ("baseline", esc(base["name"]), obj_fmt(base[sf.objective]), ""),
+        ("best", esc(best["name"]), obj_fmt(best[sf.objective]), ""),
+        ("gain of best over baseline", f"<span class='{gain_cls}'>{fmt_gain(gain)}</span>",
+         "lower latency is better" if sf.minimize else "higher throughput is better", ""),
+        ("scenarios", str(len(run.records)), f"objective: {esc(sf.objective)}", ""),
+    ]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{esc(sf.title)}: moesim what-if</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(sf.title)}</h1>",
+        f"<p class='sub'>moesim what-if report · {esc(Path(sf.path).name)}</p>",
+    ]
+    if sf.description:
+        parts.append(f"<p>{esc(sf.description)}</p>")
+    parts.append("<div class='cards'>")
+    for k, v, d, _ in cards:
+        parts.append(f"<div class='card'><div class='k'>{esc(k)}</div><div class='v'>{v}</div>"
+                     f"<div class='d'>{d}</div></div>")
+    parts.append("</div>")
+    parts.append("<h2>Results</h2>")
+    parts.append(f"<p class='fixed'>Fixed in every scenario: {esc(_fixed_settings(run, varying))}</p>")
+    parts.append("<div class='scroll'><table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>")
+    for rec, row in zip(run.records, rows):
+        cls = "best" if rec["is_best"] else "base" if rec["is_baseline"] else ""
+        tags = "".join(f"<span class='tag {t}'>{t}</span>" for t, on in
+                       (("base", rec["is_baseline"]), ("best", rec["is_best"])) if on)
+        cells = [f"<td>{esc(row[0])}{tags}</td>"] + [f"<td>{esc(c)}</td>" for c in row[1:]]
+        parts.append(f"<tr class='{cls}'>" + "".join(cells) + "</tr>")
+    parts.append("</tbody></table></div>")
+    failed = [r for r in run.records if "error" in r]
+    if failed:
+        parts.append("<p><b>Scenarios that cannot run as specified:</b></p><ul>")
+        parts += [f"<li>{esc(r['name'])}: {esc(r['error'])}</li>" for r in failed]
+        parts.append("</ul>")
+    parts.append(f"<p class='fixed'>{esc(TABLE_NOTE)}</p>")
+    for stem, title, caption, png in plot_list:
+        b64 = base64.b64encode(png).decode()
+        parts.append(f"<h2>{esc(title)}</h2><figure><img alt='{esc(title)}' src='data:image/png;base64,{b64}'>"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    parts.append("<h2>Scenario file</h2>")
+    parts.append(f"<pre>{esc(scenario_text)}</pre>")
+    from moesim import __version__
+
+    parts.append(f"<p class='fixed'>moesim {esc(__version__)} · <code>moesim whatif {esc(sf.path)}</code> · "
+                 "every number is in results.json, with the simulator's per-layer detail.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_markdown(run: WhatifRun, plot_list: list[tuple[str, str, str, bytes]]) -> str:
+    sf = run.scenario_file
+    varying = varying_columns(run)
+    head, rows = table_rows(run, varying, compact_names(run))
+
+    def md_cell(c: str) -> str:
+        return c.replace("|", "\\|")
+
+    out = [f"# {sf.title}", "", f"moesim what-if report for `{Path(sf.path).name}`.", ""]
+    if sf.description:
+        out += [sf.description, ""]
+    out += [f"- {line}" for line in summary_lines(run)]
+    out += ["", f"Fixed in every scenario: {_fixed_settings(run, varying)}", "", "## Results", ""]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "|".join([":---"] + ["---:"] * (len(head) - 1)) + "|")
+    for rec, row in zip(run.records, rows):
+        name = row[0] + (" **(base)**" if rec["is_baseline"] else "") + (" **(best)**" if rec["is_best"] else "")
+        out.append("| " + " | ".join(md_cell(c) for c in [name, *row[1:]]) + " |")
+    out += ["", TABLE_NOTE, ""]
+    failed = [r for r in run.records if "error" in r]
+    if failed:
+        out += ["Scenarios that cannot run as specified:", ""]
+        out += [f"- {r['name']}: {r['error']}" for r in failed]
+        out.append("")
+    for stem, title, caption, _ in plot_list:
+        out += [f"## {title}", "", f"![{title}](plots/{stem}.png)", "", caption, ""]
+    return "\n".join(out)
+
+
+def write_report(run: WhatifRun, out_dir: str | Path, scenario_text: str | None = None) -> dict[str, Path]:
+    """Write report.html, report.md, results.csv, results.json and plots/*.png into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if scenario_text is None:
+        try:
+            scenario_text = Path(run.scenario_file.path).read_text()
+        except OSError:
+            scenario_text = ""
+    plot_list = make_plots(run)
+    paths: dict[str, Path] = {}
+    for stem, _, _, png in plot_list:
+        paths[f"plot:{stem}"] = out / "plots" / f"{stem}.png"
+        _atomic_write(paths[f"plot:{stem}"], png)
+
+    buf = io.StringIO()
+    rows = [flat_row(run, r) for r in run.records]
+    fieldnames = list(rows[0])
+    for r in rows[1:]:  # traffic classes can differ between clusters
+        fieldnames += [k for k in r if k not in fieldnames]
+    classes = sorted({c for r in run.feasible for c in r["traffic_bytes"]})
+    fieldnames += [f"traffic_{c}_bytes" for c in classes]
+    writer = csv.DictWriter(buf, fieldnames=fieldnames, lineterminator="\n")
+    writer.writeheader()
+    for rec, row in zip(run.records, rows):
+        for c in classes:
+            row[f"traffic_{c}_bytes"] = rec["traffic_bytes"].get(c, 0.0) if "traffic_bytes" in rec else ""
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    paths["csv"] = out / "results.csv"
+    _atomic_write(paths["csv"], buf.getvalue())
+
+    paths["json"] = out / "results.json"
+    _atomic_write(paths["json"], json.dumps(results_document(run), indent=1, sort_keys=False) + "\n")
+    paths["md"] = out / "report.md"
+    _atomic_write(paths["md"], render_markdown(run, plot_list))
+    paths["html"] = out / "report.html"
+    _atomic_write(paths["html"], render_html(run, plot_list, scenario_text))
+    return paths

@@ -1,0 +1,410 @@
+"""Routing traces: which logical experts the router picked, per MoE layer.
+
+Dimension legend: T tokens, L recorded MoE layers (in ``RoutingTrace.layers`` order), E logical experts,
+k top-k.
+
+A trace holds up to three views of the same routing, from coarse to fine:
+
+* ``counts[L, E]``: assignments per expert (all k choices of every token), so ``counts[l].sum() == T * k``.
+* ``transitions[L-1, E, E]``: ``transitions[l, i, j]`` = number of (token, rank r) pairs whose rank-r choice
+  was expert i in recorded layer l and expert j in recorded layer l+1. Choices are paired *by rank* (the
+  convention of the OLMoE routing analysis), so rows sum to ``counts[l]`` and columns to ``counts[l+1]``.
+  Recorded layers need not be adjacent model layers (the shipped OLMoE traces record layers 0, 7, 15).
+* ``topk_ids[T, L, k]``: per-token choices, from which both others derive (:func:`counts_from_topk`,
+  :func:`transitions_from_topk`).
+
+Files: :func:`load_trace` auto-detects the format (native ``.npz``/JSON here; SGLang, vLLM and the OLMoE
+analysis JSON in :mod:`moesim.trace_import`); :func:`save_trace` writes the native ``.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from moesim.errors import TraceError
+
+if TYPE_CHECKING:  # specs.py is light, but keep the import graph one-way at runtime too
+    from moesim.specs import ModelSpec
+
+NATIVE_FORMAT = "moesim-trace"
+NATIVE_VERSION = 1
+
+
+def _err(origin: str, fld: str, problem: str) -> TraceError:
+    return TraceError(f"{origin}: {fld}: {problem}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# derivations (pure, vectorised)
+# ----------------------------------------------------------------------------------------------------------
+def counts_from_topk(topk_ids: np.ndarray, num_experts: int) -> np.ndarray:
+    """Assignments per expert from per-token choices.
+
+    topk_ids: [T, L, k] int, values in [0, E). Returns counts [L, E] int64 with
+    ``counts[l, e] = #{(t, r) : topk_ids[t, l, r] == e}``.
+    """
+    ids = np.asarray(topk_ids)
+    T, L, k = ids.shape
+    # offset each layer into its own block of E bins, then one bincount over everything
+    flat = ids.transpose(1, 0, 2).reshape(L, T * k).astype(np.int64) + (np.arange(L, dtype=np.int64) * num_experts)[:, None]
+    return np.bincount(flat.ravel(), minlength=L * num_experts).reshape(L, num_experts).astype(np.int64)
+
+
+def transitions_from_topk(topk_ids: np.ndarray, num_experts: int) -> np.ndarray:
+    """Rank-paired transition counts between consecutive recorded layers.
+
+    topk_ids: [T, L, k]. Returns [L-1, E, E] int64 with
+    ``trans[l, i, j] = #{(t, r) : topk_ids[t, l, r] == i and topk_ids[t, l+1, r] == j}``.
+    Row sums equal ``counts[l]``, column sums ``counts[l+1]``.
+    """
+    ids = np.asarray(topk_ids).astype(np.int64)
+    _T, L, _k = ids.shape
+    E = num_experts
+    if L < 2:
+        return np.zeros((0, E, E), dtype=np.int64)
+    src = ids[:, :-1, :]  # [T, L-1, k]
+    dst = ids[:, 1:, :]
+    key = (np.arange(L - 1, dtype=np.int64)[None, :, None] * E + src) * E + dst
+    return np.bincount(key.ravel(), minlength=(L - 1) * E * E).reshape(L - 1, E, E).astype(np.int64)
+
+
+def top_successor_share(transitions: np.ndarray, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """How concentrated transitions are.
+
+    transitions: [L-1, E, E]. For each layer pair, the share of (token, rank) pairs whose next-layer expert is
+    among the ``n`` most frequent successors of their current expert:
+    ``share[l] = sum_i sum_{j in top_n(trans[l, i, :])} trans[l, i, j] / sum trans[l]``.
+    Also returns the same share if the next layer were independent of the current one (successor rows
+    proportional to the next layer's counts), as a baseline: ``sum_{j in top_n(colsum)} colsum[j] / total``.
+    Returns (share[L-1], independent_share[L-1]), floats in [0, 1].
+    """
+    tr = np.asarray(transitions, dtype=np.int64)
+    if tr.shape[0] == 0:
+        return np.zeros(0), np.zeros(0)
+    E = tr.shape[-1]
+    n = min(n, E)
+    total = tr.sum(axis=(1, 2)).astype(np.float64)
+    top = -np.sort(-tr, axis=2)[:, :, :n].sum(axis=(1, 2))
+    col = tr.sum(axis=1)  # [L-1, E]: next-layer counts
+    base = -np.sort(-col, axis=1)[:, :n].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(total > 0, top / total, 0.0)
+        ind = np.where(total > 0, base / total, 0.0)
+    return share, ind
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the trace
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RoutingTrace:
+    """Routing of ``num_tokens`` tokens through the recorded MoE layers of one model.
+
+    counts: [L, E] int64, rows sum to ``num_tokens * top_k``.
+    transitions: [L-1, E, E] int64 or None, rank-paired (see module docstring).
+    topk_ids: [T, L, k] int32 or None; when given, counts and transitions must agree with it.
+    layers: model layer index of each recorded layer (0-based, in the model's numbering).
+    """
+
+    model: str
+    num_experts: int
+    top_k: int
+    layers: tuple[int, ...]
+    counts: np.ndarray
+    num_tokens: int
+    transitions: np.ndarray | None = None
+    topk_ids: np.ndarray | None = None
+    source: str = ""
+    # not part of equality: arrays compare elementwise
+    __hash__ = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        origin = self.source or "trace"
+        set_ = object.__setattr__
+        E, k = int(self.num_experts), int(self.top_k)
+        set_(self, "num_experts", E)
+        set_(self, "top_k", k)
+        set_(self, "num_tokens", int(self.num_tokens))
+        set_(self, "layers", tuple(int(x) for x in self.layers))
+        set_(self, "model", str(self.model or ""))
+        if E < 1:
+            raise _err(origin, "num_experts", f"must be >= 1, got {E}")
+        if not 1 <= k <= E:
+            raise _err(origin, "top_k", f"must be in [1, num_experts={E}], got {k}")
+        if self.num_tokens < 0:
+            raise _err(origin, "num_tokens", f"must be >= 0, got {self.num_tokens}")
+        L = len(self.layers)
+        if L < 1:
+            raise _err(origin, "layers", "no recorded layers")
+        if len(set(self.layers)) != L or any(x < 0 for x in self.layers):
+            raise _err(origin, "layers", f"must be distinct non-negative indices, got {list(self.layers)}")
+
+        counts = np.asarray(self.counts)
+        if counts.shape != (L, E):
+            raise _err(origin, "counts", f"shape {counts.shape}, expected [L={L}, E={E}]")
+        if not np.issubdtype(counts.dtype, np.integer) and not np.all(np.equal(np.mod(counts, 1), 0)):
+            raise _err(origin, "counts", "must be integers")
+        counts = counts.astype(np.int64)
+        if (counts < 0).any():
+            raise _err(origin, "counts", "negative count")
+        want = self.num_tokens * k
+        bad = np.nonzero(counts.sum(axis=1) != want)[0]
+        if bad.size:
+            l0 = int(bad[0])
+            raise _err(origin, "counts", f"layer {self.layers[l0]} sums to {int(counts[l0].sum())}, "
+                       f"expected num_tokens*top_k = {self.num_tokens}*{k} = {want}")
+        counts.setflags(write=False)
+        set_(self, "counts", counts)
+
+        if self.transitions is not None:
+            tr = np.asarray(self.transitions)
+            if tr.shape != (L - 1, E, E):
+                raise _err(origin, "transitions", f"shape {tr.shape}, expected [L-1={L - 1}, E={E}, E={E}]")
+            tr = tr.astype(np.int64)
+            if (tr < 0).any():
+                raise _err(origin, "transitions", "negative count")
+            if L > 1:
+                rows = tr.sum(axis=2)
+                if not np.array_equal(rows, counts[:-1]):
+                    l0 = int(np.nonzero((rows != counts[:-1]).any(axis=1))[0][0])
+                    raise _err(origin, "transitions", f"rows of pair {l0} do not sum to the counts of layer "
+                               f"{self.layers[l0]}")
+            tr.setflags(write=False)
+            set_(self, "transitions", tr)
+
+        if self.topk_ids is not None:
+            ids = np.asarray(self.topk_ids)
+            if ids.ndim != 3 or ids.shape != (self.num_tokens, L, k):
+                raise _err(origin, "topk_ids", f"shape {ids.shape}, expected [T={self.num_tokens}, L={L}, k={k}]")
+            if not np.issubdtype(ids.dtype, np.integer):
+                raise _err(origin, "topk_ids", f"must be integers, got {ids.dtype}")
+            if ids.size and (ids.min() < 0 or ids.max() >= E):
+                raise _err(origin, "topk_ids", f"ids must be in [0, {E}), got [{ids.min()}, {ids.max()}]")
+            ids = ids.astype(np.int32)
+            if k > 1 and (np.diff(np.sort(ids, axis=2), axis=2) == 0).any():
+                raise _err(origin, "topk_ids", "a token picks the same expert twice in one layer")
+            if not np.array_equal(counts_from_topk(ids, E), counts):
+                raise _err(origin, "counts", "disagree with topk_ids")
+            if self.transitions is not None and not np.array_equal(transitions_from_topk(ids, E), self.transitions):
+                raise _err(origin, "transitions", "disagree with topk_ids")
+            ids.setflags(write=False)
+            set_(self, "topk_ids", ids)
+
+    # -- constructors -----------------------------------------------------------------------------------
+    @classmethod
+    def from_topk_ids(cls, topk_ids: np.ndarray, num_experts: int, layers: Sequence[int] | None = None,
+                      model: str = "", source: str = "", keep_topk_ids: bool = True) -> RoutingTrace:
+        """Build a trace (counts and transitions derived) from topk_ids [T, L, k]."""
+        ids = np.asarray(topk_ids)
+        if ids.ndim != 3:
+            raise _err(source or "trace", "topk_ids", f"expected [T, L, k], got shape {ids.shape}")
+        T, L, k = ids.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= num_experts):
+            raise _err(source or "trace", "topk_ids",
+                       f"ids must be in [0, {num_experts}), got [{ids.min()}, {ids.max()}]")
+        return cls(model=model, num_experts=num_experts, top_k=k,
+                   layers=tuple(layers) if layers is not None else tuple(range(L)),
+                   counts=counts_from_topk(ids, num_experts), num_tokens=T,
+                   transitions=transitions_from_topk(ids, num_experts),
+                   topk_ids=ids.astype(np.int32) if keep_topk_ids else None, source=source)
+
+    # -- queries ----------------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def layer_index(self, model_layer: int) -> int:
+        """Position in ``layers`` of a model layer index."""
+        try:
+            return self.layers.index(int(model_layer))
+        except ValueError:
+            raise _err(self.source or "trace", "layers", f"layer {model_layer} not recorded {list(self.layers)}") from None
+
+    def load_stats(self) -> dict[str, np.ndarray]:
+        """Per-layer load statistics over experts: max, mean, max/mean, coefficient of variation (std/mean)."""
+        c = self.counts.astype(np.float64)
+        mean = c.mean(axis=1)
+        mx = c.max(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            imb = np.where(mean > 0, mx / mean, 0.0)
+            cv = np.where(mean > 0, c.std(axis=1) / mean, 0.0)
+        return {"max": mx, "mean": mean, "max_over_mean": imb, "cv": cv}
+
+    def with_model(self, model: str) -> RoutingTrace:
+        return replace(self, model=model)
+
+    def without_topk_ids(self) -> RoutingTrace:
+        return replace(self, topk_ids=None)
+
+    def check_model(self, model: ModelSpec, origin: str) -> None:
+        """Raise TraceError (``ORIGIN: FIELD: PROBLEM``) unless this trace fits ``model``: same expert count and
+        top-k, and every recorded layer is one of the model's MoE layers."""
+        slug = getattr(model, "slug", "?")
+        if self.num_experts != model.num_experts:
+            raise _err(origin, "num_experts",
+                       f"trace has {self.num_experts} experts but model {slug} has {model.num_experts}")
+        if self.top_k != model.top_k:
+            raise _err(origin, "top_k", f"trace has top_k {self.top_k} but model {slug} has {model.top_k}")
+        moe = {int(x) for x in model.moe_layers}
+        extra = [x for x in self.layers if x not in moe]
+        if extra:
+            raise _err(origin, "layers", f"trace layers {extra} are not MoE layers of model {slug} "
+                       f"(MoE layers {min(moe)}..{max(moe)})" if moe else f"model {slug} has no MoE layers")
+        # a trace recorded on another model of the same shape (experts, top-k, layers) is accepted on purpose:
+        # the cost model needs the shape, and e.g. Mixtral-8x7B routing is the usual stand-in for Mixtral-8x22B
+
+    def __eq__(self, other: object) -> bool:  # arrays compared by value
+        if not isinstance(other, RoutingTrace):
+            return NotImplemented
+        def same(a: Any, b: Any) -> bool:
+            if a is None or b is None:
+                return a is None and b is None
+            return np.array_equal(a, b)
+        return (self.model == other.model and self.num_experts == other.num_experts and self.top_k == other.top_k
+                and self.layers == other.layers and self.num_tokens == other.num_tokens
+                and self.source == other.source and same(self.counts, other.counts)
+                and same(self.transitions, other.transitions) and same(self.topk_ids, other.topk_ids))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# native format
+# ----------------------------------------------------------------------------------------------------------
+def _meta(trace: RoutingTrace) -> dict[str, Any]:
+    return {"format": NATIVE_FORMAT, "version": NATIVE_VERSION, "model": trace.model,
+            "num_experts": trace.num_experts, "top_k": trace.top_k, "layers": list(trace.layers),
+            "num_tokens": trace.num_tokens, "source": trace.source}
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_trace(trace: RoutingTrace, path: str | os.PathLike[str]) -> None:
+    """Write ``trace`` in the native format: ``.npz`` (compressed; default) or ``.json`` (by suffix).
+
+    Written to a temp file in the same directory and renamed, so a failure leaves nothing behind.
+    """
+    path = Path(path)
+    meta = _meta(trace)
+    if path.suffix.lower() == ".json":
+        doc = dict(meta)
+        doc["counts"] = trace.counts.tolist()
+        doc["transitions"] = None if trace.transitions is None else trace.transitions.tolist()
+        doc["topk_ids"] = None if trace.topk_ids is None else trace.topk_ids.tolist()
+        data = json.dumps(doc).encode()
+        _atomic_write(path, lambda fh: fh.write(data))
+        return
+    arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                                     "counts": trace.counts}
+    if trace.transitions is not None:
+        arrays["transitions"] = trace.transitions
+    if trace.topk_ids is not None:
+        # uint8 when it fits: 524288 x 58 x 8 ids are 243 MB as int32, 61 MB as uint8
+        ids = trace.topk_ids
+        arrays["topk_ids"] = ids.astype(np.uint8) if trace.num_experts <= 256 else ids
+    _atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+
+def trace_from_native(doc: dict[str, Any], origin: str) -> RoutingTrace:
+    """Build a trace from the native key/value layout (shared by the .npz and JSON readers)."""
+    if doc.get("format") != NATIVE_FORMAT:
+        raise _err(origin, "format", f"expected {NATIVE_FORMAT!r}, got {doc.get('format')!r}")
+    if int(doc.get("version", -1)) > NATIVE_VERSION:
+        raise _err(origin, "version", f"file is version {doc.get('version')}, this moesim reads <= {NATIVE_VERSION}")
+    try:
+        E, k, L = int(doc["num_experts"]), int(doc["top_k"]), len(doc["layers"])
+
+        def opt(key: str, dtype: Any, tail: tuple[int, ...]) -> np.ndarray | None:
+            v = doc.get(key)
+            if v is None:
+                return None
+            a = np.asarray(v, dtype=dtype)
+            return a.reshape((0, *tail)) if a.size == 0 else a  # JSON "[]" loses the trailing dims
+        return RoutingTrace(model=str(doc.get("model", "")), num_experts=E,
+                            top_k=k, layers=tuple(int(x) for x in doc["layers"]),
+                            counts=np.asarray(doc["counts"], dtype=np.int64), num_tokens=int(doc["num_tokens"]),
+                            transitions=opt("transitions", np.int64, (E, E)), topk_ids=opt("topk_ids", np.int32, (L, k)),
+                            source=str(doc.get("source", "")))
+    except KeyError as e:
+        raise _err(origin, str(e.args[0]), "missing") from None
+    except (TypeError, ValueError) as e:
+        raise _err(origin, "trace", f"malformed: {e}") from None
+
+
+def load_native_npz(path: str | os.PathLike[str]) -> RoutingTrace:
+    origin = str(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                raise _err(origin, "meta", "missing: not a moesim trace (.npz without 'meta')")
+            doc: dict[str, Any] = json.loads(bytes(z["meta"].astype(np.uint8)).decode())
+            for key in ("counts", "transitions", "topk_ids"):
+                if key in z.files:
+                    doc[key] = z[key]
+    except TraceError:
+        raise
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise _err(origin, "npz", f"cannot read: {e}") from None
+    return trace_from_native(doc, origin)
+
+
+def load_trace(path: str | os.PathLike[str], model: ModelSpec | None = None) -> RoutingTrace:
+    """Read a routing trace, format auto-detected.
+
+    Native ``.npz``/JSON, SGLang expert-distribution dumps (``.pt``), vLLM ``routed_experts`` ``.npy`` (a
+    file or a directory of them), and the OLMoE routing-analysis JSON. ``model`` fills in what a format
+    does not record (top-k of an SGLang ``stat`` dump, the model slug) and is checked against the trace.
+    Raises TraceError naming the file when the format is not recognised.
+    """
+    from moesim.trace_import import import_trace  # importers live apart; torch stays lazy inside them
+
+    return import_trace(path, model=model)
+
+
+def synthetic_trace(model: ModelSpec, num_tokens: int, skew: str = "zipf", alpha: float = 1.2,
+                    affinity: float = 0.0, seed: int = 0, layers: Sequence[int] | None = None,
+                    with_topk_ids: bool = True) -> RoutingTrace:
+    """Seeded synthetic trace for ``model``; see :func:`moesim.synthetic.synthetic_trace`."""
+    from moesim import synthetic
+
+    return synthetic.synthetic_trace(model, num_tokens, skew=skew, alpha=alpha, affinity=affinity, seed=seed,
+                                     layers=layers, with_topk_ids=with_topk_ids)
+
+
+def parse_synthetic(spec: str) -> dict[str, Any]:
+    """``"zipf:1.2"`` -> ``{"skew": "zipf", "alpha": 1.2}``; see :func:`moesim.synthetic.parse_synthetic`."""
+    from moesim import synthetic
+
+    return synthetic.parse_synthetic(spec)
+
+
+__all__ = [
+    "RoutingTrace",
+    "counts_from_topk",
+    "load_trace",
+    "parse_synthetic",
+    "save_trace",
+    "synthetic_trace",
+    "top_successor_share",
+    "transitions_from_topk",
+]

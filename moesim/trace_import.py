@@ -1,0 +1,363 @@
+"""Read routing traces written by other tools; format detected from the file's content.
+
+Dimension legend: T tokens, L layers, E logical experts, P physical expert slots, k top-k, S steps.
+
+Formats:
+
+* native (``moesim.trace``): ``.npz`` with a ``meta`` entry, or JSON with ``"format": "moesim-trace"``.
+* OLMoE routing analysis JSON (allenai/OLMoE ``scripts/routing_output``, converted to JSON; see
+  ``profiles/traces/README.md``): ``expert_counts [3][E]`` for model layers ``[0, 7, 15]`` and rank-paired
+  ``expert_counts_crosslayer.counts [2][E][E]`` between recorded layers (7 apart, not adjacent).
+* SGLang expert-distribution recorder (``sglang/srt/eplb/expert_distribution.py``), ``torch.save`` files:
+  ``stat`` mode ``{"rank", "logical_count": int [S, L_model, E], ...}`` (counts per step, summed here; no
+  top-k in the file, so the model or ``top_k`` is needed); ``per_token``/``per_pass`` mode
+  ``{"records": [{"topk_ids_of_layer": int [L_model, T_pass, 8] (physical ids, -1 unused), ...,
+  "global_physical_count": [L_model, P]}], "last_physical_to_logical_map": [L_model, P]}``.
+  SGLang records every hidden layer; dense layers stay empty and are dropped.
+* vLLM per-request ``routed_experts`` arrays, ``.npy`` int ``[seq_len, num_layers, top_k]``; a directory
+  of them is concatenated along tokens (files in name order).
+
+``.pt`` files are read only with ``torch.load(weights_only=True)`` (no code execution); torch is optional.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from moesim.errors import TraceError
+from moesim.trace import RoutingTrace, load_native_npz, trace_from_native
+
+if TYPE_CHECKING:
+    from moesim.specs import ModelSpec
+
+OLMOE_ATTRIBUTION = ("allenai/OLMoE scripts/routing_output/ (commit 357454f, Apache-2.0, Copyright Allen "
+                     "Institute for AI)")
+# Hugging Face model ids in the OLMoE analysis JSON -> our model slugs
+HF_TO_SLUG = {"allenai/olmoe-1b-7b-0924": "olmoe-1b-7b", "mistralai/mixtral-8x7b-v0.1": "mixtral-8x7b"}
+FORMATS = ("native .npz", "native JSON", "OLMoE routing-analysis JSON", "SGLang stat .pt", "SGLang per_token .pt",
+           "vLLM routed_experts .npy (file or directory)")
+
+
+def _err(origin: str, fld: str, problem: str) -> TraceError:
+    return TraceError(f"{origin}: {fld}: {problem}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# detection
+# ----------------------------------------------------------------------------------------------------------
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """Return one of ``npz``, ``json``, ``pt``, ``npy``, ``npy-dir`` from the file's first bytes (not its name)."""
+    p = Path(path)
+    origin = str(p)
+    if p.is_dir():
+        if any(p.glob("*.npy")):
+            return "npy-dir"
+        raise _err(origin, "format", "directory holds no .npy files (expected vLLM routed_experts arrays)")
+    if not p.exists():
+        raise _err(origin, "file", "does not exist")
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            raise _err(origin, "format", "looks like a zip archive but cannot be opened") from None
+        # torch.save writes a zip whose entries live under "<archive>/data.pkl"; np.savez writes "*.npy"
+        if any(n.endswith("data.pkl") for n in names):
+            return "pt"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        raise _err(origin, "format", f"zip archive that is neither .npz nor a torch.save file (entries {names[:3]})")
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "json"
+    if head[:1] == b"\x80":  # legacy (non-zip) pickle: torch.save(_use_new_zipfile_serialization=False)
+        return "pt"
+    raise _err(origin, "format", "not recognised; looked for " + ", ".join(FORMATS))
+
+
+def import_trace(path: str | os.PathLike[str], model: ModelSpec | None = None,
+                 top_k: int | None = None) -> RoutingTrace:
+    """Read any supported trace; fill in and check against ``model`` when given (see module docstring)."""
+    origin = str(path)
+    fmt = detect_format(path)
+    if fmt == "npz":
+        trace = load_native_npz(path)
+    elif fmt == "json":
+        trace = _load_json(Path(path))
+    elif fmt == "pt":
+        trace = _load_sglang(Path(path), model, top_k)
+    elif fmt == "npy":
+        trace = from_routed_experts([_load_npy(Path(path))], model, origin)
+    else:
+        files = sorted(Path(path).glob("*.npy"))
+        trace = from_routed_experts([_load_npy(f) for f in files], model, f"{origin} ({len(files)} files)")
+    if model is not None:
+        trace.check_model(model, origin)
+        if not trace.model:
+            trace = trace.with_model(model.slug)
+    return trace
+
+
+# ----------------------------------------------------------------------------------------------------------
+# JSON: native or OLMoE analysis
+# ----------------------------------------------------------------------------------------------------------
+def _load_json(path: Path) -> RoutingTrace:
+    origin = str(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _err(origin, "json", f"cannot parse: {e}") from None
+    if not isinstance(doc, dict):
+        raise _err(origin, "json", "top level is not an object; looked for " + ", ".join(FORMATS))
+    if doc.get("format") == "moesim-trace":
+        return trace_from_native(doc, origin)
+    if "expert_counts" in doc and "layers" in doc:
+        return from_olmoe_json(doc, origin)
+    raise _err(origin, "format", "JSON is neither a moesim trace ('format': 'moesim-trace') nor an OLMoE routing "
+               "analysis ('expert_counts', 'layers')")
+
+
+def from_olmoe_json(doc: dict[str, Any], origin: str) -> RoutingTrace:
+    """Convert one OLMoE routing-analysis document (one model, one text domain).
+
+    counts = ``expert_counts`` [3, E] (all top-k choices); transitions = ``expert_counts_crosslayer.counts``
+    [2, E, E], rank-paired, between recorded layers 0->7 and 7->15.
+    """
+    try:
+        E, k = int(doc["num_experts"]), int(doc["top_k"])
+        layers = tuple(int(x) for x in doc["layers"])
+        counts = np.asarray(doc["expert_counts"], dtype=np.int64)
+        cross = doc.get("expert_counts_crosslayer")
+    except KeyError as e:
+        raise _err(origin, str(e.args[0]), "missing") from None
+    except (TypeError, ValueError) as e:
+        raise _err(origin, "expert_counts", f"malformed: {e}") from None
+    if counts.shape != (len(layers), E):
+        raise _err(origin, "expert_counts", f"shape {counts.shape}, expected [{len(layers)}, {E}]")
+    sums = counts.sum(axis=1)
+    if sums.min() != sums.max() or sums[0] % k:
+        raise _err(origin, "expert_counts", f"row sums {sums.tolist()} are not one multiple of top_k={k}")
+    transitions = None
+    if cross is not None:
+        pairs = [tuple(int(x) for x in pr) for pr in cross.get("layer_pairs", [])]
+        want = list(itertools.pairwise(layers))
+        if pairs != want:
+            raise _err(origin, "expert_counts_crosslayer.layer_pairs", f"{pairs}, expected consecutive recorded "
+                       f"layers {want}")
+        transitions = np.asarray(cross["counts"], dtype=np.int64)
+    hf = str(doc.get("model", ""))
+    slug = HF_TO_SLUG.get(hf.lower(), "")
+    domain = doc.get("domain", "")
+    source = f"{hf} routing on {domain} text, {OLMOE_ATTRIBUTION}" if hf else origin
+    return RoutingTrace(model=slug, num_experts=E, top_k=k, layers=layers, counts=counts,
+                        num_tokens=int(sums[0]) // k, transitions=transitions, topk_ids=None, source=source)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# vLLM routed_experts
+# ----------------------------------------------------------------------------------------------------------
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise _err(str(path), "npy", f"cannot read: {e}") from None
+    if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.integer):
+        raise _err(str(path), "routed_experts", f"expected an int array [seq_len, num_layers, top_k], got "
+                   f"{arr.dtype} {arr.shape}")
+    return arr
+
+
+def _model_layers(num_layers_in_file: int, model: ModelSpec | None, origin: str) -> tuple[tuple[int, ...], Any]:
+    """Which model layers the layer axis of a file covers. Returns (layers, index of kept rows or None)."""
+    if model is None:
+        return tuple(range(num_layers_in_file)), None
+    moe = tuple(int(x) for x in model.moe_layers)
+    if num_layers_in_file == len(moe):
+        return moe, None
+    if num_layers_in_file == model.num_layers:
+        return moe, np.asarray(moe)
+    raise _err(origin, "num_layers", f"file has {num_layers_in_file} layers; model {model.slug} has "
+               f"{model.num_layers} layers of which {len(moe)} are MoE")
+
+
+def from_routed_experts(arrays: list[np.ndarray], model: ModelSpec | None, origin: str) -> RoutingTrace:
+    """Concatenate per-request ``[seq_len, L, k]`` arrays along tokens into a trace.
+
+    The layer axis is taken as the model's MoE layers (or all its layers, then dense ones are dropped);
+    without a model, as layers 0..L-1 and E = max id + 1.
+    """
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) != 1:
+        raise _err(origin, "routed_experts", f"requests disagree on [num_layers, top_k]: {sorted(shapes)}")
+    ids = np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
+    layers, keep = _model_layers(ids.shape[1], model, origin)
+    if keep is not None:
+        ids = ids[:, keep]
+    return _from_ids(ids, model, layers, origin, f"vLLM routed_experts {origin}")
+
+
+def _from_ids(ids: np.ndarray, model: ModelSpec | None, layers: tuple[int, ...], origin: str,
+              source: str) -> RoutingTrace:
+    if ids.size and ids.min() < 0:
+        raise _err(origin, "routed_experts", f"negative expert id {int(ids.min())}")
+    E = int(model.num_experts) if model is not None else int(ids.max()) + 1 if ids.size else 1
+    if ids.size and ids.max() >= E:
+        raise _err(origin, "num_experts", f"trace has expert id {int(ids.max())} but model {model.slug} has "
+                   f"{E} experts" if model is not None else f"expert id {int(ids.max())} out of range")
+    return RoutingTrace.from_topk_ids(ids, E, layers=layers, model=model.slug if model is not None else "",
+                                      source=source)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SGLang expert distribution recorder
+# ----------------------------------------------------------------------------------------------------------
+def _torch_load(path: Path) -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise _err(str(path), "format", "SGLang .pt dumps need torch: pip install 'moesim[kernels]'") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
+        raise _err(str(path), "pt", f"torch.load(weights_only=True) failed: {str(e).splitlines()[0]}") from None
+
+
+def _np(x: Any) -> np.ndarray:
+    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+
+
+def _load_sglang(path: Path, model: ModelSpec | None, top_k: int | None) -> RoutingTrace:
+    origin = str(path)
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and "logical_count" in obj:
+        return from_sglang_stat(_np(obj["logical_count"]), model, top_k, origin)
+    if isinstance(obj, dict) and "records" in obj:
+        return from_sglang_records(obj, model, origin)
+    keys = sorted(obj.keys()) if isinstance(obj, dict) else type(obj).__name__
+    raise _err(origin, "format", f"torch file holds {keys}; looked for SGLang 'logical_count' (stat mode) or "
+               "'records' (per_token mode)")
+
+
+def from_sglang_stat(logical_count: np.ndarray, model: ModelSpec | None, top_k: int | None,
+                     origin: str) -> RoutingTrace:
+    """``logical_count`` [S, L_model, E] -> counts summed over steps.
+
+    Layers with no assignments (dense layers, which SGLang keeps as zero rows) are dropped when no model says
+    which are MoE. num_tokens = counts[l].sum() / top_k, so top_k must come from the model or the caller.
+    """
+    lc = np.asarray(logical_count)
+    if lc.ndim == 2:
+        lc = lc[None]
+    if lc.ndim != 3 or not np.issubdtype(lc.dtype, np.integer):
+        raise _err(origin, "logical_count", f"expected int [steps, num_layers, num_logical_experts], got "
+                   f"{lc.dtype} {lc.shape}")
+    counts = lc.sum(axis=0, dtype=np.int64)  # [L_model, E]
+    k = top_k if top_k is not None else (int(model.top_k) if model is not None else None)
+    if k is None:
+        raise _err(origin, "top_k", "SGLang stat dumps do not record top-k: pass the model (--model SLUG)")
+    if model is not None:
+        layers, keep = _model_layers(counts.shape[0], model, origin)
+        if keep is not None:
+            counts = counts[keep]
+    else:
+        nz = np.nonzero(counts.sum(axis=1) > 0)[0]
+        layers, counts = tuple(int(x) for x in nz), counts[nz]
+    if counts.shape[0] == 0:
+        raise _err(origin, "logical_count", "no layer recorded any assignment")
+    sums = counts.sum(axis=1)
+    if sums.min() != sums.max() or sums[0] % k:
+        raise _err(origin, "logical_count", f"per-layer totals {sorted(set(sums.tolist()))[:4]} are not one "
+                   f"multiple of top_k={k}")
+    return RoutingTrace(model=model.slug if model is not None else "", num_experts=counts.shape[1], top_k=k,
+                        layers=layers, counts=counts, num_tokens=int(sums[0]) // k, transitions=None,
+                        topk_ids=None, source=f"SGLang expert distribution (stat) {origin}")
+
+
+def from_sglang_records(obj: dict[str, Any], model: ModelSpec | None, origin: str) -> RoutingTrace:
+    """SGLang ``per_token`` dump -> per-token ids (logical), counts and transitions.
+
+    ``topk_ids_of_layer`` [L_model, T_pass, 8] holds physical slot ids (-1 where unused: dense layers, columns
+    beyond the model's top-k); they are mapped to logical experts by ``last_physical_to_logical_map`` and the
+    passes concatenated. Records without per-token ids (``per_pass`` mode) contribute counts only.
+    """
+    records = obj.get("records") or []
+    if not records:
+        raise _err(origin, "records", "empty")
+    p2l = obj.get("last_physical_to_logical_map")
+    p2l = _np(p2l).astype(np.int64) if p2l is not None else None  # [L_model, P]
+    if any("topk_ids_of_layer" not in r for r in records):
+        if not all("global_physical_count" in r for r in records):
+            raise _err(origin, "records", "records carry neither 'topk_ids_of_layer' nor 'global_physical_count'")
+        phys = np.sum([_np(r["global_physical_count"]).astype(np.int64) for r in records], axis=0)  # [L_model, P]
+        if p2l is None:
+            raise _err(origin, "last_physical_to_logical_map", "missing (needed to map physical counts)")
+        E = int(p2l.max()) + 1 if model is None else int(model.num_experts)
+        logical = np.zeros((phys.shape[0], E), dtype=np.int64)
+        np.add.at(logical, (np.arange(phys.shape[0])[:, None], p2l), phys)
+        return from_sglang_stat(logical[None], model, None, origin)
+    ids = np.concatenate([_np(r["topk_ids_of_layer"]).astype(np.int64) for r in records], axis=1)  # [L_model, T, 8]
+    if ids.ndim != 3:
+        raise _err(origin, "topk_ids_of_layer", f"expected [num_layers, num_tokens, k], got {ids.shape}")
+    used_layer = (ids >= 0).any(axis=(1, 2))
+    if model is not None:
+        layers, keep = _model_layers(ids.shape[0], model, origin)
+        if keep is not None:
+            ids = ids[keep]
+        k = int(model.top_k)
+    else:
+        keep = np.nonzero(used_layer)[0]
+        layers, ids = tuple(int(x) for x in keep), ids[keep]
+        used_cols = (ids >= 0).any(axis=(0, 1))
+        k = int(used_cols.sum())
+    if ids.shape[0] == 0 or k == 0:
+        raise _err(origin, "topk_ids_of_layer", "no layer has any routed token")
+    if ids.shape[2] < k:
+        raise _err(origin, "topk_ids_of_layer", f"{ids.shape[2]} columns but top_k is {k}")
+    ids = ids[:, :, :k]
+    if p2l is not None:
+        p2l_kept = p2l if p2l.shape[0] == len(layers) else p2l[np.asarray(layers)]
+        if ids.max() >= p2l_kept.shape[1]:
+            raise _err(origin, "topk_ids_of_layer", f"physical id {int(ids.max())} >= {p2l_kept.shape[1]} slots")
+        valid = ids >= 0
+        mapped = np.take_along_axis(p2l_kept, np.where(valid, ids, 0).reshape(ids.shape[0], -1), axis=1)
+        ids = np.where(valid, mapped.reshape(ids.shape), -1)
+    # tokens not routed in some kept layer (padding) are dropped whole, so every layer sees the same tokens
+    full = (ids >= 0).all(axis=(0, 2))
+    ids = ids[:, full, :].transpose(1, 0, 2)  # [T, L, k]
+    return _from_ids(ids.astype(np.int32), model, layers, origin, f"SGLang expert distribution (per_token) {origin}")
+
+
+def convert_olmoe_analysis(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str],
+                           copy_json: bool = True) -> list[Path]:
+    """Convert every ``{olmoe,mistral}_<domain>.json`` of the OLMoE routing analysis in ``src_dir`` into
+    native ``{olmoe,mixtral}_<domain>.npz`` in ``dst_dir`` (and copy the JSON beside them). Returns the
+    written .npz paths. Used by ``tools/make_shipped_traces.py`` to regenerate ``profiles/traces/``."""
+    import shutil
+
+    from moesim.trace import save_trace
+
+    src, dst = Path(src_dir), Path(dst_dir)
+    files = sorted(src.glob("olmoe_*.json")) + sorted(src.glob("mistral_*.json"))
+    if not files:
+        raise _err(str(src), "files", "no olmoe_*.json or mistral_*.json here")
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for f in files:
+        trace = _load_json(f)
+        name = f.stem.replace("mistral_", "mixtral_", 1)
+        target = dst / f"{name}.npz"
+        save_trace(trace, target)
+        if copy_json and f.resolve() != (dst / f.name).resolve():
+            shutil.copyfile(f, dst / f.name)
+        out.append(target)
+    return out

@@ -1,0 +1,576 @@
+"""Evaluate what-if scenarios: build each scenario's inputs, place experts, simulate, cache, compare.
+
+Dimension legend: L MoE layers simulated, E logical experts, G GPUs, P physical expert slots.
+
+For every ``moesim.scenario.Scenario`` the evaluation is
+
+1. inputs: ``load_model``, ``load_cluster`` and the routing trace (a file, optionally restricted to
+   ``layers``, or ``synthetic_trace(model, min(tokens_per_gpu * G, 2^18), ...)`` as ``moesim simulate`` draws);
+2. placement over the trace's L layers: ``contiguous`` is ``moesim.simulate.default_placement`` (what
+   ``moesim simulate`` uses without ``--placement``); ``round_robin`` and ``eplb`` come from
+   ``tuner.baselines``, ``ilp`` from ``tuner.plan.plan`` (imported lazily: moesim never imports tuner at
+   import time);
+3. ``moesim.simulate.simulate(model, cluster, trace, placement, SimOptions(...))``;
+4. a flat record: step latency, the phase breakdown, dropped fraction, per-GPU load, traffic per link class,
+   and the simulator's own ``StepResult.to_dict()`` for the full detail.
+
+A scenario that cannot run as specified (weights overflow HBM, slots that do not divide over the GPUs, an ILP
+without incumbent) gives a record with ``error`` instead of numbers; the sweep goes on and the report lists it.
+
+Records are cached under ``cache_dir()`` by a SHA-256 of everything that determines them: the scenario's
+settings, the model and cluster specs (their full contents, whether named by slug or path), the trace file's
+bytes, and the source of the simulator and the placement solvers (so editing the code invalidates the cache).
+A cached record is bit-identical to a fresh one, so a repeated run is instant and reports the same numbers.
+
+Scenarios run in worker processes (``workers``); cache look-ups happen in the parent first so only misses
+are dispatched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moesim.errors import InfeasibleError, MoesimError, TraceError, field_error
+from moesim.scenario import Scenario, ScenarioFile
+
+PHASES = ("router", "permute", "dispatch", "compute", "combine")
+CACHE_SCHEMA = 2  # bump when the record layout changes
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------------------------- cache
+def cache_dir() -> Path:
+    """``$MOESIM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/moesim/whatif`` (``~/.cache/moesim/whatif``)."""
+    env = os.environ.get("MOESIM_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    root = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return root / "moesim" / "whatif"
+
+
+@lru_cache(maxsize=1)
+def _code_hash() -> str:
+    """SHA-256 over the source that computes a record: moesim (minus CLI and reporting), tuner, calibrations."""
+    h = hashlib.sha256()
+    skip = {"report.py", "plots.py", "scenario.py"}
+    files: list[Path] = []
+    for pkg in ("moesim", "tuner"):
+        root = _REPO_ROOT / pkg
+        if root.is_dir():
+            files += [p for p in root.rglob("*.py") if "cli" not in p.parts and p.name not in skip]
+    measured = _REPO_ROOT / "profiles" / "measured"
+    if measured.is_dir():
+        files += list(measured.rglob("calibration.json"))
+    for p in sorted(files):
+        h.update(str(p.relative_to(_REPO_ROOT)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=64)
+def _file_sha(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _spec_fingerprint(spec: Any) -> Any:
+    """A JSON-able view of a frozen spec dataclass (all fields, nested), for hashing."""
+    return json.loads(json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str))
+
+
+def cache_key(scenario: Scenario) -> str:
+    """SHA-256 of everything that determines the scenario's record (see module docstring)."""
+    model, cluster = _load_specs(scenario.model, scenario.cluster)
+    settings = scenario.settings()
+    settings["model"] = _spec_fingerprint(model)
+    settings["cluster"] = _spec_fingerprint(cluster)
+    if not scenario.is_synthetic:
+        p = Path(scenario.trace)
+        try:
+            st = p.stat()
+        except OSError:
+            raise field_error(scenario.trace, "<file>", "no such trace file") from None
+        settings["trace"] = _file_sha(str(p), st.st_mtime_ns, st.st_size)
+    doc = {"schema": CACHE_SCHEMA, "code": _code_hash(), "settings": settings}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cache_get(key: str) -> dict | None:
+    path = cache_dir() / key[:2] / f"{key}.json"
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):  # absent or torn by a crash elsewhere: recompute
+        return None
+
+
+def _cache_put(key: str, record: dict) -> None:
+    folder = cache_dir() / key[:2]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, folder / f"{key}.json")
+    except OSError:
+        pass  # a read-only or full cache disk costs speed, not correctness
+
+
+# --------------------------------------------------------------------------------------------- inputs
+@lru_cache(maxsize=16)
+def _load_model(name: str) -> Any:
+    from moesim.specs import load_model
+
+    return load_model(name)
+
+
+@lru_cache(maxsize=32)
+def _load_cluster(name: str) -> Any:
+    from moesim.specs import load_cluster
+
+    return load_cluster(name)
+
+
+def _load_specs(model_name: str, cluster_name: str) -> tuple[Any, Any]:
+    return _load_model(model_name), _load_cluster(cluster_name)
+
+
+@lru_cache(maxsize=8)
+def _load_trace_file(path: str) -> Any:
+    from moesim.trace import load_trace
+
+    return load_trace(path)
+
+
+def _subset_layers(trace: Any, layers: tuple[int, ...], origin: str) -> Any:
+    """Restrict a trace to the given model layers (in the given order); transitions kept when contiguous."""
+    have = list(trace.layers)
+    missing = [x for x in layers if x not in have]
+    if missing:
+        raise TraceError(f"layers: trace {Path(origin).name} has no layer {missing[0]} (recorded: {have})")
+    idx = [have.index(x) for x in layers]
+    transitions = None
+    if trace.transitions is not None and idx == list(range(idx[0], idx[0] + len(idx))):
+        transitions = trace.transitions[idx[0]: idx[0] + len(idx) - 1]
+    topk_ids = None if trace.topk_ids is None else trace.topk_ids[:, idx]
+    return dataclasses.replace(trace, layers=tuple(layers), counts=trace.counts[idx],
+                               transitions=transitions, topk_ids=topk_ids)
+
+
+# Synthetic traces are counts-only; like ``moesim simulate``, at most this many tokens are drawn: the sampling
+# noise of a per-expert share is then ~1/sqrt(2^18 * k / E), well below the skew being modelled.
+MAX_SYNTHETIC_TOKENS = 1 << 18
+
+
+def synthetic_tokens(scenario: Scenario, num_gpus: int) -> int:
+    """Tokens per layer drawn for a synthetic trace: ``trace_tokens`` or ``min(T * G, 2^18)``."""
+    return scenario.trace_tokens or min(scenario.tokens_per_gpu * num_gpus, MAX_SYNTHETIC_TOKENS)
+
+
+# Synthetic traces made in this process, by ``_synthetic_key``. Drawing one costs seconds for a 58-layer model,
+# so a parallel sweep draws each distinct trace once, in the pool, before forking the scenario workers
+# (``run_whatif``), and the workers inherit them. Bounded: a DeepSeek-V3 trace with transitions is ~30 MB.
+_TRACES: dict[tuple, Any] = {}
+_TRACES_MAX = 16
+
+
+def _synthetic_key(scenario: Scenario, num_gpus: int) -> tuple:
+    return (scenario.model, scenario.synthetic_spec, synthetic_tokens(scenario, num_gpus), scenario.trace_seed,
+            scenario.trace_affinity, scenario.layers)
+
+
+def _make_synthetic(key: tuple) -> Any:
+    from moesim.trace import parse_synthetic, synthetic_trace
+
+    model_name, spec, num_tokens, seed, affinity, layers = key
+    params = dict(parse_synthetic(spec))
+    # as `moesim simulate`: a seed or affinity written in the spec ("zipf:1.2,seed=3") wins
+    params.setdefault("seed", seed)
+    if affinity:
+        params.setdefault("affinity", affinity)
+    params["with_topk_ids"] = False  # the simulator's hot path works on per-expert counts
+    if layers is not None:
+        params["layers"] = layers
+    return synthetic_trace(_load_model(model_name), num_tokens, **params)
+
+
+def _synthetic(key: tuple) -> Any:
+    if key not in _TRACES:
+        if len(_TRACES) >= _TRACES_MAX:
+            _TRACES.pop(next(iter(_TRACES)))
+        _TRACES[key] = _make_synthetic(key)
+    return _TRACES[key]
+
+
+def build_inputs(scenario: Scenario, origin: str = "<scenario>") -> tuple[Any, Any, Any]:
+    """(model, cluster, trace) for a resolved scenario (paths absolute)."""
+    model, cluster = _load_specs(scenario.model, scenario.cluster)
+    if scenario.is_synthetic:
+        trace = _synthetic(_synthetic_key(scenario, cluster.num_gpus))
+    else:
+        trace = _load_trace_file(scenario.trace)
+        trace.check_model(model, scenario.trace)
+        if scenario.layers is not None:
+            trace = _subset_layers(trace, scenario.layers, scenario.trace)
+    return model, cluster, trace
+
+
+def sim_options(scenario: Scenario) -> Any:
+    """The ``SimOptions`` a scenario asks for."""
+    from moesim.simulate import SimOptions
+
+    return SimOptions(
+        tokens_per_gpu=scenario.tokens_per_gpu,
+        capacity_factor=scenario.capacity_factor,
+        drop_policy=scenario.drop_policy,
+        overlap_chunks=scenario.overlap_chunks,
+        dispatch_dtype=scenario.dispatch_dtype,
+        combine_dtype=scenario.combine_dtype,
+        dedup=scenario.dedup,
+        alltoall=scenario.alltoall,
+        weight_dtype=scenario.weight_dtype,
+    )
+
+
+# Placements solved in this process, keyed by what determines them: scenarios of a sweep that differ only in
+# capacity, overlap or dtypes share one EPLB/ILP solve. Bounded: a placement is at most L * P numbers.
+_PLACEMENTS: dict[tuple, Any] = {}
+_PLACEMENTS_MAX = 32
+
+
+def _placement_key(scenario: Scenario, num_gpus: int) -> tuple:
+    trace_key = (scenario.trace, scenario.layers)
+    if scenario.is_synthetic:
+        trace_key += (synthetic_tokens(scenario, num_gpus), scenario.trace_seed, scenario.trace_affinity)
+    ilp = (scenario.ilp_time_limit_s, scenario.tokens_per_gpu) if scenario.placement == "ilp" else ()
+    return (scenario.placement, scenario.model, scenario.cluster, trace_key, scenario.redundant_experts, ilp)
+
+
+def build_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -> Any:
+    """The placement a scenario asks for, one row per trace layer (memoised per process, see ``_PLACEMENTS``)."""
+    key = _placement_key(scenario, cluster.num_gpus)
+    if key not in _PLACEMENTS:
+        if len(_PLACEMENTS) >= _PLACEMENTS_MAX:
+            _PLACEMENTS.pop(next(iter(_PLACEMENTS)))
+        _PLACEMENTS[key] = _solve_placement(scenario, model, cluster, trace)
+    return _PLACEMENTS[key]
+
+
+def _solve_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -> Any:
+    """The placement a scenario asks for, one row per trace layer. Solvers come from ``tuner`` (lazily).
+
+    ``contiguous`` is ``moesim.simulate.default_placement`` (what ``moesim simulate`` uses without
+    ``--placement``: Megatron's layout, or even replicas when there are more GPUs than experts).
+    """
+    num_gpus = cluster.num_gpus
+    num_layers = len(trace.layers)
+    num_experts = model.num_experts
+    method = scenario.placement
+    if method in ("contiguous", "round_robin") and scenario.redundant_experts:
+        raise field_error("placement", "redundant_experts",
+                          f"{method} placement has no replicas; use eplb or ilp for redundant experts")
+    if method == "contiguous":
+        from moesim.simulate import default_placement
+
+        return default_placement(num_experts, num_gpus, num_layers)
+    if method == "round_robin":
+        from tuner.baselines import round_robin
+
+        return round_robin(num_experts, num_gpus, num_layers)
+    counts = np.asarray(trace.counts, dtype=np.float64)  # [L, E]
+    if method == "eplb":
+        from tuner.baselines import eplb
+
+        return eplb(counts, num_gpus, scenario.redundant_experts, num_groups=max(1, int(model.n_group)),
+                    num_nodes=cluster.num_nodes)
+    if method == "ilp":
+        return _ilp_placement(scenario, model, cluster, trace)
+    raise AssertionError(method)  # scenario.py validates the method
+
+
+def _ilp_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -> Any:
+    """``tuner.plan.plan``'s MILP placement (warm-started from the best heuristic), as ``moesim plan`` makes it.
+
+    Raises ``InfeasibleError`` when the solver finds no incumbent within ``ilp_time_limit_s``.
+    """
+    from tuner.plan import plan
+
+    result = plan(model, cluster, trace, redundant_experts=scenario.redundant_experts,
+                  time_limit_s=scenario.ilp_time_limit_s, tokens_per_gpu=scenario.tokens_per_gpu,
+                  trace_name="synthetic:" + scenario.synthetic_spec if scenario.is_synthetic else scenario.trace)
+    return result.best
+
+
+# --------------------------------------------------------------------------------------------- records
+def summarise(step: Any, scenario: Scenario, model: Any, cluster: Any) -> dict:
+    """A flat record of one simulated step (see module docstring); JSON-ready.
+
+    ``phase_us``: the tail GPU's phase times of each simulated MoE layer, summed, then scaled by
+    ``num_moe_layers / simulated layers`` so they cover the whole step as ``StepResult.moe_us`` does (a trace
+    recording 3 of Mixtral's 32 layers stands for all 32). ``attention_us`` and ``dense_us`` (dense MLPs and
+    LM head) complete the step. With overlap the phases add up to more than the MoE time.
+    """
+    layers = step.layers
+    n_sim = max(len(layers), 1)
+    scale = model.num_moe_layers / n_sim
+    phases = step.phase_us()
+    gpu_tokens = np.array([la.gpu_tokens for la in layers], dtype=np.float64)  # [L, G]
+    load = gpu_tokens.mean(axis=0)
+    mean = float(load.mean())
+    # traffic by link class, named by the link kind of the cluster profile (nvswitch, pcie, ib, roce)
+    intra = cluster.levels[0].kind
+    inter = cluster.levels[1].kind if len(cluster.levels) > 1 and cluster.num_nodes > 1 else ""
+    traffic = {intra: scale * float(sum(la.nvlink_bytes for la in layers))}
+    if inter:
+        traffic[inter] = traffic.get(inter, 0.0) + scale * float(sum(la.network_bytes for la in layers))
+    return {
+        "settings": scenario.settings(),
+        "model": model.slug,
+        "cluster": cluster.slug,
+        "gpu": cluster.gpu.slug,
+        "num_gpus": int(cluster.num_gpus),
+        "num_nodes": int(cluster.num_nodes),
+        "num_layers": len(layers),
+        "num_moe_layers": int(model.num_moe_layers),
+        "top_k": int(model.top_k),
+        "step_latency_us": float(step.step_latency_us),
+        "tokens_per_s_per_gpu": scenario.tokens_per_gpu / (step.step_latency_us * 1e-6),
+        "phase_us": {p: scale * phases[f"{p}_us"] for p in PHASES},
+        "moe_us": float(step.moe_us),
+        "attention_us": float(step.attention_us),
+        "dense_us": float(step.dense_us + step.lm_head_us),
+        "moe_share": float(step.moe_share),
+        "alltoall_share": float(step.alltoall_share),
+        "dropped_fraction": float(np.mean([la.dropped_fraction for la in layers])) if layers else 0.0,
+        "rerouted_fraction": float(np.mean([la.rerouted_fraction for la in layers])) if layers else 0.0,
+        "gpu_load": [float(x) for x in load],
+        "gpu_load_max": [float(x) for x in gpu_tokens.max(axis=0)],
+        # the straggler factor of each layer (its busiest GPU over its mean), averaged over layers: with
+        # per-layer placements the max of the layer-averaged load would hide imbalance that moves between GPUs
+        "load_imbalance": float(np.mean(gpu_tokens.max(axis=1) / np.maximum(gpu_tokens.mean(axis=1), 1e-300)))
+        if mean > 0 else 1.0,
+        "traffic_bytes": traffic,
+        "link_level": {intra: "intra-node", **({inter: "inter-node"} if inter else {})},
+        "simulate": step.to_dict(),
+    }
+
+
+def evaluate_scenario(scenario: Scenario, origin: str = "<scenario>") -> dict:
+    """Place, simulate and summarise one resolved scenario.
+
+    Bad inputs (a missing file, a trace of another model) raise, naming ``origin`` and the scenario. A scenario
+    that cannot run as specified (weights overflow HBM, experts that do not divide over the GPUs, an ILP with no
+    solution in time) is a result too: it comes back as ``{"settings", "error"}`` and the sweep goes on.
+    """
+    from moesim.simulate import simulate
+
+    t0 = time.perf_counter()
+    try:
+        model, cluster, trace = build_inputs(scenario, origin)
+    except MoesimError as exc:
+        raise type(exc)(f"{origin}: scenario {scenario.name!r}: {exc}") from None
+    t1 = time.perf_counter()
+    try:
+        placement = build_placement(scenario, model, cluster, trace)
+        t2 = time.perf_counter()
+        step = simulate(model, cluster, trace, placement, sim_options(scenario))
+    except MoesimError as exc:
+        return {"settings": scenario.settings(), "error": str(exc), "error_kind": type(exc).__name__,
+                "num_gpus": int(cluster.num_gpus), "model": model.slug, "cluster": cluster.slug}
+    t3 = time.perf_counter()
+    record = summarise(step, scenario, model, cluster)
+    meta = dict(getattr(placement, "meta", {}) or {})
+    record["placement_meta"] = _jsonable(meta)
+    if scenario.placement != "contiguous":
+        # solved placements are kept so the numbers can be reproduced with `moesim simulate --placement`
+        record["placement"] = {"num_gpus": placement.num_gpus, "slots_per_gpu": placement.slots_per_gpu,
+                               "num_experts": placement.num_experts, "layers": [int(x) for x in trace.layers],
+                               "phy2log": np.asarray(placement.phy2log).tolist(),
+                               "shares": np.asarray(placement.shares).tolist()}
+    record["timing_s"] = {"inputs": t1 - t0, "placement": t2 - t1, "simulate": t3 - t2}
+    return record
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)))
+
+
+# --------------------------------------------------------------------------------------------- sweep
+@dataclass
+class WhatifRun:
+    """The outcome of a sweep: one record per scenario (in sweep order), the baseline and the best."""
+
+    scenario_file: ScenarioFile
+    records: list[dict]
+    baseline_index: int
+    best_index: int
+    wall_s: float
+    cache_hits: int
+
+    @property
+    def baseline(self) -> dict:
+        return self.records[self.baseline_index]
+
+    @property
+    def best(self) -> dict:
+        return self.records[self.best_index]
+
+    @property
+    def feasible(self) -> list[dict]:
+        """Records of the scenarios that ran (the others carry ``error``)."""
+        return [r for r in self.records if "error" not in r]
+
+    @property
+    def objective(self) -> str:
+        return self.scenario_file.objective
+
+    def gain(self, record: dict | None = None) -> float:
+        """Relative improvement of ``record`` (default: the best) over the baseline, as a fraction.
+
+        Latency: (base - x) / base. Throughput: (x - base) / base. Positive means better than the baseline.
+        """
+        rec = self.best if record is None else record
+        b, x = self.baseline[self.objective], rec[self.objective]
+        if b == 0:
+            return 0.0
+        return (b - x) / b if self.scenario_file.minimize else (x - b) / b
+
+
+def _prepare_traces(scenarios: list[Scenario], workers: int, ctx: Any, origin: str) -> None:
+    """Draw the distinct synthetic traces the scenarios need, in parallel, into this process's ``_TRACES``.
+
+    Done before the scenario workers fork so each trace is drawn once per sweep rather than once per worker.
+    Only with fork (spawned workers would not inherit them; they draw their own).
+    """
+    if ctx is None or ctx.get_start_method() != "fork":
+        return
+    keys: list[tuple] = []
+    for sc in scenarios:
+        if sc.is_synthetic:
+            try:
+                key = _synthetic_key(sc, _load_cluster(sc.cluster).num_gpus)
+            except MoesimError:
+                continue  # reported by the scenario itself
+            if key not in _TRACES and key not in keys:
+                keys.append(key)
+    keys = keys[:_TRACES_MAX]
+    if len(keys) == 1:
+        keys_done = [(keys[0], _try_make(keys[0]))]
+    elif keys:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(keys)), mp_context=ctx) as pool:
+            keys_done = list(zip(keys, pool.map(_try_make, keys)))
+    else:
+        keys_done = []
+    for key, trace in keys_done:
+        if trace is not None:
+            _TRACES[key] = trace
+
+
+def _try_make(key: tuple) -> Any:
+    try:
+        return _make_synthetic(key)
+    except MoesimError:
+        return None  # the scenario's own evaluation raises it with the file and scenario named
+
+
+def _worker(args: tuple[Scenario, str]) -> dict:
+    scenario, origin = args
+    return evaluate_scenario(scenario, origin)
+
+
+def run_whatif(
+    sf: ScenarioFile,
+    workers: int = 1,
+    use_cache: bool = True,
+    on_done: Callable[[int, dict, bool], None] | None = None,
+) -> WhatifRun:
+    """Evaluate every scenario of ``sf``; ``on_done(index, record, cached)`` is called as each finishes.
+
+    ``workers > 1`` runs cache misses in that many processes (fork where the platform has it: the parent's
+    loaded specs are inherited, so a worker starts in milliseconds).
+    """
+    t0 = time.perf_counter()
+    resolved = [sc.resolve(sf.base_dir) for sc in sf.scenarios]
+    records: list[dict | None] = [None] * len(resolved)
+    keys: list[str | None] = [None] * len(resolved)
+    hits = 0
+    todo: list[int] = []
+    for i, sc in enumerate(resolved):
+        try:
+            keys[i] = cache_key(sc)
+        except MoesimError as exc:
+            raise type(exc)(f"{sf.path}: scenario {sc.name!r}: {exc}") from None
+        rec = _cache_get(keys[i]) if use_cache else None
+        if rec is not None:
+            records[i] = rec
+            hits += 1
+            if on_done:
+                on_done(i, rec, True)
+        else:
+            todo.append(i)
+
+    def finish(i: int, rec: dict) -> None:
+        records[i] = rec
+        if use_cache:
+            _cache_put(keys[i], rec)
+        if on_done:
+            on_done(i, rec, False)
+
+    if workers <= 1 or len(todo) <= 1:
+        for i in todo:
+            finish(i, evaluate_scenario(resolved[i], sf.path))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        _prepare_traces([resolved[i] for i in todo], workers, ctx, sf.path)
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+            futures = {pool.submit(_worker, (resolved[i], sf.path)): i for i in todo}
+            try:
+                for fut in as_completed(futures):
+                    finish(futures[fut], fut.result())
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+    done: list[dict] = []
+    for i, (sc, rec) in enumerate(zip(sf.scenarios, records)):
+        assert rec is not None
+        rec = dict(rec)
+        rec["name"] = sc.name  # the cache is keyed by settings, not names: a renamed scenario is a hit
+        rec["settings"] = resolved[i].settings()  # and by file contents, not paths: show this run's paths
+        rec["index"] = i
+        rec["axis_values"] = {k: v for k, v in sc.axis_values}
+        done.append(rec)
+    base_rec = done[sf.baseline_index]
+    if "error" in base_rec:
+        raise InfeasibleError(f"{sf.path}: baseline: scenario {base_rec['name']!r} cannot run "
+                              f"({base_rec['error']}); pick a feasible baseline")
+    sign = 1.0 if sf.minimize else -1.0
+    feasible = [i for i, r in enumerate(done) if "error" not in r]
+    best = min(feasible, key=lambda i: (sign * done[i][sf.objective], i))
+    for i, rec in enumerate(done):
+        rec["is_baseline"] = i == sf.baseline_index
+        rec["is_best"] = i == best
+    return WhatifRun(sf, done, sf.baseline_index, best, time.perf_counter() - t0, hits)

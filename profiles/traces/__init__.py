@@ -1,0 +1,1 @@
+"""Shipped routing traces (data only; see README.md)."""

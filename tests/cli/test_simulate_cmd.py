@@ -1,0 +1,170 @@
+"""``moesim simulate``: the issue's command line, JSON output, tables, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "moesim", "simulate", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def test_done_when_command_json() -> None:
+    """The issue's done-when command."""
+    proc = run("--model", "deepseek-v3", "--cluster", "h100-8x8-ib400", "--synthetic", "zipf:1.2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["step_latency_us"] > 0
+    assert 0 < doc["alltoall_share"] < doc["moe_share"] < 1
+    assert len(doc["layers"]) == 58
+    keys = {
+        "layer",
+        "latency_us",
+        "router_us",
+        "permute_us",
+        "dispatch_us",
+        "compute_us",
+        "combine_us",
+        "max_gpu_tokens",
+        "mean_gpu_tokens",
+        "dropped_fraction",
+        "nvlink_bytes",
+        "network_bytes",
+    }
+    assert keys <= set(doc["layers"][0])
+    assert doc["layers"][0]["layer"] == 3  # DeepSeek-V3's first MoE layer
+
+
+def test_all_options_and_table() -> None:
+    proc = run(
+        "--model",
+        "deepseek-v3",
+        "--cluster",
+        "h100-8x8-ib400",
+        "--synthetic",
+        "zipf:1.2",
+        "--tokens-per-gpu",
+        "2048",
+        "--capacity-factor",
+        "1.25",
+        "--drop-policy",
+        "reroute",
+        "--overlap-chunks",
+        "2",
+        "--dispatch-dtype",
+        "fp8",
+        "--alltoall",
+        "hierarchical",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "dispatch" in proc.stdout and "exposed all-to-all" in proc.stdout
+    assert "■ compute" in proc.stdout
+
+
+def test_shipped_trace_by_slug() -> None:
+    from pathlib import Path
+
+    import profiles
+
+    shipped = sorted((Path(profiles.__file__).parent / "traces").glob("olmoe_*.npz"))
+    if not shipped:
+        pytest.skip("no shipped OLMoE trace yet")
+    proc = run("--model", "olmoe-1b-7b", "--cluster", "h100-8x8-ib400", "--trace", shipped[0].stem, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert len(doc["layers"]) >= 1
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--model", "nope", "--cluster", "h100-8x8-ib400"], "nope"),
+        (
+            [
+                "--model",
+                "deepseek-v3",
+                "--cluster",
+                "h100-8x8-ib400",
+                "--drop-policy",
+                "random",
+                "--capacity-factor",
+                "1",
+            ],
+            "drop_policy",
+        ),
+        (
+            ["--model", "deepseek-v3", "--cluster", "h100-8x8-ib400", "--trace", "no_such_trace"],
+            "no_such_trace",
+        ),
+        (
+            [
+                "--model",
+                "deepseek-v3",
+                "--cluster",
+                "h100-8x8-ib400",
+                "--synthetic",
+                "zipf:1.2",
+                "--dispatch-dtype",
+                "fp4",
+            ],
+            "dispatch_dtype",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args, needle) -> None:
+    proc = run(*args)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moesim: error:"), proc.stderr
+    assert needle in lines[0]
+    assert proc.stdout == ""
+
+
+def test_trace_for_another_model_exit_2() -> None:
+    from pathlib import Path
+
+    import profiles
+
+    shipped = sorted((Path(profiles.__file__).parent / "traces").glob("olmoe_*.npz"))
+    if not shipped:
+        pytest.skip("no shipped OLMoE trace yet")
+    proc = run("--model", "deepseek-v3", "--cluster", "h100-8x8-ib400", "--trace", str(shipped[0]))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("moesim: error:")
+
+
+def test_help_shows_example() -> None:
+    proc = run("--help")
+    assert proc.returncode == 0
+    assert "moesim simulate --model deepseek-v3" in proc.stdout
+
+
+def test_placement_file_and_broken_placement(tmp_path) -> None:
+    from moesim.placement import contiguous, save_placement
+
+    good = contiguous(64, 8, 16)
+    path = tmp_path / "contiguous.yaml"
+    save_placement(good, path)
+    args = ["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--synthetic", "uniform", "--json"]
+    proc = run(*args, "--placement", str(path))
+    assert proc.returncode == 0, proc.stderr
+    with_file = json.loads(proc.stdout)
+    default = json.loads(run(*args).stdout)
+    assert with_file["step_latency_us"] == default["step_latency_us"]
+    # layer 0 loses expert 10 (expert 11 twice): the writer refuses such a placement, so edit the file
+    bad_path = tmp_path / "broken.yaml"
+    bad_path.write_text(path.read_text().replace("[10, 1.0]", "[11, 1.0]", 1))
+    proc = run(*args, "--placement", str(bad_path))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("moesim: error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert "expert 10" in proc.stderr

@@ -1,0 +1,77 @@
+"""Placement validation, memory check and the native YAML round trip."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from moesim.errors import PlacementError
+from moesim.placement import (
+    Placement,
+    check_memory,
+    contiguous,
+    even_shares,
+    load_placement,
+    save_placement,
+    slots_per_gpu,
+)
+
+
+def _replicated() -> Placement:
+    phy2log = np.array([[0, 1, 2, 0, 3, 1], [3, 2, 1, 0, 0, 0]])
+    return Placement(num_gpus=3, slots_per_gpu=2, num_experts=4, phy2log=phy2log,
+                     shares=even_shares(phy2log, 4), meta={"method": "test", "model": "m", "layers": [3, 9],
+                                                           "predicted": {"max_mean_load": np.float64(1.25)}})
+
+
+def test_round_trip(tmp_path) -> None:
+    p = _replicated()
+    p.validate()
+    path = tmp_path / "p.yaml"
+    save_placement(p, path)
+    q = load_placement(path)
+    np.testing.assert_array_equal(q.phy2log, p.phy2log)
+    np.testing.assert_allclose(q.shares, p.shares, atol=1e-9)
+    assert q.meta["layers"] == [3, 9] and q.meta["method"] == "test"
+    assert q.meta["predicted"]["max_mean_load"] == 1.25
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no temp file left
+
+
+def test_gpu_loads_use_shares() -> None:
+    p = _replicated()
+    loads = p.gpu_loads(np.array([[10.0, 20.0, 30.0, 40.0], [1.0, 1.0, 1.0, 3.0]]))
+    np.testing.assert_allclose(loads[0], [5 + 10, 30 + 5, 40 + 10])
+    np.testing.assert_allclose(loads[1], [3 + 1, 1 + 1 / 3, 2 / 3])
+
+
+@pytest.mark.parametrize("phy2log, shares, match", [
+    ([[0, 1, 2, 2]], [[1, 1, 0.5, 0.5]], "expert 3 has no replica"),
+    ([[0, 1, 2, 3]], [[1, 1, 0.5, 1]], "summing to 0.5"),
+    ([[0, 1, 2, 4]], [[1, 1, 1, 1]], r"ids must be in \[0, 4\)"),
+    ([[0, 1, 2]], [[1, 1, 1]], "shape"),
+])
+def test_validation_errors(phy2log, shares, match) -> None:
+    p = Placement(2, 2, 4, np.array(phy2log), np.array(shares, dtype=float))
+    with pytest.raises(PlacementError, match=match):
+        p.validate()
+
+
+def test_slots_and_memory() -> None:
+    assert slots_per_gpu(256, 32, 32) == 9
+    with pytest.raises(PlacementError, match="do not divide"):
+        slots_per_gpu(64, 1, 8)
+    model = SimpleNamespace(num_moe_layers=58, expert_weight_bytes=lambda b=2: 3 * 7168 * 2048 * b)
+    gpu = SimpleNamespace(hbm_gb=80.0, slug="h100-sxm")
+    check_memory(contiguous(256, 32, 1), model, gpu)  # 8 slots x 58 x 88 MB = 40.9 GB < 60 GB
+    with pytest.raises(PlacementError, match="GPU memory"):
+        check_memory(contiguous(256, 16, 1), model, gpu)  # 16 slots: 81.7 GB
+
+
+def test_load_errors(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("format: moesim-placement/1\nnum_experts: 4\nnum_gpus: 2\nslots_per_gpu: 2\n"
+                   "layers:\n  - layer: 0\n    gpus:\n      - [[0, 1.0], [1, 1.0]]\n      - [[2, 1.0]]\n")
+    with pytest.raises(PlacementError, match=r"gpus\[1\]: expected 2 slots"):
+        load_placement(bad)
+    with pytest.raises(PlacementError, match="cannot read"):
+        load_placement(tmp_path / "missing.yaml")

@@ -1,0 +1,93 @@
+"""Report writing on hand-made records (no simulator): files, columns, self-containment, infeasible rows."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from moesim.report import write_report
+from moesim.scenario import parse_scenarios
+from moesim.whatif import PHASES, WhatifRun
+
+
+def make_run(n_cf: int = 3, fail: int | None = None) -> WhatifRun:
+    doc = {"title": "Report <test> & co", "include_base": True,
+           "base": {"model": "olmoe-1b-7b", "cluster": "h100-2x8-ib400", "tokens_per_gpu": 1024},
+           "axes": {"capacity_factor": [1.0 + 0.25 * i for i in range(n_cf)], "drop_policy": ["probs", "reroute"]}}
+    sf = parse_scenarios(doc, "/tmp/report_test.yaml")
+    rng = np.random.default_rng(1)
+    records = []
+    for i, sc in enumerate(sf.scenarios):
+        rec = {"name": sc.name, "index": i, "settings": sc.settings(), "num_gpus": 16, "axis_values": dict(sc.axis_values)}
+        if i == fail:
+            rec["error"] = "placement: GPU memory: needs 90 GB"
+        else:
+            phase = {p: float(rng.uniform(10, 500)) for p in PHASES}
+            load = rng.uniform(500, 1500, 16)
+            step = sum(phase.values()) + 300.0
+            rec.update(num_layers=16, step_latency_us=step, tokens_per_s_per_gpu=1024 / step * 1e6, phase_us=phase,
+                       attention_us=200.0, dense_us=100.0, moe_share=0.8, alltoall_share=0.3,
+                       dropped_fraction=0.0 if sc.capacity_factor is None else 0.1 / sc.capacity_factor,
+                       gpu_load=load.tolist(), gpu_load_max=(1.3 * load).tolist(),
+                       load_imbalance=float(1.3 * load.max() / load.mean()),
+                       traffic_bytes={"nvswitch": 1e9 * (i + 1), "ib": 5e8},
+                       link_level={"nvswitch": "intra-node", "ib": "inter-node"})
+        records.append(rec)
+    ok = [i for i, r in enumerate(records) if "error" not in r]
+    best = min(ok, key=lambda i: records[i]["step_latency_us"])
+    for i, r in enumerate(records):
+        r["is_baseline"], r["is_best"] = i == sf.baseline_index, i == best
+    return WhatifRun(sf, records, sf.baseline_index, best, 0.1, 0)
+
+
+def test_writes_all_files_consistently(tmp_path):
+    run = make_run()
+    paths = write_report(run, tmp_path / "out", scenario_text="base: {x: 1}\n")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["plots", "report.html", "report.md", "results.csv",
+                                                     "results.json"]
+    assert not [p for p in out.rglob(".*")]  # no temp files left behind
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["name"] for r in rows] == [r["name"] for r in run.records]
+    assert float(rows[run.best_index]["step_latency_us"]) == run.best["step_latency_us"]
+    assert rows[run.best_index]["best"] == "1" and rows[0]["baseline"] == "1"
+    assert float(rows[1]["gain_vs_baseline"]) == pytest.approx(run.gain(run.records[1]))
+    assert float(rows[3]["traffic_nvswitch_bytes"]) == 4e9 and float(rows[3]["traffic_ib_bytes"]) == 5e8
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["best"] == run.best["name"] and doc["baseline"] == "base"
+    assert doc["best_gain_vs_baseline"] == pytest.approx(run.gain())
+    # four plots for a capacity sweep, each a real PNG, embedded in the HTML
+    assert {k for k in paths if k.startswith("plot:")} == {"plot:latency", "plot:gpu_load", "plot:capacity",
+                                                           "plot:traffic"}
+    html = (out / "report.html").read_text()
+    imgs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    assert len(imgs) == 4
+    assert all(base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n" for b in imgs)
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert "Report &lt;test&gt; &amp; co" in html  # escaped
+    md = (out / "report.md").read_text()
+    assert "![Step latency by phase](plots/latency.png)" in md
+    # two axes, no named variants: rows are numbered, the columns carry the values, the summary the name
+    assert f"| {run.best_index + 1} **(best)** |" in md and f"Best: {run.best['name']}" in md
+
+
+def test_infeasible_rows_are_listed_and_left_out_of_plots(tmp_path):
+    run = make_run(fail=2)
+    write_report(run, tmp_path)
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert rows[2]["error"].startswith("placement: GPU memory") and rows[2]["step_latency_us"] == ""
+    html = (tmp_path / "report.html").read_text()
+    assert "cannot run" in html and "needs 90 GB" in html
+
+
+def test_many_scenarios_show_best_subset_in_bar_charts(tmp_path):
+    run = make_run(n_cf=30)  # 1 + 60 scenarios
+    write_report(run, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert "Showing the 40 best of 61 scenarios" in html
+    assert len(list(csv.DictReader((tmp_path / "results.csv").open()))) == 61

@@ -1,0 +1,290 @@
+"""moesim.trace_import: format detection and the SGLang, vLLM, OLMoE-analysis and native importers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from moesim.errors import TraceError
+from moesim.trace import RoutingTrace, counts_from_topk, load_trace, save_trace, transitions_from_topk
+from moesim.trace_import import convert_olmoe_analysis, detect_format
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "profiles" / "traces"
+SHARED = REPO.parent / "shared" / "data" / "routing" / "olmoe_analysis"
+DOMAINS = ("arxiv", "book", "c4", "github", "wikipedia")
+
+
+def model(E: int, k: int, moe: tuple[int, ...], num_layers: int, slug: str = "m") -> SimpleNamespace:
+    return SimpleNamespace(slug=slug, num_experts=E, top_k=k, moe_layers=moe, num_layers=num_layers)
+
+
+def random_ids(T: int, L: int, E: int, k: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.argsort(rng.random((T, L, E)), axis=2)[:, :, :k].astype(np.int32)
+
+
+# ------------------------------------------------------------------ OLMoE analysis JSON (real data)
+def _raw_dirs() -> list[Path]:
+    dirs = [SHIPPED]
+    if SHARED.is_dir():
+        dirs.append(SHARED)
+    return dirs
+
+
+@pytest.mark.parametrize("stem", [f"olmoe_{d}" for d in DOMAINS] + [f"mistral_{d}" for d in DOMAINS])
+def test_olmoe_json_matches_raw(stem: str) -> None:
+    for d in _raw_dirs():
+        raw = json.loads((d / f"{stem}.json").read_text())
+        t = load_trace(d / f"{stem}.json")
+        assert t.layers == (0, 7, 15)
+        assert t.num_tokens == 208896
+        assert np.array_equal(t.counts, np.array(raw["expert_counts"]))
+        assert np.array_equal(t.transitions, np.array(raw["expert_counts_crosslayer"]["counts"]))
+        assert t.model == ("olmoe-1b-7b" if stem.startswith("olmoe") else "mixtral-8x7b")
+        assert (t.num_experts, t.top_k) == ((64, 8) if stem.startswith("olmoe") else (8, 2))
+        assert "357454f" in t.source and "Apache-2.0" in t.source
+        # the shipped native trace is exactly this conversion
+        native = load_trace(SHIPPED / f"{stem.replace('mistral', 'mixtral')}.npz")
+        assert native == t
+
+
+def test_shared_copy_present_or_skip() -> None:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent (only in the development checkout); shipped copies are tested above")
+    for f in SHARED.glob("*.json"):
+        assert (SHIPPED / f.name).read_bytes() == f.read_bytes(), f"{f.name}: shipped copy differs"
+
+
+def test_regenerate_shipped_traces(tmp_path: Path) -> None:
+    written = convert_olmoe_analysis(SHIPPED, tmp_path)
+    assert len(written) == 10
+    for p in written:
+        assert load_trace(p) == load_trace(SHIPPED / p.name)
+    assert (tmp_path / "mistral_c4.json").exists() and (tmp_path / "mixtral_c4.npz").exists()
+
+
+def test_olmoe_json_bad_fields(tmp_path: Path) -> None:
+    raw = json.loads((SHIPPED / "olmoe_c4.json").read_text())
+    raw["expert_counts"][0][0] += 1
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(raw))
+    with pytest.raises(TraceError, match=r"bad.json: expert_counts: row sums"):
+        load_trace(p)
+    raw = json.loads((SHIPPED / "olmoe_c4.json").read_text())
+    del raw["top_k"]
+    p.write_text(json.dumps(raw))
+    with pytest.raises(TraceError, match=r"bad.json: top_k: missing"):
+        load_trace(p)
+
+
+def test_olmoe_with_model_check() -> None:
+    t = load_trace(SHIPPED / "olmoe_c4.npz", model=model(64, 8, tuple(range(16)), 16, "olmoe-1b-7b"))
+    assert t.model == "olmoe-1b-7b"
+    with pytest.raises(TraceError, match="olmoe_c4.npz: num_experts: trace has 64 experts but model deepseek-v3 "
+                                         "has 256"):
+        load_trace(SHIPPED / "olmoe_c4.npz", model=model(256, 8, tuple(range(3, 61)), 61, "deepseek-v3"))
+
+
+# ------------------------------------------------------------------ vLLM routed_experts
+def test_vllm_npy_file_and_directory(tmp_path: Path) -> None:
+    a, b = random_ids(30, 4, 16, 2, 1), random_ids(12, 4, 16, 2, 2)
+    np.save(tmp_path / "req_000.npy", a)
+    np.save(tmp_path / "req_001.npy", b)
+    one = load_trace(tmp_path / "req_000.npy")
+    assert one.topk_ids.shape == (30, 4, 2) and np.array_equal(one.topk_ids, a)
+    assert one.num_experts == int(a.max()) + 1  # without a model, E = max id + 1
+    m = model(16, 2, (1, 2, 3, 4), 5)
+    both = load_trace(tmp_path, model=m)
+    ids = np.concatenate([a, b])
+    assert both.num_tokens == 42 and both.layers == (1, 2, 3, 4) and both.model == "m"
+    assert np.array_equal(both.counts, counts_from_topk(ids, 16))
+    assert np.array_equal(both.transitions, transitions_from_topk(ids, 16))
+
+
+def test_vllm_all_layers_drops_dense(tmp_path: Path) -> None:
+    ids = random_ids(10, 5, 8, 2)
+    ids[:, 0] = 0  # a dense layer would not route; the importer drops it by the model's MoE layers
+    np.save(tmp_path / "r.npy", ids)
+    t = load_trace(tmp_path / "r.npy", model=model(8, 2, (1, 2, 3, 4), 5))
+    assert t.layers == (1, 2, 3, 4) and np.array_equal(t.topk_ids, ids[:, 1:])
+    with pytest.raises(TraceError, match="num_layers: file has 5 layers"):
+        load_trace(tmp_path / "r.npy", model=model(8, 2, (1, 2), 3))
+
+
+def test_vllm_bad_arrays(tmp_path: Path) -> None:
+    np.save(tmp_path / "f.npy", np.zeros((3, 2), dtype=np.int64))
+    with pytest.raises(TraceError, match=r"f.npy: routed_experts: expected an int array"):
+        load_trace(tmp_path / "f.npy")
+    ids = random_ids(4, 2, 8, 2)
+    np.save(tmp_path / "g.npy", ids)
+    with pytest.raises(TraceError, match="num_experts: trace has expert id 7 but model m has 4 experts"):
+        load_trace(tmp_path / "g.npy", model=model(4, 2, (0, 1), 2))
+    d = tmp_path / "d"
+    d.mkdir()
+    np.save(d / "a.npy", random_ids(4, 2, 8, 2))
+    np.save(d / "b.npy", random_ids(4, 3, 8, 2))
+    with pytest.raises(TraceError, match="requests disagree"):
+        load_trace(d)
+
+
+# ------------------------------------------------------------------ SGLang dumps (real torch.save files)
+def _torch():
+    return pytest.importorskip("torch", reason="writing SGLang .pt dumps needs torch (the kernels extra)")
+
+
+def test_sglang_stat(tmp_path: Path) -> None:
+    """stat mode: {"rank", "logical_count": int32 [steps, num_layers, E], "average_utilization_rate_over_window"}."""
+    torch = _torch()
+    rng = np.random.default_rng(0)
+    L_model, E, k, steps = 6, 16, 4, 5
+    ids = random_ids(100, L_model - 1, E, k)
+    per_step = np.zeros((steps, L_model, E), dtype=np.int64)
+    chunks = np.array_split(np.arange(100), steps)
+    for s, c in enumerate(chunks):  # counts per forward pass, as SGLang buffers them
+        per_step[s, 1:] = counts_from_topk(ids[c], E)
+    per_step[:, 0] = 0  # layer 0 dense: SGLang keeps a zero row
+    path = tmp_path / "expert_distribution_recorder_1700000000.0.pt"
+    torch.save({"rank": 0, "logical_count": torch.from_numpy(per_step).to(torch.int32),
+                "average_utilization_rate_over_window": None}, path)
+    assert detect_format(path) == "pt"
+    with pytest.raises(TraceError, match="top_k: SGLang stat dumps do not record top-k"):
+        load_trace(path)
+    m = model(E, k, tuple(range(1, L_model)), L_model)
+    t = load_trace(path, model=m)
+    assert t.layers == (1, 2, 3, 4, 5) and t.num_tokens == 100 and t.transitions is None
+    assert np.array_equal(t.counts, counts_from_topk(ids, E))
+    from moesim.trace_import import import_trace
+
+    t2 = import_trace(path, top_k=k)  # no model: zero (dense) layers dropped
+    assert t2.layers == (1, 2, 3, 4, 5) and np.array_equal(t2.counts, t.counts)
+    del rng
+
+
+def test_sglang_per_token(tmp_path: Path) -> None:
+    """per_token mode: records with topk_ids_of_layer int32 [num_layers, tokens, 8] of physical ids (-1 unused)
+    and last_physical_to_logical_map [num_layers, num_physical]."""
+    torch = _torch()
+    L_model, E, k, P = 4, 8, 2, 10  # 10 physical slots: experts 0 and 1 have a redundant replica
+    moe = (1, 2, 3)
+    ids = random_ids(50, 3, E, k, 3)  # logical
+    p2l = np.tile(np.r_[np.arange(E), 0, 1], (L_model, 1))  # slots 8, 9 are replicas of 0, 1
+    rng = np.random.default_rng(4)
+    phys = ids.copy()
+    use_replica = (ids < 2) & (rng.random(ids.shape) < 0.5)
+    phys[use_replica] += 8
+    records = []
+    for s, c in enumerate(np.array_split(np.arange(50), 3)):
+        buf = -np.ones((L_model, len(c), 8), dtype=np.int32)  # SGLang's _TOP_K_NUM = 8 columns
+        buf[1:, :, :k] = phys[c].transpose(1, 0, 2)
+        records.append({"forward_pass_id": s, "rank": 0, "gatherer_key": "primary",
+                        "input_ids": list(range(len(c))), "positions": list(range(len(c))),
+                        "extend_seq_lens": [len(c)], "forward_mode": 1,
+                        "topk_ids_of_layer": torch.from_numpy(buf), "misc_objects": [],
+                        "global_physical_count": torch.zeros((L_model, P), dtype=torch.int32)})
+    path = tmp_path / "expert_distribution_recorder_1_0.pt"
+    torch.save({"records": records, "last_physical_to_logical_map": torch.from_numpy(p2l)}, path)
+    t = load_trace(path)  # no model: dense layer and unused columns found from the -1s
+    assert t.layers == moe and t.top_k == k and t.num_tokens == 50
+    assert np.array_equal(t.topk_ids, ids)
+    t2 = load_trace(path, model=model(E, k, moe, L_model))
+    assert np.array_equal(t2.counts, counts_from_topk(ids, E))
+    assert np.array_equal(t2.transitions, transitions_from_topk(ids, E))
+
+
+def test_sglang_per_pass_counts(tmp_path: Path) -> None:
+    torch = _torch()
+    L_model, E, k = 3, 8, 2
+    p2l = np.tile(np.arange(E), (L_model, 1))
+    ids = random_ids(40, L_model, E, k)
+    gpc = counts_from_topk(ids, E)
+    path = tmp_path / "per_pass.pt"
+    torch.save({"records": [{"forward_pass_id": 0, "rank": 0, "global_physical_count": torch.from_numpy(gpc)}],
+                "last_physical_to_logical_map": torch.from_numpy(p2l)}, path)
+    t = load_trace(path, model=model(E, k, (0, 1, 2), L_model))
+    assert np.array_equal(t.counts, gpc) and t.num_tokens == 40
+
+
+class NotAllowed:
+    """A pickled class instance: weights_only=True must refuse it."""
+
+    def __init__(self) -> None:
+        self.x = 1
+
+
+def test_sglang_unknown_and_unsafe(tmp_path: Path) -> None:
+    torch = _torch()
+    p = tmp_path / "other.pt"
+    torch.save({"something": torch.zeros(3)}, p)
+    with pytest.raises(TraceError, match=r"other.pt: format: torch file holds \['something'\]; looked for SGLang"):
+        load_trace(p)
+    q = tmp_path / "unsafe.pt"
+    torch.save({"logical_count": NotAllowed()}, q)
+    with pytest.raises(TraceError, match=r"unsafe.pt: pt: torch.load\(weights_only=True\) failed"):
+        load_trace(q)
+
+
+def test_pt_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = _torch()
+    p = tmp_path / "stat.pt"
+    torch.save({"logical_count": torch.zeros((1, 2, 4), dtype=torch.int32)}, p)
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(TraceError, match=r"stat.pt: format: .*pip install 'moesim\[kernels\]'"):
+        load_trace(p)
+
+
+# ------------------------------------------------------------------ detection and errors
+def test_detect_by_content_not_suffix(tmp_path: Path) -> None:
+    t = RoutingTrace.from_topk_ids(random_ids(5, 2, 4, 2), 4)
+    save_trace(t, tmp_path / "a.npz")
+    shutil.copy(tmp_path / "a.npz", tmp_path / "renamed.bin")
+    assert load_trace(tmp_path / "renamed.bin") == t
+    save_trace(t, tmp_path / "a.json")
+    shutil.copy(tmp_path / "a.json", tmp_path / "noext")
+    assert load_trace(tmp_path / "noext") == t
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"hello world", "format: not recognised; looked for native .npz"),
+    (b"{\"x\": 1}", "format: JSON is neither a moesim trace"),
+    (b"{not json", "json: cannot parse"),
+    (b"[1, 2]", "json: top level is not an object"),
+])
+def test_unknown_formats(tmp_path: Path, content: bytes, match: str) -> None:
+    p = tmp_path / "mystery.dat"
+    p.write_bytes(content)
+    with pytest.raises(TraceError, match=f"mystery.dat: {match}"):
+        load_trace(p)
+
+
+def test_other_zip_and_missing(tmp_path: Path) -> None:
+    p = tmp_path / "x.zip"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("readme.txt", "hi")
+    with pytest.raises(TraceError, match="x.zip: format: zip archive that is neither"):
+        load_trace(p)
+    np.savez(tmp_path / "plain.npz", counts=np.zeros((2, 2)))
+    with pytest.raises(TraceError, match="plain.npz: meta: missing"):
+        load_trace(tmp_path / "plain.npz")
+    with pytest.raises(TraceError, match="nope.npz: file: does not exist"):
+        load_trace(tmp_path / "nope.npz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TraceError, match="empty: format: directory holds no .npy"):
+        load_trace(tmp_path / "empty")
+
+
+def test_native_json_wrong_version(tmp_path: Path) -> None:
+    p = tmp_path / "t.json"
+    save_trace(RoutingTrace.from_topk_ids(random_ids(3, 1, 4, 2), 4), p)
+    doc = json.loads(p.read_text())
+    doc["version"] = 99
+    p.write_text(json.dumps(doc))
+    with pytest.raises(TraceError, match="t.json: version: file is version 99"):
+        load_trace(p)

@@ -1,0 +1,76 @@
+"""Studies in the embedded journal file: default location, shared by processes, exact trial budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.tuner.conftest import check_exact_budget, run_workers
+from tuner import storage
+
+
+def test_default_storage_is_a_journal_file_under_the_cache_dir(cache_dir):
+    url = storage.default_storage_url()
+    assert url.startswith("journal://")
+    assert storage.journal_path(url) == Path(cache_dir) / "optuna" / "studies.log"
+    storage.open_storage(None)
+    assert (Path(cache_dir) / "optuna").is_dir()
+
+
+def test_xdg_cache_home_is_respected(tmp_path, monkeypatch):
+    monkeypatch.delenv("MOESIM_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert storage.cache_dir() == tmp_path / "moesim"
+
+
+def test_redact_hides_password():
+    assert storage.redact("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+
+
+def test_bad_url_is_a_one_line_spec_error():
+    from moesim.errors import SpecError
+
+    with pytest.raises(SpecError, match="--storage: nosuch://x: cannot open"):
+        storage.open_storage("nosuch://x")
+
+
+@pytest.mark.parametrize("workers,trials", [(2, 30), (3, 17)])
+def test_workers_share_a_file_study_and_finish_exactly_n_trials(tmp_path, workers, trials):
+    url = f"journal://{tmp_path / 'studies.log'}"
+    outs = run_workers(url, "shared", trials, workers=workers, sleep=0.01)
+    check_exact_budget(url, "shared", trials, outs)
+    # Both workers took part (each measured at least one trial): the study really was shared.
+    assert all(int(o.split("measured=")[1].split()[0]) >= 1 for o in outs)
+
+
+def test_a_finished_study_takes_no_more_trials(tmp_path):
+    url = f"journal://{tmp_path / 'studies.log'}"
+    outs = run_workers(url, "again", 8, workers=1, sleep=0.0)
+    outs += run_workers(url, "again", 8, workers=2, sleep=0.0)
+    check_exact_budget(url, "again", 8, outs)
+
+
+def test_budget_lock_serialises(tmp_path):
+    # Two holders of the same study's lock never overlap; different studies do not block each other.
+    import threading
+    import time
+
+    url = f"journal://{tmp_path / 'x.log'}"
+    inside = []
+    overlap = []
+
+    def hold():
+        with storage.budget_lock(url, "s"):
+            inside.append(1)
+            if len(inside) > 1:
+                overlap.append(1)
+            time.sleep(0.05)
+            inside.pop()
+
+    threads = [threading.Thread(target=hold) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlap

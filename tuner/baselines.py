@@ -1,0 +1,45 @@
+"""Baseline expert placements, each a small pure function returning a :class:`moesim.placement.Placement`.
+
+Dimension legend: L MoE layers, E logical experts, G GPUs, S slots per GPU, P = G*S physical slots.
+
+- :func:`contiguous`: Megatron's default, GPU g holds experts ``[g*E/G, (g+1)*E/G)`` (re-exported from moesim).
+- :func:`round_robin`: vLLM's ``--expert-placement-strategy round_robin``: GPU g holds ``g, g+G, g+2G, ...``
+  (``determine_expert_map`` in vllm/model_executor/layers/fused_moe: ``arange(ep_rank, E, ep_size)``). vLLM
+  allows it only without redundant experts, and so do we.
+- :func:`eplb`: the EPLB-equivalent (``tuner.eplb``), with replicas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moesim.placement import Placement, contiguous
+
+__all__ = ["contiguous", "eplb", "round_robin"]
+
+
+def round_robin(num_experts: int, num_gpus: int, num_layers: int) -> Placement:
+    """vLLM's round-robin placement: physical slot ``g*S + i`` of GPU g holds expert ``g + i*G``.
+
+    Our placements need the same slot count on every GPU, so ``E % G == 0`` is required (vLLM gives the first
+    ``E % G`` ranks one extra expert otherwise).
+    """
+    from moesim.errors import PlacementError
+
+    if num_experts % num_gpus:
+        raise PlacementError(f"round_robin placement: num_experts {num_experts} is not divisible by "
+                             f"{num_gpus} GPUs")
+    slots = num_experts // num_gpus
+    # [G, S]: row g = g, g+G, g+2G, ...
+    row = (np.arange(num_gpus)[:, None] + num_gpus * np.arange(slots)[None, :]).ravel().astype(np.int64)
+    phy2log = np.tile(row, (num_layers, 1))
+    return Placement(num_gpus=num_gpus, slots_per_gpu=slots, num_experts=num_experts, phy2log=phy2log,
+                     shares=np.ones(phy2log.shape), meta={"method": "round_robin"})
+
+
+def eplb(counts: np.ndarray, num_gpus: int, redundant_experts: int, num_groups: int = 1, num_nodes: int = 1,
+         hierarchical: bool | None = None) -> Placement:
+    """EPLB-equivalent placement of ``counts [L, E]`` with ``E + redundant_experts`` slots (see ``tuner.eplb``)."""
+    from tuner.eplb import eplb_placement
+
+    return eplb_placement(counts, num_gpus, redundant_experts, num_groups, num_nodes, hierarchical)

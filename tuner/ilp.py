@@ -1,0 +1,727 @@
+"""MILP expert placement with replication (MoETuner-style), solved with PuLP (CBC or HiGHS).
+
+Dimension legend: L MoE layers (the trace's recorded layers), E logical experts, G GPUs, N nodes, S slots per
+GPU, P = G*S slots, B bins of a subproblem (GPUs or nodes), n items of a subproblem (logical experts).
+
+Predicted time of MoE layer l (microseconds), the quantity minimised::
+
+    t_l = c_tok * max_g load_l(g)                                  # expert compute of the busiest GPU
+        + c_gpu  * cross_gpu_tokens(l-1 -> l)                      # transitions whose two experts sit on
+        + c_node * cross_node_tokens(l-1 -> l)                     #   different GPUs / nodes
+        + c_move * replicas_loaded(l)                              # optional: weights moved from --current
+
+    load_l(g)            = sum_e w_le * x_leg                      # x_leg: share of expert e's tokens on GPU g
+    cross_gpu_tokens     = sum_ij T_ij * (1 - sum_g x_(l-1)ig * x_ljg)
+    cross_node_tokens    = sum_ij T_ij * (1 - sum_n X_(l-1)in * X_ljn)   # X: share per node
+
+``c_tok`` (us per token-expert assignment) is the slope of ``moesim.compute.fused_moe_us`` at the mean load;
+``c_gpu = bytes_per_token / (G * nvlink_bw)`` and ``c_node = bytes_per_token / (G * nic_bw)`` spread a
+crossing over all GPUs' links (dispatch + combine, bf16); ``c_move = expert_bytes / slowest_bw / amortise``.
+See ``tuner.plan.cost_model``.
+
+Decomposition (used for every size; exact per subproblem). The product ``x_(l-1)ig * x_ljg`` couples
+consecutive layers, so layers are solved in sequence, each given its neighbours' current placement: then the
+co-location terms are linear in layer l's variables (``Cin[e,g] = sum_i T_(l-1)[i,e] x_(l-1)ig`` and
+``Cout[e,g] = sum_j T_l[e,j] x_(l+1)jg``), and every subproblem is a MILP (sweeps: forward, then again while
+time is left). With ``hierarchical`` (automatic when ``E * G`` exceeds :data:`FLAT_LIMIT` on several nodes)
+each layer is solved in two stages as in EPLB: experts (with replica counts and shares) to nodes, balancing
+nodes and minimising network crossings; then, per node, its experts to its GPUs (one small MILP per node).
+The time limit is shared out over the layers left (15% of a layer's share to the node stage, the rest to its
+GPU stages); layers it does not reach keep the warm start.
+
+Subproblem MILP (bins b, items e)::
+
+    min  c_tok * M  - sum_eb benefit_eb * x_eb  + sum_eb move_eb * y_eb  + const
+    s.t. sum_b y_eb >= 1  (continuous)  |  sum_b y_eb = k_e, x_eb = y_eb / k_e  (even)
+         sum_e y_eb  = slots_b                  # every GPU has S slots
+         eps * y_eb <= x_eb <= y_eb,  sum_b x_eb = 1
+         sum_e w_e x_eb <= M  (<= M_warm on flat solves: never worse balance than the warm start)
+         M >= packing_bound(replica weights)      # even split: a valid cut the LP relaxation misses
+         y_eb in {0..ub_e} integer (binary unless an expert has more replicas than bins), x_eb >= 0
+
+Replica shares: ``split="even"`` (default) fixes the replica counts to those of the warm start (EPLB's rule:
+extra replicas to the highest load per replica) and splits tokens evenly, as SGLang and vLLM dispatch, so an
+exported plan behaves as predicted; ``split="continuous"`` lets the MILP choose which experts to replicate and
+each replica's share (``moesim.placement`` stores any shares).
+
+Gap: every subproblem reports the solver's objective and best bound. The reported ``gap`` is
+``(sum obj_s - sum bound_s) / sum obj_s`` over the last solve of each subproblem (each with its constant),
+i.e. the gap of the decomposed problem *given* the neighbouring layers (and, hierarchically, the node
+assignment). It is not a bound on the joint problem over all layers; ``max_sub_gap`` is the worst subproblem.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from moesim.placement import Placement, slots_per_gpu
+
+SOLVERS = ("cbc", "highs")
+SPLITS = ("continuous", "even")
+FLAT_LIMIT = 4096  # E*G above which a multi-node instance is decomposed hierarchically
+MIN_SHARE = 0.01  # smallest share a slot may hold (a slot with no tokens would waste memory)
+NODE_CANDIDATES = 3  # hierarchical: nodes an expert may move to besides where it is
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Linear cost coefficients, all in microseconds per unit."""
+
+    us_per_token: float  # c_tok: per token-expert assignment on the busiest GPU
+    us_per_gpu_token: float  # c_gpu: per transition crossing GPUs
+    us_per_node_token: float  # c_node: per transition crossing nodes (on top of c_gpu)
+    us_per_moved_replica: float = 0.0  # c_move: per replica loaded onto a GPU that did not hold it
+    bytes_per_token: float = 0.0  # for reporting bytes
+
+
+@dataclass
+class SubResult:
+    """One subproblem solve."""
+
+    layer: int  # row in the placement
+    stage: str  # "flat" | "nodes" | "gpus"
+    status: str
+    objective: float
+    bound: float
+    solve_s: float
+    size: int  # integer variables
+
+    @property
+    def gap(self) -> float:
+        return _gap(self.objective, self.bound)
+
+
+@dataclass
+class ILPResult:
+    placement: Placement
+    objective_us: float  # predicted sum over layers of t_l, evaluated on the final placement
+    gap: float  # decomposed gap (see module docstring); nan when nothing was solved
+    max_sub_gap: float
+    solve_s: float
+    status: str  # "optimal" | "time-limit" | "partial" | "warm-start"
+    solver: str
+    hierarchical: bool
+    subproblems: list[SubResult] = field(default_factory=list)
+
+
+def _gap(obj: float, bound: float) -> float:
+    if not (math.isfinite(obj) and math.isfinite(bound)):
+        return float("nan")
+    return max(0.0, obj - bound) / max(abs(obj), 1e-12)
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+def share_matrix(phy2log_row: np.ndarray, shares_row: np.ndarray, num_experts: int, num_bins: int,
+                 slots_per_bin: int) -> np.ndarray:
+    """[E, B] share of each expert's tokens in each bin (GPU, or node with ``slots_per_bin = S * G/N``)."""
+    out = np.zeros((num_experts, num_bins))
+    np.add.at(out, (np.asarray(phy2log_row), np.arange(len(phy2log_row)) // slots_per_bin), shares_row)
+    return out
+
+
+def predicted_terms(placement: Placement, counts: np.ndarray, transitions: np.ndarray | None,
+                    gpus_per_node: int, cost: CostModel, current: Placement | None = None) -> dict[str, float]:
+    """The objective's terms for a whole placement: compute, cross-GPU/node tokens, moved replicas, total us."""
+    counts = np.asarray(counts, dtype=np.float64)
+    num_layers, num_experts = counts.shape
+    G, S = placement.num_gpus, placement.slots_per_gpu
+    N = max(1, G // gpus_per_node)
+    loads = placement.gpu_loads(counts)
+    compute = float(cost.us_per_token * loads.max(axis=1).sum())
+    gpu_tok = node_tok = 0.0
+    if transitions is not None and num_layers > 1:
+        A = [share_matrix(placement.phy2log[l], placement.shares[l], num_experts, G, S) for l in range(num_layers)]
+        for l in range(num_layers - 1):
+            T = np.asarray(transitions[l], dtype=np.float64)
+            tot = T.sum()
+            co_gpu = float(np.einsum("ij,ig,jg->", T, A[l], A[l + 1]))
+            An, Bn = (a.reshape(num_experts, N, -1).sum(-1) for a in (A[l], A[l + 1]))
+            co_node = float(np.einsum("ij,in,jn->", T, An, Bn))
+            gpu_tok += max(0.0, tot - co_gpu)  # rounding can leave -1e-9 on one node
+            node_tok += max(0.0, tot - co_node)
+    moved = 0.0
+    if current is not None:
+        moved = float(moved_replicas(placement, current).sum())
+    total = (compute + cost.us_per_gpu_token * gpu_tok + cost.us_per_node_token * node_tok
+             + cost.us_per_moved_replica * moved)
+    return {"compute_us": compute, "cross_gpu_tokens": gpu_tok, "cross_node_tokens": node_tok,
+            "moved_replicas": moved, "objective_us": total}
+
+
+def held_matrix(placement: Placement, row: int) -> np.ndarray:
+    """[E, G] 1 where GPU g holds a replica of expert e in placement row ``row``."""
+    h = np.zeros((placement.num_experts, placement.num_gpus))
+    h[placement.phy2log[row], placement.gpu_of_slot()] = 1.0
+    return h
+
+
+def moved_replicas(placement: Placement, current: Placement) -> np.ndarray:
+    """[L] replicas per layer that must be loaded onto a GPU not holding that expert in ``current``."""
+    out = np.zeros(placement.num_layers)
+    for l in range(placement.num_layers):
+        held = held_matrix(current, min(l, current.num_layers - 1))
+        out[l] = float((1.0 - held[placement.phy2log[l], placement.gpu_of_slot()]).sum())
+    return out
+
+
+# --------------------------------------------------------------------------------------------- subproblem
+@dataclass
+class _Sub:
+    """Items (experts) into bins. ``w`` [n] tokens; ``benefit``/``ycost`` [n, B]; blocks: bins per block."""
+
+    w: np.ndarray
+    slots: np.ndarray  # [B]
+    max_per_bin: int
+    counts: np.ndarray | None  # [n] fixed replica counts (even split) or None (continuous)
+    benefit: np.ndarray
+    ycost: np.ndarray
+    c_tok: float
+    const: float
+    blocks: list[np.ndarray]  # bins of each block, each block has its own max-load variable
+    allowed: np.ndarray  # [n, B] bool: item may go to bin
+    load_cap: float | None = None
+    warm: tuple[np.ndarray, np.ndarray] | None = None  # (y [n, B], x [n, B])
+    min_share: float = MIN_SHARE  # x >= min_share * y (0 in the node stage; fixed after the solve)
+    ub: np.ndarray | None = None  # [n] replicas of an item one bin may hold (default max_per_bin)
+    gpu_target: float | None = None  # node stage: mean GPU load; the objective then prices a GPU-level max
+    gpus_per_bin: int = 1
+
+
+def _solve_sub(sub: _Sub, solver: str, time_limit_s: float, gap_rel: float, threads: int
+               ) -> tuple[np.ndarray | None, np.ndarray | None, str, float, float]:
+    """Solve one subproblem. Returns ``(y, x, status, objective, bound)``; y is None without an incumbent."""
+    import warnings
+
+    import pulp
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="pulp")  # PuLP 4.0 API notices
+    n, B = sub.allowed.shape
+    even = sub.counts is not None
+    prob = pulp.LpProblem("placement", pulp.LpMinimize)
+    cells = [(i, b) for i in range(n) for b in range(B) if sub.allowed[i, b]]
+    ub = np.full(n, sub.max_per_bin, dtype=np.int64) if sub.ub is None else np.minimum(sub.ub, sub.max_per_bin)
+    y = {c: pulp.LpVariable(f"y_{c[0]}_{c[1]}", 0, int(ub[c[0]]),
+                            pulp.LpBinary if ub[c[0]] == 1 else pulp.LpInteger) for c in cells}
+    # x as (variable, coefficient) terms: a variable of its own (continuous) or y / k (even split)
+    if even:
+        xt = {c: (y[c], 1.0 / float(sub.counts[c[0]])) for c in cells}
+    else:
+        xt = {c: (pulp.LpVariable(f"x_{c[0]}_{c[1]}", 0, 1), 1.0) for c in cells}
+    Ms = [pulp.LpVariable(f"M_{k}", 0) for k in range(len(sub.blocks))]
+    by_item: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    by_bin: list[list[tuple[int, int]]] = [[] for _ in range(B)]
+    for c in cells:
+        by_item[c[0]].append(c)
+        by_bin[c[1]].append(c)
+    Aff, Con = pulp.LpAffineExpression, pulp.LpConstraint
+    LE, GE, EQ = pulp.LpConstraintLE, pulp.LpConstraintGE, pulp.LpConstraintEQ
+    obj_terms: dict[Any, float] = {}
+
+    def add(var: Any, coef: float) -> None:
+        obj_terms[var] = obj_terms.get(var, 0.0) + coef
+
+    mg_var: list[Any] = []
+    if sub.gpu_target is None:
+        for M in Ms:
+            add(M, sub.c_tok)
+    else:
+        # node stage: Mg estimates the busiest GPU, >= its node's mean GPU load and >= the load of one replica
+        # (linear and conservative: for a replica count y >= 2 it charges w*x - (y-1)*target >= w*x/y)
+        Mg = pulp.LpVariable("Mg", 0)
+        mg_var.append(Mg)
+        add(Mg, sub.c_tok)
+        for M in Ms:
+            prob += Con(Aff([(M, 1.0), (Mg, -float(sub.gpus_per_bin))]), LE, rhs=0.0)
+        for c in cells:
+            xv, xc = xt[c]
+            terms = [(Mg, 1.0), (xv, -float(sub.w[c[0]]) * xc)]
+            if xv is not y[c]:
+                terms.append((y[c], sub.gpu_target))
+            else:
+                terms[1] = (xv, -float(sub.w[c[0]]) * xc + sub.gpu_target)
+            prob += Con(Aff(terms), GE, rhs=sub.gpu_target)
+    for c in cells:
+        if sub.benefit[c] != 0.0:
+            add(xt[c][0], -float(sub.benefit[c]) * xt[c][1])
+        if sub.ycost[c] != 0.0:
+            add(y[c], float(sub.ycost[c]))
+    prob += Aff(list(obj_terms.items()), constant=sub.const)
+    for i in range(n):
+        if even:
+            prob += Con(Aff([(y[c], 1.0) for c in by_item[i]]), EQ, rhs=int(sub.counts[i]))
+        else:
+            prob += Con(Aff([(y[c], 1.0) for c in by_item[i]]), GE, rhs=1)
+            prob += Con(Aff([(xt[c][0], 1.0) for c in by_item[i]]), EQ, rhs=1)
+            for c in by_item[i]:
+                prob += Con(Aff([(xt[c][0], 1.0), (y[c], -1.0)]), LE, rhs=0)
+                if sub.min_share > 0:
+                    prob += Con(Aff([(xt[c][0], 1.0), (y[c], -sub.min_share)]), GE, rhs=0)
+    for b in range(B):
+        prob += Con(Aff([(y[c], 1.0) for c in by_bin[b]]), EQ, rhs=int(sub.slots[b]))
+    for k, bins in enumerate(sub.blocks):
+        for b in bins:
+            terms = {}
+            for c in by_bin[b]:
+                xv, xc = xt[c]
+                terms[xv] = terms.get(xv, 0.0) + float(sub.w[c[0]]) * xc
+            terms[Ms[k]] = -1.0
+            prob += Con(Aff(list(terms.items())), LE, rhs=0)
+        if sub.load_cap is not None:
+            prob += Con(Aff([(Ms[k], 1.0)]), LE, rhs=sub.load_cap)
+        if sub.gpu_target is None:
+            # valid bounds that the LP relaxation does not see: a bin is at least as loaded as the mean of its
+            # block and, with fixed replica counts, as the heaviest replica it could hold
+            block_items = sorted({c[0] for b in bins for c in by_bin[b]})
+            lb = float(sum(sub.w[i] for i in block_items)) / max(1, len(bins)) if len(sub.blocks) == 1 else 0.0
+            if even and block_items and len(sub.blocks) == 1:
+                reps = np.repeat([float(sub.w[i]) / float(sub.counts[i]) for i in block_items],
+                                 [int(sub.counts[i]) for i in block_items])
+                lb = max(lb, packing_bound(reps, len(bins), int(sub.slots[bins[0]])))
+            if lb > 0:
+                prob += Con(Aff([(Ms[k], 1.0)]), GE, rhs=lb)
+    if sub.warm is not None:
+        wy, wx = sub.warm
+        for c in cells:
+            y[c].setInitialValue(min(int(ub[c[0]]), round(wy[c])))
+            if not even:
+                xt[c][0].setInitialValue(min(1.0, max(0.0, float(wx[c]))))
+        for k, bins in enumerate(sub.blocks):
+            Ms[k].setInitialValue(float(max((sub.w * wx[:, b]).sum() for b in bins)))
+        if sub.gpu_target is not None:
+            mg = max(max(float(Ms[k].varValue) for k in range(len(Ms))) / sub.gpus_per_bin,
+                     float((sub.w[:, None] * wx - sub.gpu_target * (wy - 1)).max()))
+            mg_var[0].setInitialValue(mg)
+
+    if solver == "highs":
+        status, objective, bound = _run_highs(prob, time_limit_s, gap_rel, threads, sub.warm is not None)
+    else:
+        status, objective, bound = _run_cbc(prob, time_limit_s, gap_rel, threads, sub.warm is not None)
+    if status == "none":
+        return None, None, status, float("nan"), bound
+    ys = np.zeros((n, B))
+    xs = np.zeros((n, B))
+    for c in cells:
+        ys[c] = round(y[c].value() or 0.0)
+        xs[c] = float(xt[c][0].value() or 0.0) * xt[c][1]
+    if not even:
+        xs = np.where(ys > 0, np.maximum(xs, 0.0), 0.0)
+        xs = xs / np.maximum(xs.sum(axis=1, keepdims=True), 1e-12)
+    return ys, xs, status, objective, bound
+
+
+_CBC_BOUND = re.compile(r"^Lower bound:\s*([-+0-9.eE]+)", re.MULTILINE)
+_CBC_POSSIBLE = re.compile(r"best possible ([-+0-9.eE]+)")
+_CBC_ROOT = re.compile(r"Cuts at root node changed objective from [-+0-9.eE]+ to ([-+0-9.eE]+)")
+_CBC_LP = re.compile(r"Continuous objective value is ([-+0-9.eE]+)")
+
+
+def _cbc_bound(text: str) -> float:
+    """The best valid lower bound CBC's log shows (without the objective's constant), or nan.
+
+    In order: the final ``Lower bound:`` (printed when stopped early), the last ``best possible`` of the
+    branch-and-bound progress lines, the root bound after cuts, the LP relaxation."""
+    for pattern in (_CBC_BOUND, _CBC_POSSIBLE, _CBC_ROOT, _CBC_LP):
+        found = [float(v) for v in pattern.findall(text) if abs(float(v)) < 1e20]  # CBC prints 1e50 for "none"
+        if found:
+            return found[-1]
+    return float("nan")
+
+
+def _run_cbc(prob: Any, time_limit_s: float, gap_rel: float, threads: int, warm: bool) -> tuple[str, float, float]:
+    """CBC through PuLP; the best bound is read from CBC's log (PuLP does not return it)."""
+    import pulp
+
+    fd, log = tempfile.mkstemp(prefix="moesim_cbc_", suffix=".log")
+    os.close(fd)
+    try:
+        cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=round(max(0.1, time_limit_s), 2), gapRel=gap_rel,
+                                warmStart=warm, threads=threads, logPath=log)
+        prob.solve(cmd)
+        with open(log, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    finally:
+        try:
+            os.unlink(log)
+        except OSError:
+            pass
+    has_solution = prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible)
+    if not has_solution:
+        return "none", float("nan"), float("nan")
+    objective = float(pulp.value(prob.objective))
+    optimal = "Optimal solution found" in text
+    bound = _cbc_bound(text) + float(prob.objective.constant)  # CBC works without the objective's constant
+    if "Search completed" in text and "best possible" not in text and _CBC_BOUND.search(text) is None \
+            and "ratioGap" not in text:
+        bound = objective  # proved optimal with no gap tolerance in force
+    status = "optimal" if optimal else "time-limit"
+    return status, objective, min(bound, objective) if math.isfinite(bound) else bound
+
+
+def _run_highs(prob: Any, time_limit_s: float, gap_rel: float, threads: int, warm: bool) -> tuple[str, float, float]:
+    """HiGHS in-process through ``pulp.HiGHS`` (highspy), with the warm start passed as a MIP start."""
+    import highspy
+    import pulp
+
+    class _HiGHSWarm(pulp.HiGHS):  # PuLP's HiGHS class has no warm start; hand HiGHS the initial values
+        def callSolver(self, lp: Any) -> None:
+            if warm:
+                sol = highspy.HighsSolution()
+                sol.col_value = [float(v.varValue) if v.varValue is not None else 0.0 for v in lp.variables()]
+                sol.value_valid = True
+                lp.solverModel.setSolution(sol)
+            lp.solverModel.run()
+
+    cmd = _HiGHSWarm(msg=False, timeLimit=max(0.05, float(time_limit_s)), gapRel=gap_rel, threads=threads)
+    prob.solve(cmd)
+    h = prob.solverModel
+    info = h.getInfo()
+    model_status = h.getModelStatus()
+    if info.primal_solution_status != 2:  # kSolutionStatusFeasible
+        return "none", float("nan"), float("nan")
+    objective = float(pulp.value(prob.objective))
+    bound = float(info.mip_dual_bound) + float(prob.objective.constant)  # PuLP does not pass the constant
+    status = "optimal" if model_status == highspy.HighsModelStatus.kOptimal else "time-limit"
+    if not math.isfinite(bound):
+        bound = float("nan")
+    return status, objective, min(bound, objective) if math.isfinite(bound) else bound
+
+
+def packing_bound(replica_w: np.ndarray, bins: int, slots: int) -> float:
+    """Lower bound on the busiest bin when replicas of weights ``replica_w`` fill ``bins`` bins of exactly
+    ``slots`` slots each. Pigeonhole: of the ``(j-1)*bins + 1`` heaviest replicas some bin holds ``j``, at least
+    the ``j`` lightest of them, and its other ``slots - j`` slots hold at least the lightest replicas left::
+
+        M >= max_j  sum(r[(j-1)B+1-j .. (j-1)B]) + sum(smallest slots-j of the rest)     (r sorted descending)
+    """
+    r = np.sort(np.asarray(replica_w, dtype=np.float64))[::-1]
+    n = len(r)
+    best = float(r.sum()) / max(1, bins)
+    for j in range(1, slots + 1):
+        top = (j - 1) * bins + 1
+        if top > n:
+            break
+        heavy = r[top - j:top]  # the j lightest of the top `top`
+        rest = r[top:]
+        light = np.sort(rest)[: max(0, slots - j)]
+        best = max(best, float(heavy.sum() + light.sum()))
+    return best
+
+
+# --------------------------------------------------------------------------------------------- heuristics
+def greedy_bins(w: np.ndarray, counts: np.ndarray, slots: np.ndarray, allowed: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """LPT packing of replicas (``counts[e]`` of weight ``w[e]/counts[e]``) into bins with ``slots``, at most one
+    replica of an expert per bin. Returns ``(y [n, B], x [n, B])`` or None if it gets stuck."""
+    n, B = len(w), len(slots)
+    y = np.zeros((n, B))
+    load = np.zeros(B)
+    free = np.asarray(slots, dtype=np.int64).copy()
+    reps = [(w[e] / counts[e], e) for e in range(n) for _ in range(int(counts[e]))]
+    reps.sort(key=lambda t: (-t[0], t[1]))
+    for wr, e in reps:
+        ok = (free > 0) & (y[e] == 0)
+        if allowed is not None:
+            ok &= allowed[e]
+        if not ok.any():  # more replicas than bins: a second replica on one GPU (its share doubles)
+            ok = free > 0
+            if allowed is not None:
+                ok &= allowed[e]
+        if not ok.any():
+            return None
+        b = int(np.argmin(np.where(ok, load, np.inf)))
+        y[e, b] += 1
+        load[b] += wr
+        free[b] -= 1
+    x = y / np.maximum(y.sum(axis=1, keepdims=True), 1)
+    return y, x
+
+
+def greedy_counts(w: np.ndarray, total: int) -> np.ndarray:
+    """Replica counts: one each, then extras to the highest load per replica (EPLB's rule)."""
+    k = np.ones(len(w), dtype=np.int64)
+    for _ in range(total - len(w)):
+        k[int(np.argmax(w / k))] += 1
+    return k
+
+
+# --------------------------------------------------------------------------------------------- driver
+def _layer_rows(y: np.ndarray, x: np.ndarray, share_scale: np.ndarray, experts: np.ndarray, slots: int
+                ) -> list[list[tuple[int, float]]]:
+    """Per GPU (bin) the slot list ``[(expert, share)]`` from a GPU-level solution."""
+    out = []
+    for b in range(y.shape[1]):
+        items = []
+        for i in np.nonzero(y[:, b] > 0.5)[0]:
+            reps = round(y[i, b])  # even split may put two replicas of an expert on one GPU
+            items += [(int(experts[i]), float(x[i, b] * share_scale[i]) / reps)] * reps
+        items.sort()
+        if len(items) != slots:
+            return []
+        out.append(items)
+    return out
+
+
+def _rows_to_arrays(rows: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
+    phy = np.array([e for gpu in rows for e, _ in gpu], dtype=np.int64)
+    sh = np.array([s for gpu in rows for _, s in gpu], dtype=np.float64)
+    return phy, sh
+
+
+def _normalise_shares(phy: np.ndarray, sh: np.ndarray, num_experts: int) -> np.ndarray:
+    tot = np.bincount(phy, weights=sh, minlength=num_experts)
+    return sh / tot[phy]
+
+
+def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int, gpus_per_node: int,
+              redundant_experts: int, cost: CostModel, *, warm_start: Placement, solver: str = "cbc",
+              time_limit_s: float = 60.0, split: str = "even", hierarchical: bool | None = None,
+              current: Placement | None = None, sweeps: int = 2, gap_rel: float = 0.02, threads: int = 1,
+              progress: Callable[[int, int, str], None] | None = None) -> ILPResult:
+    """Place experts for every layer of ``counts [L, E]`` (transitions ``[L-1, E, E]`` between consecutive rows).
+
+    Args:
+        warm_start: a valid placement with ``E + redundant_experts`` slots (the best heuristic); layers the time
+            limit leaves unsolved keep it, so a valid plan always comes back.
+        hierarchical: nodes then GPUs; None = automatic (``E * G > FLAT_LIMIT`` and more than one node).
+        current: placement now deployed; its replicas cost ``cost.us_per_moved_replica`` to move.
+        progress: called as ``progress(done, total, text)`` after every subproblem.
+    Raises:
+        PlacementError (slot counts), SpecError (bad solver/split).
+    """
+    from moesim.errors import SpecError
+
+    t0 = time.perf_counter()
+    if solver not in SOLVERS:
+        raise SpecError(f"ilp: solver: must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    if split not in SPLITS:
+        raise SpecError(f"ilp: split: must be one of {', '.join(SPLITS)}, got {split!r}")
+    counts = np.asarray(counts, dtype=np.float64)
+    L, E = counts.shape
+    G = int(num_gpus)
+    S = slots_per_gpu(E, redundant_experts, G, origin="ilp")
+    gpn = min(int(gpus_per_node), G)
+    N = G // gpn
+    if hierarchical is None:
+        hierarchical = N > 1 and E * G > FLAT_LIMIT
+    hierarchical = bool(hierarchical and N > 1)
+    if warm_start.num_physical != G * S or warm_start.num_layers != L:
+        raise SpecError(f"ilp: warm_start: {warm_start.num_layers} x {warm_start.num_physical} slots, expected "
+                        f"{L} x {G * S}")
+    phy = warm_start.phy2log.astype(np.int64).copy()
+    sh = warm_start.shares.astype(np.float64).copy()
+    T = None if transitions is None else np.asarray(transitions, dtype=np.float64)
+    node_of_gpu = np.arange(G) // gpn
+    per_layer_subs = 2 if hierarchical else 1
+    total = max(1, sweeps) * L * per_layer_subs
+    done = 0
+    last: dict[tuple[int, str], SubResult] = {}
+    subs: list[SubResult] = []
+    c_tok = cost.us_per_token
+    held_cur = None
+    if current is not None:
+        held_cur = [held_matrix(current, min(l, current.num_layers - 1)) for l in range(L)]
+
+    def budget_left() -> float:
+        return time_limit_s - (time.perf_counter() - t0)
+
+    def layer_cost(l: int, prow: np.ndarray, srow: np.ndarray) -> float:
+        """t_l with the neighbours' current rows: compute + crossings to both neighbours + moves."""
+        a = share_matrix(prow, srow, E, G, S)
+        t = c_tok * float((counts[l] @ a).max())
+        an = a.reshape(E, N, gpn).sum(-1)
+        for nb, tr in ((l - 1, None if T is None or l == 0 else T[l - 1].T), (l + 1, None if T is None or
+                                                                              l == L - 1 else T[l])):
+            if tr is None:
+                continue
+            b = share_matrix(phy[nb], sh[nb], E, G, S)
+            bn = b.reshape(E, N, gpn).sum(-1)
+            tot = tr.sum()
+            t += cost.us_per_gpu_token * (tot - float(np.einsum("ij,ig,jg->", tr, a, b)))
+            t += cost.us_per_node_token * (tot - float(np.einsum("ij,in,jn->", tr, an, bn)))
+        if held_cur is not None:
+            t += cost.us_per_moved_replica * float((1.0 - held_cur[l][prow, np.arange(G * S) // S]).sum())
+        return t
+
+    def accept(l: int, p_new: np.ndarray, s_new: np.ndarray) -> bool:
+        """Coordinate descent never makes a layer worse than its current row (e.g. the warm start), neither
+        in predicted time nor in its busiest GPU's load."""
+        new_max = float((counts[l] @ share_matrix(p_new, s_new, E, G, S)).max())
+        old_max = float((counts[l] @ share_matrix(phy[l], sh[l], E, G, S)).max())
+        if new_max > old_max * (1 + 1e-6):
+            return False
+        if layer_cost(l, p_new, s_new) <= layer_cost(l, phy[l], sh[l]) * (1 + 1e-9):
+            phy[l], sh[l] = p_new, s_new
+            return True
+        return False
+
+    stopped = False
+    for sweep in range(max(1, sweeps)):
+        for l in range(L):
+            left = budget_left()
+            if left < 0.2:
+                stopped = True
+                break
+            # the time left shared by the layers left in this sweep; a later sweep only uses what remains
+            sub_limit = max(0.1, 0.95 * left / (L - l))
+            # co-location benefit of placing expert e's share on GPU g: transitions from the previous layer's
+            # experts on g and into the next layer's experts on g
+            cin = np.zeros((E, G))
+            if T is not None and l > 0:
+                a_prev = share_matrix(phy[l - 1], sh[l - 1], E, G, S)
+                cin += T[l - 1].T @ a_prev
+            if T is not None and l < L - 1:
+                a_next = share_matrix(phy[l + 1], sh[l + 1], E, G, S)
+                cin += T[l] @ a_next
+            tot_tr = (T[l - 1].sum() if T is not None and l > 0 else 0.0) + \
+                     (T[l].sum() if T is not None and l < L - 1 else 0.0)
+            cin_node = cin.reshape(E, N, gpn).sum(-1)
+            tr_mass = np.zeros(E)  # [E] transitions into and out of each expert of layer l
+            if T is not None and l > 0:
+                tr_mass += T[l - 1].sum(axis=0)
+            if T is not None and l < L - 1:
+                tr_mass += T[l].sum(axis=1)
+            const = (cost.us_per_gpu_token + cost.us_per_node_token) * tot_tr
+            warm_a = share_matrix(phy[l], sh[l], E, G, S)
+            warm_y = np.zeros((E, G))
+            np.add.at(warm_y, (phy[l], np.arange(G * S) // S), 1.0)
+            kcounts = np.bincount(phy[l], minlength=E) if split == "even" else None
+            ycost = np.zeros((E, G)) if held_cur is None else cost.us_per_moved_replica * (1.0 - held_cur[l])
+            if not hierarchical:
+                benefit = cost.us_per_gpu_token * cin + cost.us_per_node_token * cin_node[:, node_of_gpu]
+                per_bin = S if split == "even" else 1
+                warm_ok = warm_y.max() <= per_bin
+                sub = _Sub(w=counts[l], slots=np.full(G, S), max_per_bin=per_bin, counts=kcounts, benefit=benefit,
+                           # EPLB's packing may put two replicas of one expert on a GPU: allow what the warm
+                           # start has, so that it stays feasible
+                           ub=None if kcounts is None else np.maximum(-(-kcounts // G),
+                                                                       warm_y.max(axis=1).astype(np.int64)),
+                           ycost=ycost, c_tok=c_tok, const=const, blocks=[np.arange(G)],
+                           allowed=np.ones((E, G), bool), load_cap=float((counts[l] @ warm_a).max()) * (1 + 1e-9),
+                           warm=(warm_y, warm_a) if warm_ok else None)
+                ts = time.perf_counter()
+                y, x, status, obj, bound = _solve_sub(sub, solver, sub_limit, gap_rel, threads)
+                r = SubResult(l, "flat", status, obj, bound, time.perf_counter() - ts, E * G)
+                subs.append(r)
+                done += 1
+                if progress:
+                    progress(done, total, f"layer {l + 1}/{L} sweep {sweep + 1}: {status}, gap {r.gap:.2%}")
+                if y is None:
+                    continue
+                rows = _layer_rows(y, x, np.ones(E), np.arange(E), S)
+                if not rows:
+                    continue
+                p_new, s_new = _rows_to_arrays(rows)
+                accept(l, p_new, _normalise_shares(p_new, s_new, E))
+                last[(l, "flat")] = r
+                continue
+
+            # ---- hierarchical: stage 1, experts -> nodes
+            warm_yn = warm_y.reshape(E, N, gpn).sum(-1)
+            warm_an = warm_a.reshape(E, N, gpn).sum(-1)
+            held_node = None if held_cur is None else np.minimum(1.0, held_cur[l].reshape(E, N, gpn).sum(-1))
+            ycost_n = np.zeros((E, N)) if held_node is None else cost.us_per_moved_replica * (1.0 - held_node)
+            node_per_bin = gpn * S if split == "even" else gpn
+            # candidate nodes per expert (keeps the MILP small): where the warm start has it, the NODE_CANDIDATES
+            # nodes with the most co-location benefit, and every node for experts hot enough to need replicas
+            allowed_n = warm_yn > 0
+            top = np.argsort(-cin_node, axis=1, kind="stable")[:, :NODE_CANDIDATES]
+            allowed_n[np.arange(E)[:, None], top] = True
+            allowed_n[counts[l] > 2.0 * counts[l].sum() / (G * S)] = True
+            sub_n = _Sub(w=counts[l], slots=np.full(N, S * gpn), max_per_bin=node_per_bin, counts=kcounts,
+                         benefit=cost.us_per_node_token * cin_node, ycost=ycost_n, c_tok=c_tok,
+                         gpu_target=float(counts[l].sum()) / G, gpus_per_bin=gpn,
+                         const=cost.us_per_node_token * tot_tr, blocks=[np.arange(N)],
+                         allowed=allowed_n, load_cap=float((counts[l] @ warm_an).max()) * (1 + 1e-9),
+                         warm=(warm_yn, warm_an) if warm_yn.max() <= node_per_bin else None, min_share=0.0)
+            ts = time.perf_counter()
+            yn, xn, status, obj, bound = _solve_sub(sub_n, solver, 0.15 * sub_limit, gap_rel, threads)
+            rn = SubResult(l, "nodes", status, obj, bound, time.perf_counter() - ts, int(allowed_n.sum()))
+            subs.append(rn)
+            done += 1
+            if progress:
+                progress(done, total, f"layer {l + 1}/{L} sweep {sweep + 1} nodes: {status}, gap {rn.gap:.2%}")
+            if yn is None:
+                continue
+            # a replica the node stage gave (almost) no tokens still occupies a slot: give it MIN_SHARE
+            xn = np.where(yn > 0.5, np.maximum(xn, MIN_SHARE * yn), 0.0)
+            xn /= xn.sum(axis=1, keepdims=True)
+            # ---- stage 2, per node: its experts -> its GPUs (one small MILP per node)
+            rows_all: list[list[tuple[int, float]]] = []
+            node_results: list[SubResult] = []
+            for n in range(N):
+                experts_n = np.nonzero(yn[:, n] > 0.5)[0]
+                gs = np.arange(n * gpn, (n + 1) * gpn)
+                iw = counts[l, experts_n] * xn[experts_n, n]
+                k_items = yn[experts_n, n].astype(np.int64)
+                per_bin = S if split == "even" else 1
+                g = greedy_bins(iw, k_items, np.full(gpn, S))
+                warm_g = None
+                if g is not None and np.all(g[0] <= np.minimum(per_bin, -(-k_items // gpn))[:, None]):
+                    warm_g = g
+                sub_g = _Sub(w=iw, slots=np.full(gpn, S), max_per_bin=per_bin,
+                             counts=k_items if split == "even" else None, ub=-(-k_items // gpn),
+                             benefit=cost.us_per_gpu_token * cin[np.ix_(experts_n, gs)] * xn[experts_n, n][:, None],
+                             ycost=ycost[np.ix_(experts_n, gs)], c_tok=c_tok,
+                             const=cost.us_per_gpu_token * float(tr_mass[experts_n] @ xn[experts_n, n]),
+                             blocks=[np.arange(gpn)], allowed=np.ones((len(experts_n), gpn), bool), load_cap=None,
+                             warm=warm_g)
+                ts = time.perf_counter()
+                node_limit = max(0.05, min(0.85 * sub_limit / N, budget_left() - 0.1))
+                yg, xg, status, obj, bound = _solve_sub(sub_g, solver, node_limit, gap_rel, threads)
+                rg = SubResult(l, f"gpus[{n}]", status, obj, bound, time.perf_counter() - ts, len(experts_n) * gpn)
+                subs.append(rg)
+                node_results.append(rg)
+                if yg is None:
+                    rows_all = []
+                    break
+                rows = _layer_rows(yg, xg, xn[experts_n, n], experts_n, S)
+                if not rows:
+                    rows_all = []
+                    break
+                rows_all += rows
+            done += 1
+            if progress:
+                worst = max((r.gap for r in node_results), default=float("nan"))
+                progress(done, total, f"layer {l + 1}/{L} sweep {sweep + 1} GPUs: worst node gap {worst:.2%}")
+            if not rows_all:
+                continue
+            p_new, s_new = _rows_to_arrays(rows_all)
+            accept(l, p_new, _normalise_shares(p_new, s_new, E))
+            last[(l, "nodes")] = rn
+            for n, rg in enumerate(node_results):
+                last[(l, f"gpus[{n}]")] = rg
+        if stopped:
+            break
+
+    solved = list(last.values())
+    meta = {"method": "ilp", "solver": solver, "split": split, "hierarchical": hierarchical}
+    placement = Placement(num_gpus=G, slots_per_gpu=S, num_experts=E, phy2log=phy, shares=sh, meta=meta)
+    placement.validate("ilp")
+    terms = predicted_terms(placement, counts, T, gpn, cost, current)
+    if solved:
+        objs = np.array([r.objective for r in solved])
+        bounds = np.array([r.bound for r in solved])
+        gap = _gap(float(objs.sum()), float(bounds.sum())) if np.all(np.isfinite(bounds)) else float("nan")
+        max_gap = max((r.gap for r in solved), default=float("nan"))
+        n_rows = len({r.layer for r in solved})
+        if n_rows < L:
+            status = "partial"
+        elif all(r.status == "optimal" for r in solved):
+            status = "optimal"
+        else:
+            status = "time-limit"
+    else:
+        gap = max_gap = float("nan")
+        status = "warm-start"
+    return ILPResult(placement=placement, objective_us=terms["objective_us"], gap=gap, max_sub_gap=max_gap,
+                     solve_s=time.perf_counter() - t0, status=status, solver=solver, hierarchical=hierarchical,
+                     subproblems=subs)
