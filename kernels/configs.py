@@ -18,9 +18,10 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from moesim.fileio import atomic_write_text
 
 Config = dict[str, int]
 
@@ -172,13 +173,4 @@ def save_configs(path: str | os.PathLike, configs: dict[int, dict[str, Any]],
         doc["triton_version"] = triton_version
     for m in sorted(configs, key=int):
         doc[str(int(m))] = {k: int(v) for k, v in configs[m].items()}
-    fd, tmp = tempfile.mkstemp(prefix=p.name, suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=4)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(p, json.dumps(doc, indent=4) + "\n")

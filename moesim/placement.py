@@ -38,12 +38,13 @@ dense weights, the KV cache, activations and communication buffers.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from moesim.fileio import atomic_write_text
 
 if TYPE_CHECKING:
     from moesim.specs import GPUSpec, ModelSpec
@@ -267,23 +268,6 @@ class _FlowDumper:
 
         Dumper.add_representer(list, repr_list)
         return Dumper
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temp file in the destination directory, then ``os.replace`` it into place."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def save_placement(p: Placement, path: str | os.PathLike) -> None:

@@ -14,11 +14,10 @@ import csv
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from moesim.fileio import atomic_write_bytes
 from moesim.whatif import PHASES, WhatifRun
 
 SETTING_COLUMNS = (
@@ -28,15 +27,7 @@ SETTING_COLUMNS = (
 
 
 def _atomic_write(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 def _short(value: Any) -> str:

@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import InfeasibleError, MoesimError, TraceError, field_error
+from moesim.fileio import atomic_write_text
 from moesim.scenario import Scenario, ScenarioFile
 
 PHASES = ("router", "permute", "dispatch", "compute", "combine")
@@ -124,11 +124,7 @@ def _cache_get(key: str) -> dict | None:
 def _cache_put(key: str, record: dict) -> None:
     folder = cache_dir() / key[:2]
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
-        os.replace(tmp, folder / f"{key}.json")
+        atomic_write_text(folder / f"{key}.json", json.dumps(record))
     except OSError:
         pass  # a read-only or full cache disk costs speed, not correctness
 

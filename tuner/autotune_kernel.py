@@ -44,7 +44,7 @@ import numpy as np
 
 from moesim.errors import HardwareError, InfeasibleError, SpecError, TraceError
 from tuner import kernel_space
-from tuner.kernel_space import Config, PARAM_CHOICES, PARAM_NAMES
+from tuner.kernel_space import PARAM_CHOICES, PARAM_NAMES, Config
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "vllm_fused_moe_configs"
 DEFAULT_MS: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)

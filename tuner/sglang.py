@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moesim.placement import Placement, atomic_write_text
+from moesim.fileio import atomic_write_text
+from moesim.placement import Placement
 
 if TYPE_CHECKING:
     from moesim.specs import ModelSpec

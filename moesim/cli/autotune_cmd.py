@@ -5,7 +5,6 @@ The heavy imports (optuna, torch, triton, tuner, kernels) happen inside the comm
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -106,7 +105,12 @@ def register(app: typer.Typer) -> None:
         if top_k > E:
             raise field_error("--top-k", "value", f"must be <= --E ({E}), got {top_k}")
         from tuner.autotune_kernel import (
-            KernelTuneSpec, autotune_kernel, check_backend, device_label, parse_routing, results_json,
+            KernelTuneSpec,
+            autotune_kernel,
+            check_backend,
+            device_label,
+            parse_routing,
+            results_json,
             results_table,
         )
 
@@ -183,10 +187,9 @@ def register(app: typer.Typer) -> None:
                             "tokens_per_gpu": tokens_per_gpu})
         text = result_json(result)
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(text + "\n")
-            os.replace(tmp, out)
+            from moesim.fileio import atomic_write_text
+
+            atomic_write_text(out, text + "\n")
         if json_out:
             print(text)
             return
@@ -215,5 +218,6 @@ def _load_or_synthesize(spec: str, model, tokens: int, seed: int):
         return trace
     if spec.split(":")[0] in ("zipf", "dirichlet", "uniform"):
         params = parse_synthetic(spec)
-        return synthetic_trace(model, tokens, seed=seed, **params)
+        params.setdefault("seed", seed)  # a seed inside the spec (zipf:1.2,seed=3) wins over --seed
+        return synthetic_trace(model, tokens, **params)
     raise field_error(spec, "--trace", "no such file, and not a synthetic spec (zipf:1.2, dirichlet:0.3, uniform)")
