@@ -26,10 +26,10 @@ def print_rows(rows: list[dict[str, Any]], notes: list[str], console: Any) -> No
     from rich.table import Table
 
     table = Table(title="Expert placement: methods compared (per step, recorded layers)")
-    for col, just in (("method", "left"), ("max/mean GPU tokens", "right"), ("cross-GPU", "right"),
-                      ("cross-node", "right"), ("MoE layer latency (us)", "right"), ("solve (s)", "right"),
-                      ("gap", "right")):
-        table.add_column(col, justify=just)
+    # Headers wrap; the cells never do, so an 80-column terminal still shows every number whole.
+    table.add_column("method", min_width=11, no_wrap=True)
+    for col in ("max/mean GPU tokens", "cross-GPU", "cross-node", "MoE layer latency (us)", "solve (s)", "gap"):
+        table.add_column(col, justify="right", overflow="fold")
     base = rows[0]["layer_latency_us"] if rows else None
     for r in rows:
         lat = f"{r['layer_latency_us']:,.1f}"
