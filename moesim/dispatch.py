@@ -53,15 +53,23 @@ the rank's own included, through its SM-driven NVLink buffers, so the NVLink-por
     nic_out(s) = T * (sum_b un(b) - un(node s)) * B   nic_in(d)  = (N - 1) * T * un(node d) * B
     nvl_in(d)  = N * gpn * T * u(d) * B               nvl_out(f) = N * T * U(node f) * B
 
-GPUs sharing a NIC add their NIC loads; a fat-tree with oversubscription r > 1 adds a per-node uplink class of
-capacity ``gpn * nic_bw / r`` carrying the node's inter-node bytes. PCIe nodes (``cluster.pcie``) add a switch
-uplink class: traffic between GPUs under different PCIe switches crosses both switches' uplinks,
-``sw_out = gps * T * (U(node) - U(switch)) * B``, ``sw_in = (gpn - gps) * T * U(switch) * B`` (times N for the
-hierarchical forwarding).
+GPUs sharing a NIC add their NIC loads. A rail-optimised fat-tree with oversubscription r > 1 adds a leaf
+uplink class: rail i's leaf switch (NIC i of every node) reaches the spine through ``N * nic_bw / r``, and only
+traffic between different rails crosses it. Flat (the sender's NIC to the receiver's NIC), with ``R(i)`` the sum
+of u over the GPUs on rail i and ``gpnic`` GPUs per NIC::
+
+    up_out(leaf i) = gpnic * (N - 1) * T * (sum_g u(g) - R(i)) * B
+    up_in(leaf j)  = (N - 1) * (gpn - gpnic) * T * R(j) * B
+
+Hierarchical RDMA goes to the same local rank, i.e. the same rail: it never reaches the spine. PCIe nodes
+(``cluster.pcie``) add a switch uplink class: traffic between GPUs under different PCIe switches crosses both
+switches' uplinks, ``sw_out = gps * T * (U(node) - U(switch)) * B``, ``sw_in = (gpn - gps) * T * U(switch) * B``
+(times N for the hierarchical forwarding).
 
 3. Time
 -------
-Each link class c has a capacity ``bw_c`` (GB/s per direction, from the cluster profile) and a size-dependent
+Each link class c has a capacity ``bw_c`` (GB/s per direction, read off the topology graph:
+``moesim.topology.link_classes``, the single source of link capacities) and a size-dependent
 efficiency ``eff_c(msg)`` (``ClusterSpec.efficiency(level, msg)``, log-interpolated points the cluster profile
 cites from nccl-tests), evaluated at the per-peer message size ``msg``::
 
@@ -82,6 +90,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moesim.errors import field_error
+from moesim.topology import link_classes as graph_link_classes
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec
@@ -218,11 +227,14 @@ def delivery_per_token(
 # --------------------------------------------------------------------------------------------- links
 @dataclass(frozen=True)
 class LinkClasses:
-    """The link classes of a cluster that the all-to-all loads, derived once per cluster.
+    """The link classes of a cluster that the all-to-all loads, derived once per cluster by
+    :func:`link_classes` from the topology graph's capacities (:func:`moesim.topology.link_classes`).
 
     ``nvl_*``: the intra-node port of each GPU (NVLink/NVSwitch or PCIe), per direction. ``nic_*``: the
-    inter-node NIC; ``gpu_nic[g]`` maps GPUs to NICs (rail: one each; shared: ``gpus_per_nic`` share one).
-    ``uplink_bw_gb_s``: per-node fat-tree uplink when oversubscribed, else 0 (never the bottleneck).
+    inter-node NIC; ``gpus_per_nic`` GPUs share one (rail layout: 1). ``uplink_bw_gb_s``: each leaf (rail)
+    switch's uplink to the spine when the fat-tree is oversubscribed, else 0 (at full bisection it is never the
+    bottleneck). ``gpus_per_switch`` / ``switch_uplink_gb_s``: PCIe nodes' switch uplinks to the host (0 when
+    there is no such class, or one switch holds the whole node so no peer traffic crosses an uplink).
     """
 
     num_gpus: int
@@ -249,45 +261,31 @@ class LinkClasses:
 
 
 def link_classes(cluster: ClusterSpec) -> LinkClasses:
-    """Derive the link classes from a cluster spec (levels innermost first, NIC layout, fabric)."""
+    """The all-to-all's link classes: capacities from the topology graph (``moesim.topology.link_classes``,
+    cached per cluster), latencies and efficiency curves from the cluster spec's levels."""
+    caps = graph_link_classes(cluster)
     levels = cluster.levels
-    gpn = int(cluster.gpus_per_node)
-    num_nodes = int(cluster.num_nodes)
-    intra = levels[0]
-    nic_bw = 0.0
-    nic_lat = 0.0
-    gpus_per_nic = 1
-    uplink = 0.0
-    if num_nodes > 1:
-        if len(levels) < 2:
-            raise field_error(cluster.slug, "levels", f"{num_nodes} nodes but no inter-node level")
-        inter = levels[1]
-        nic_lat = float(inter.latency_ns) * 1e-3
-        nic = getattr(cluster, "nic", None)
-        if nic is not None and float(getattr(nic, "bw_gb_s", 0) or 0) > 0:
-            nic_bw = float(nic.bw_gb_s)
-            gpus_per_nic = max(1, int(getattr(nic, "gpus_per_nic", 1) or 1)) if nic.layout == "shared" else 1
-        else:
-            nic_bw = float(inter.bw_gb_s)
-        fabric = getattr(cluster, "fabric", None)
-        if fabric is not None and fabric.kind == "fat-tree" and float(fabric.oversubscription) > 1.0:
-            uplink = gpn * nic_bw / gpus_per_nic / float(fabric.oversubscription)
-    pcie = getattr(cluster, "pcie", None)
-    gps = int(pcie.gpus_per_switch) if pcie is not None and int(pcie.gpus_per_switch) < gpn else 0
+    multi = caps.num_nodes > 1
+    if multi and caps.nic_gb_s <= 0:
+        raise field_error(cluster.slug, "nic", f"{caps.num_nodes} nodes but no NIC to reach them")
+    # at full bisection the leaf uplinks are never the bottleneck (the NICs below them are): no class
+    oversubscribed = multi and caps.leaf_uplink_gb_s < caps.leaf_downlink_gb_s * (1 - 1e-9)
+    pcie = caps.pcie_port_gb_s > 0
+    gps = caps.gpus_per_pcie_switch if pcie and caps.gpus_per_pcie_switch < caps.gpus_per_node else 0
     return LinkClasses(
-        gpus_per_switch=gps,
-        switch_uplink_gb_s=float(pcie.switch_uplink_gb_s) if gps else 0.0,
-        num_gpus=gpn * num_nodes,
-        gpus_per_node=gpn,
-        num_nodes=num_nodes,
-        intra_kind=str(intra.kind),
-        nvl_bw_gb_s=float(intra.bw_gb_s),
-        nvl_latency_us=float(intra.latency_ns) * 1e-3,
-        nic_bw_gb_s=nic_bw,
-        nic_latency_us=nic_lat,
-        gpus_per_nic=gpus_per_nic,
-        uplink_bw_gb_s=uplink,
+        num_gpus=caps.num_gpus,
+        gpus_per_node=caps.gpus_per_node,
+        num_nodes=caps.num_nodes,
+        intra_kind=str(levels[0].kind),
+        nvl_bw_gb_s=caps.pcie_port_gb_s if pcie else caps.nvlink_port_gb_s,
+        nvl_latency_us=float(levels[0].latency_ns) * 1e-3,
+        nic_bw_gb_s=caps.nic_gb_s if multi else 0.0,
+        nic_latency_us=float(levels[1].latency_ns) * 1e-3 if multi else 0.0,
+        gpus_per_nic=caps.gpus_per_nic if multi else 1,
+        uplink_bw_gb_s=caps.leaf_uplink_gb_s if oversubscribed else 0.0,
         cluster=cluster,
+        gpus_per_switch=gps,
+        switch_uplink_gb_s=caps.pcie_uplink_gb_s if gps else 0.0,
     )
 
 
@@ -307,6 +305,8 @@ class LinkLoads:
     nvl_own: np.ndarray | float = 0.0  # own rows counted in nvl_in/nvl_out (pipeline load, not link bytes)
     sw_in: np.ndarray | float = 0.0  # PCIe switch uplink bytes into each GPU's switch (per GPU: its switch's)
     sw_out: np.ndarray | float = 0.0
+    up_in: np.ndarray | float = 0.0  # leaf (rail) uplink bytes: per GPU, its leaf's spine -> leaf bytes
+    up_out: np.ndarray | float = 0.0  # per GPU, its leaf's leaf -> spine bytes
 
     def reversed(self) -> LinkLoads:
         """The combine direction: the same bytes flowing back."""
@@ -321,6 +321,8 @@ class LinkLoads:
             self.nvl_own,
             self.sw_out,
             self.sw_in,
+            self.up_out,
+            self.up_in,
         )
 
     def scaled(self, factor: float) -> LinkLoads:
@@ -336,6 +338,8 @@ class LinkLoads:
             self.nvl_own * factor,
             self.sw_in * factor,
             self.sw_out * factor,
+            self.up_in * factor,
+            self.up_out * factor,
         )
 
     @property
@@ -393,6 +397,24 @@ def _switch_loads(links: LinkClasses, u_gpu: np.ndarray, per_pair: float) -> tup
     return sw_in, sw_out
 
 
+def _leaf_loads(links: LinkClasses, u_gpu: np.ndarray, tb: float) -> tuple[np.ndarray, np.ndarray]:
+    """Leaf (rail) uplink bytes of the flat all-to-all (per GPU: its leaf's), when every GPU sends ``tb * u(d)``
+    bytes to every GPU d of another node from its own NIC to d's NIC: traffic between different rails crosses
+    the spine. ``up_out(i) = gpnic (N-1) tb (sum u - R(i))``, ``up_in(j) = (N-1) (gpn - gpnic) tb R(j)`` with
+    ``R(i)`` the sum of u over the GPUs on rail (NIC index) i.
+    """
+    num_layers = u_gpu.shape[0]
+    gpnic, gpn, num_nodes = links.gpus_per_nic, links.gpus_per_node, links.num_nodes
+    rail = u_gpu.reshape(num_layers, num_nodes, gpn // gpnic, gpnic).sum(axis=(1, 3))  # [L, R]
+    leaf_out = gpnic * (num_nodes - 1) * tb * (u_gpu.sum(axis=-1, keepdims=True) - rail)
+    leaf_in = (num_nodes - 1) * (gpn - gpnic) * tb * rail
+
+    def per_gpu(x: np.ndarray) -> np.ndarray:
+        return np.tile(np.repeat(x, gpnic, axis=-1), (1, num_nodes))
+
+    return per_gpu(leaf_in), per_gpu(leaf_out)
+
+
 class FlatAllToAll(AllToAll):
     """Every GPU sends straight to every other GPU (NCCL ``alltoall``, DeepEP intranode)."""
 
@@ -420,13 +442,20 @@ class FlatAllToAll(AllToAll):
             nic_in = nic_out = np.zeros_like(u_gpu)
             latency = links.nvl_latency_us
         sw_in, sw_out = _switch_loads(links, u_gpu, tb)
-        return LinkLoads(nvl_in, nvl_out, nic_in, nic_out, pair, pair, latency, 0.0, sw_in, sw_out)
+        up_in: np.ndarray | float = 0.0
+        up_out: np.ndarray | float = 0.0
+        if links.multi_node and links.uplink_bw_gb_s > 0:
+            up_in, up_out = _leaf_loads(links, u_gpu, tb)
+        return LinkLoads(
+            nvl_in, nvl_out, nic_in, nic_out, pair, pair, latency, 0.0, sw_in, sw_out, up_in, up_out
+        )
 
 
 class HierarchicalAllToAll(AllToAll):
     """DeepEP's normal kernels: RDMA once per destination node to the same-rank GPU, then NVLink forwarding,
     deduplicated per GPU; inside one node, DeepEP's intranode kernel.
 
+    The RDMA goes to the same local rank, i.e. the same rail: it never crosses a leaf's uplink to the spine.
     DeepEP moves every received row, the rank's own included, through the same SM-driven NVLink buffers
     (sender warps write a per-(source, destination) ring buffer, receiver warps copy it out; the own rank's
     buffer costs the same SM time). So the NVLink-port class carries the own rows too (modelling assumption;
@@ -491,7 +520,8 @@ def _shared_nic(links: LinkClasses, x: np.ndarray) -> np.ndarray:
 def link_times_us(links: LinkClasses, loads: LinkLoads) -> np.ndarray:
     """``[L, G]`` time for each GPU to receive everything sent to it (us); see the module docstring.
 
-    ``t(d) = max(t_in(d), max_s t_out(s)) + latency`` over the NVLink port, the NIC and the node uplink.
+    ``t(d) = max(t_in(d), max_s t_out(s)) + latency`` over the intra-node port, the PCIe switch uplink, the NIC
+    and the leaf (rail) uplink to the spine.
     """
     to_us = 1e3  # GB/s -> bytes/us
     eff0 = links.efficiency(0, loads.nvl_msg)
@@ -507,9 +537,7 @@ def link_times_us(links: LinkClasses, loads: LinkLoads) -> np.ndarray:
         t_in = np.maximum(t_in, nic_in / (links.nic_bw_gb_s * to_us * eff1))
         t_out = np.maximum(t_out, nic_out / (links.nic_bw_gb_s * to_us * eff1))
         if links.uplink_bw_gb_s > 0:
-            up_in = _per_gpu(links, _node_sum(links, loads.nic_in))
-            up_out = _per_gpu(links, _node_sum(links, loads.nic_out))
-            t_in = np.maximum(t_in, up_in / (links.uplink_bw_gb_s * to_us * eff1))
-            t_out = np.maximum(t_out, up_out / (links.uplink_bw_gb_s * to_us * eff1))
+            t_in = np.maximum(t_in, loads.up_in / (links.uplink_bw_gb_s * to_us * eff1))
+            t_out = np.maximum(t_out, loads.up_out / (links.uplink_bw_gb_s * to_us * eff1))
     t = np.maximum(t_in, t_out.max(axis=-1, keepdims=True))
     return np.where(t > 0, t + loads.latency_us, 0.0)

@@ -129,9 +129,9 @@ class Scenario:
         elif _looks_like_path(self.trace):
             trace = fix(self.trace)
         else:  # a shipped trace's slug, as `moesim simulate --trace olmoe_c4` accepts
-            import profiles
+            from moesim.trace import shipped_traces_dir
 
-            trace = str(Path(profiles.__file__).resolve().parent / "traces" / f"{self.trace}.npz")
+            trace = str(shipped_traces_dir().resolve() / f"{self.trace}.npz")
         return dataclasses.replace(self, model=fix(self.model), cluster=fix(self.cluster), trace=trace)
 
 

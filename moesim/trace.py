@@ -356,6 +356,26 @@ def load_native_npz(path: str | os.PathLike[str]) -> RoutingTrace:
     return trace_from_native(doc, origin)
 
 
+def shipped_traces_dir() -> Path:
+    """The shipped ``profiles/traces/`` folder (package data of the installed ``profiles`` package)."""
+    from moesim.specs import profiles_dir
+
+    return profiles_dir() / "traces"
+
+
+def resolve_trace(name: str | os.PathLike[str]) -> Path:
+    """A trace file path as given, or a shipped trace's name (``olmoe_c4`` -> ``profiles/traces/olmoe_c4.npz``)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = shipped_traces_dir()
+    for candidate in (shipped / str(name), shipped / f"{name}.npz"):
+        if candidate.exists():
+            return candidate
+    names = sorted(p.stem for p in shipped.glob("*.npz"))
+    raise TraceError(f"{name}: file: no such file or shipped trace (shipped: {', '.join(names) or 'none'})")
+
+
 def load_trace(path: str | os.PathLike[str], model: ModelSpec | None = None) -> RoutingTrace:
     """Read a routing trace, format auto-detected.
 
@@ -387,6 +407,8 @@ def parse_synthetic(spec: str) -> dict[str, Any]:
 
 
 __all__ = [
+    "resolve_trace",
+    "shipped_traces_dir",
     "RoutingTrace",
     "counts_from_topk",
     "load_trace",

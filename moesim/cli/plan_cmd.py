@@ -66,9 +66,9 @@ def plan_cmd(
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from moesim import trace as tr
-    from moesim.cli.simulate_cmd import resolve_trace_path
     from moesim.placement import load_placement, save_placement
     from moesim.specs import load_cluster, load_model
+    from moesim.trace import resolve_trace
     from tuner.plan import ROW_KEYS, plan
 
     if solver not in ("cbc", "highs"):
@@ -79,7 +79,7 @@ def plan_cmd(
         raise SpecError(f"{output}: -o: directory {output.parent} does not exist")
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster)
-    trace_path = resolve_trace_path(trace)
+    trace_path = resolve_trace(trace)
     routing = tr.load_trace(trace_path)
     routing.check_model(model_spec, str(trace_path))
     cur = None

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from moesim.errors import SpecError, TraceError
+from moesim.errors import SpecError
 
 EXAMPLE = "moesim simulate --model deepseek-v3 --cluster h100-8x8-ib400 --synthetic zipf:1.2 --json"
 
@@ -16,22 +16,6 @@ EXAMPLE = "moesim simulate --model deepseek-v3 --cluster h100-8x8-ib400 --synthe
 # well below the skew being modelled (per-expert relative error ~ 1/sqrt(tokens * k / E)).
 MAX_SYNTHETIC_TOKENS = 1 << 18
 
-
-def resolve_trace_path(name: str) -> Path:
-    """A trace file path, or a shipped trace's slug (``olmoe_c4`` -> ``profiles/traces/olmoe_c4.npz``)."""
-    path = Path(name)
-    if path.exists():
-        return path
-    import profiles
-
-    shipped = Path(profiles.__file__).parent / "traces"
-    for candidate in (shipped / name, shipped / f"{name}.npz"):
-        if candidate.exists():
-            return candidate
-    available = sorted(p.stem for p in shipped.glob("*.npz"))
-    raise TraceError(
-        f"{name}: trace: no such file or shipped trace (shipped: {', '.join(available) or 'none'})"
-    )
 
 
 def load_inputs(
@@ -46,7 +30,7 @@ def load_inputs(
     if trace is not None and synthetic is not None:
         raise SpecError("simulate: --trace/--synthetic: give one, not both")
     if trace is not None:
-        path = resolve_trace_path(trace)
+        path = tr.resolve_trace(trace)
         routing = tr.load_trace(path)
         routing.check_model(model_spec, str(path))
     else:
@@ -170,8 +154,8 @@ def simulate_cmd(
     calibration: str | None = typer.Option(
         None,
         "--calibration",
-        help="measured device (profiles/measured/<device>) or directory whose "
-        "fitted efficiency curves replace the GPU profile's constants",
+        help="calibration.json, its directory, or a measured device under profiles/measured/: "
+        "fitted efficiency curves that replace the GPU profile's constants",
     ),
     per_gpu: bool = typer.Option(False, "--per-gpu", help="with --json: add per-GPU latency and tokens"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
@@ -204,15 +188,9 @@ def simulate_cmd(
         pl = loader(placement)
     cal = None
     if calibration is not None:
-        try:
-            from moesim.calibration import load_calibration
-        except ImportError:
-            raise SpecError(
-                f"{calibration}: calibration: this build has no calibration support yet"
-            ) from None
-        cal = load_calibration(calibration)
-        if cal is None:
-            raise SpecError(f"{calibration}: calibration: no calibration.json found")
+        from moesim.calibration import load_calibration
+
+        cal = load_calibration(calibration)  # SpecError naming the file and field on any problem
     step = simulate(model_spec, cluster_spec, routing, pl, options, calibration=cal)
     if as_json:
         print(json.dumps(step.to_dict(per_gpu=per_gpu), indent=1))

@@ -8,27 +8,11 @@ from typing import Any
 
 import typer
 
-from moesim.errors import TraceError
-
 INSPECT_EXAMPLE = "moesim trace inspect profiles/traces/olmoe_c4.npz --json"
 CONVERT_EXAMPLE = "moesim trace convert expert_distribution_recorder_1.pt dsv3.npz --model deepseek-v3"
 SYNTH_EXAMPLE = "moesim trace synth --model deepseek-v3 --tokens 524288 --skew zipf:1.2 -o dsv3_zipf.npz"
 SUCCESSORS = 8  # "top-8 successors": concentration measure of the issue, independent of the model's top-k
 
-
-def resolve_trace(name: str) -> Path:
-    """A path, or the name of a shipped trace (``olmoe_c4`` -> ``profiles/traces/olmoe_c4.npz``)."""
-    path = Path(name)
-    if path.exists():
-        return path
-    import profiles
-
-    shipped = Path(profiles.__file__).parent / "traces"
-    for candidate in (shipped / name, shipped / f"{name}.npz"):
-        if candidate.exists():
-            return candidate
-    names = sorted(p.stem for p in shipped.glob("*.npz"))
-    raise TraceError(f"{name}: file: no such file or shipped trace (shipped: {', '.join(names) or 'none'})")
 
 
 def _load_model(slug: str | None) -> Any:
@@ -115,7 +99,7 @@ def register(app: typer.Typer) -> None:
                                   "supplies what the file lacks (top-k of SGLang stat dumps)."),
         top: int = typer.Option(3, "--top", min=1, help="How many hottest experts to list per layer."),
     ) -> None:
-        from moesim.trace import load_trace
+        from moesim.trace import load_trace, resolve_trace
 
         path = resolve_trace(file)
         trace = load_trace(path, model=_load_model(model))
@@ -134,7 +118,7 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(None, "--model", help="Model slug or YAML to check against and fill in."),
         drop_topk_ids: bool = typer.Option(False, "--drop-topk-ids", help="Keep counts and transitions only."),
     ) -> None:
-        from moesim.trace import load_trace, save_trace
+        from moesim.trace import load_trace, resolve_trace, save_trace
 
         trace = load_trace(resolve_trace(src), model=_load_model(model))
         if drop_topk_ids:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -11,9 +14,14 @@ from moesim.dispatch import (
     bytes_per_token,
     delivery_per_token,
     group_selection,
+    link_classes,
+    link_times_us,
     make_alltoall,
 )
 from moesim.errors import SpecError
+from moesim.specs import list_clusters, load_cluster
+from moesim.topology import build_topology
+from moesim.topology import link_classes as graph_link_classes
 
 
 def sample_topk(
@@ -164,6 +172,7 @@ class _Links:
     multi_node = True
     nic_latency_us, nvl_latency_us = 5.0, 1.0
     gpus_per_switch = 0  # no PCIe switch class
+    uplink_bw_gb_s = 0.0  # full-bisection fabric: no leaf uplink class
 
 
 def test_flat_and_hierarchical_loads_conserve_bytes() -> None:
@@ -194,21 +203,75 @@ def test_unknown_strategy_is_one_line_error() -> None:
         make_alltoall("ring")
 
 
-def test_link_classes_agree_with_the_topology_graph() -> None:
-    """The hot path reads capacities off the cluster spec; they must be the graph's (moesim.topology)."""
-    from moesim.dispatch import link_classes
-    from moesim.specs import list_clusters, load_cluster
-    from moesim.topology import link_classes as graph_classes
+@pytest.mark.parametrize("slug", list_clusters())
+def test_link_classes_agree_with_the_topology_graph(slug: str) -> None:
+    """Every shipped cluster: the hot path's capacities are the graph's (``moesim.topology``, the single source);
+    only the latencies and efficiency curves come from the spec."""
+    cluster = load_cluster(slug)
+    ours, graph = link_classes(cluster), graph_link_classes(cluster)
+    assert (ours.num_gpus, ours.gpus_per_node, ours.num_nodes) == (
+        graph.num_gpus,
+        graph.gpus_per_node,
+        graph.num_nodes,
+    )
+    pcie = cluster.levels[0].kind == "pcie"
+    assert ours.nvl_bw_gb_s == (graph.pcie_port_gb_s if pcie else graph.nvlink_port_gb_s) > 0
+    assert ours.nic_bw_gb_s == graph.nic_gb_s
+    assert ours.gpus_per_nic == graph.gpus_per_nic
+    oversubscribed = cluster.fabric is not None and cluster.fabric.oversubscription > 1
+    assert ours.uplink_bw_gb_s == (graph.leaf_uplink_gb_s if oversubscribed else 0.0)
+    switch_class = 0 < graph.gpus_per_pcie_switch < graph.gpus_per_node
+    assert ours.gpus_per_switch == (graph.gpus_per_pcie_switch if switch_class else 0)
+    assert ours.switch_uplink_gb_s == (graph.pcie_uplink_gb_s if switch_class else 0.0)
+    # and the graph's numbers are the spec's (a regression guard for the builder)
+    assert ours.nvl_bw_gb_s == cluster.levels[0].bw_gb_s
+    if cluster.num_nodes > 1:
+        assert ours.nic_bw_gb_s == cluster.nic.bw_gb_s
+        assert graph.leaf_uplink_gb_s == pytest.approx(
+            cluster.num_nodes * cluster.nic.bw_gb_s / cluster.fabric.oversubscription
+        )
+    assert ours.nvl_latency_us == cluster.levels[0].latency_ns * 1e-3
 
-    for slug in list_clusters():
-        cluster = load_cluster(slug)
-        ours, graph = link_classes(cluster), graph_classes(cluster)
-        assert ours.num_gpus == graph.num_gpus and ours.num_nodes == graph.num_nodes, slug
-        port = graph.pcie_port_gb_s if cluster.levels[0].kind == "pcie" else graph.nvlink_port_gb_s
-        assert ours.nvl_bw_gb_s == pytest.approx(port), slug
-        if graph.num_nodes > 1:
-            assert ours.nic_bw_gb_s == pytest.approx(graph.nic_gb_s), slug
-            assert ours.gpus_per_nic == graph.gpus_per_nic, slug
-        if graph.gpus_per_pcie_switch:
-            assert ours.gpus_per_switch == graph.gpus_per_pcie_switch, slug
-            assert ours.switch_uplink_gb_s == pytest.approx(graph.pcie_uplink_gb_s), slug
+
+def _shared_nic_os2() -> Any:
+    """``h100-8x8-ib400-os2`` with two GPUs per NIC (4 rails), to exercise the shared-NIC leaf loads."""
+    base = load_cluster("h100-8x8-ib400-os2")
+    nic = dataclasses.replace(base.nic, layout="shared", nics_per_node=4, gpus_per_nic=2)
+    return dataclasses.replace(base, slug="os2-shared-nic", nic=nic)
+
+
+@pytest.mark.parametrize("make", [lambda: load_cluster("h100-8x8-ib400-os2"), _shared_nic_os2])
+def test_flat_loads_match_the_graph_spine_route(make: Any) -> None:
+    """Flat all-to-all (sender's NIC to receiver's NIC) is the graph's spine route: the per-class bytes equal
+    the bytes on the corresponding graph edges, the leaf uplinks included."""
+    cluster = make()
+    links = link_classes(cluster)
+    topo = build_topology(cluster, route="spine")
+    num_gpus, gpn, gpnic = cluster.num_gpus, cluster.gpus_per_node, links.gpus_per_nic
+    assert links.uplink_bw_gb_s == pytest.approx(cluster.num_nodes * 50 / 2)
+    u = np.random.default_rng(3).uniform(0.05, 0.5, size=(1, num_gpus))
+    tb = 1000.0
+    loads = FlatAllToAll().loads(links, u, np.zeros((1, cluster.num_nodes)), 1.0, tb)
+    edge = topo.link_load(np.where(np.eye(num_gpus, dtype=bool), 0.0, np.broadcast_to(tb * u, (num_gpus,) * 2)))
+    for g in range(num_gpus):
+        node, rail = g // gpn, (g % gpn) // gpnic
+        assert loads.nvl_in[0, g] == pytest.approx(edge.get((("nvswitch", node), ("gpu", g)), 0.0))
+        assert loads.nvl_out[0, g] == pytest.approx(edge.get((("gpu", g), ("nvswitch", node)), 0.0))
+        nic_in = loads.nic_in[0, node * gpn + rail * gpnic : node * gpn + (rail + 1) * gpnic].sum()
+        assert nic_in == pytest.approx(edge[("leaf", rail), ("nic", node, rail)])
+        assert loads.up_in[0, g] == pytest.approx(edge[("spine",), ("leaf", rail)])
+        assert loads.up_out[0, g] == pytest.approx(edge[("leaf", rail), ("spine",)])
+
+
+def test_oversubscribed_spine_slows_flat_but_not_rail_aligned_hierarchical() -> None:
+    """A 2:1 leaf uplink: flat's cross-rail traffic crosses the spine; DeepEP's same-rank RDMA never does."""
+    full, half = link_classes(load_cluster("h100-8x8-ib400")), link_classes(load_cluster("h100-8x8-ib400-os2"))
+    u = np.random.default_rng(5).uniform(0.1, 0.4, size=(2, 64))
+    un = 1 - (1 - u.reshape(2, 8, 8)).prod(-1)
+    for strategy, slower in ((FlatAllToAll(), True), (HierarchicalAllToAll(), False)):
+        t_full = link_times_us(full, strategy.loads(full, u, un, 4096, 14336))
+        t_half = link_times_us(half, strategy.loads(half, u, un, 4096, 14336))
+        if slower:
+            assert (t_half >= t_full).all() and (t_half.max(-1) > 1.2 * t_full.max(-1)).all()
+        else:
+            assert np.array_equal(t_half, t_full)
