@@ -55,15 +55,10 @@ def log(msg: str) -> None:
 
 
 def published_latencies(key: str | None) -> dict[int, float]:
-    """{M: us} from ../shared/reference/published_numbers.yaml (moe_kernels.<key>.latency_us), {} if absent."""
+    """{M: us} from profiles/reference/published_numbers.yaml (moe_kernels.<key>.latency_us), {} if absent."""
     if key is None:
         return {}
-    from kernels.configs import reference_dir
-
-    ref = reference_dir()
-    candidates = [ref.parent / "published_numbers.yaml"] if ref else []
-    candidates += [REPO.parent / "shared" / "reference" / "published_numbers.yaml",
-                   REPO / ".gpu_shared" / "reference" / "published_numbers.yaml"]
+    candidates = [REPO / "profiles" / "reference" / "published_numbers.yaml"]
     for path in candidates:
         if not path.is_file():
             continue
@@ -159,8 +154,8 @@ def run(args: argparse.Namespace, dry: bool = False) -> int:
     dev_name = "DRY_RUN_CPU" if dry else configs.device_name()
     ver = versions()
     if configs.reference_dir() is None:
-        log("WARNING: no folder of shipped vLLM configs found (../shared/reference, .gpu_shared/reference or "
-            "MOESIM_VLLM_CONFIG_DIR): the vLLM-config rows and published numbers will be missing")
+        log("WARNING: no folder of vLLM configs found (profiles/vllm_configs or MOESIM_VLLM_CONFIG_DIR): "
+            "the vLLM-config rows will be missing")
     log(f"device {'none (dry run)' if dry else torch.cuda.get_device_name()} ({dev_name}), "
         f"driver {ver['driver']}, CUDA {ver['cuda']}, "
         f"torch {ver['torch']}, triton {ver['triton']}; vLLM configs from {configs.reference_dir()}")

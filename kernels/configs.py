@@ -25,20 +25,17 @@ from moesim.fileio import atomic_write_text
 
 Config = dict[str, int]
 
-_REPO = Path(__file__).resolve().parents[1]
-# Where the shipped vLLM files live: next to the checkout on developer machines, inside it (.gpu_shared, an
-# ignored copy carried to the GPU host) on a device machine; MOESIM_VLLM_CONFIG_DIR overrides both.
-REFERENCE_DIRS = (
-    _REPO.parent / "shared" / "reference" / "vllm_fused_moe_configs",
-    _REPO / ".gpu_shared" / "reference" / "vllm_fused_moe_configs",
-    _REPO / "shared" / "reference" / "vllm_fused_moe_configs",
-)
+def _shipped_dir() -> Path:
+    from moesim.specs import profiles_dir
+
+    return profiles_dir() / "vllm_configs"
 
 
 def reference_dir() -> Path | None:
-    """The first existing folder of shipped vLLM config files (env MOESIM_VLLM_CONFIG_DIR first), or None."""
+    """The folder of vLLM's shipped config files: ``MOESIM_VLLM_CONFIG_DIR`` if set, else the copy shipped as
+    package data in ``profiles/vllm_configs/`` (see its README for the source). None if neither exists."""
     env = os.environ.get("MOESIM_VLLM_CONFIG_DIR")
-    for d in ([Path(env)] if env else []) + list(REFERENCE_DIRS):
+    for d in ([Path(env)] if env else []) + [_shipped_dir()]:
         if d.is_dir():
             return d
     return None

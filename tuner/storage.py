@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,12 +82,30 @@ def open_storage(url: str | None = None):  # -> optuna.storages.BaseStorage
         sqlite = sqlite_path(url)
         if sqlite is not None:
             sqlite.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        return _open_rdb(url)
     except ImportError as exc:
         raise SpecError(f"--storage: {redact(url)}: missing database driver ({exc.name or exc})") from exc
     except Exception as exc:  # optuna/sqlalchemy raise many types; the message is what matters here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecError(f"--storage: {redact(url)}: cannot open: {first}") from exc
+
+
+def _open_rdb(url: str, attempts: int = 5):  # -> optuna.storages.RDBStorage
+    """RDBStorage, retrying the schema-creation race: workers that open a fresh database at the same moment
+    can both try to create Optuna's tables, and PostgreSQL rejects the loser with a unique violation on
+    ``pg_type``/``pg_class``. A retry finds the tables made and goes on."""
+    import optuna
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        except Exception as exc:  # sqlalchemy IntegrityError / ProgrammingError, wrapped differently by version
+            text = str(exc)
+            racing = "duplicate key value" in text or "already exists" in text
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _engine_kwargs(url: str) -> dict:

@@ -11,7 +11,7 @@ from kernels import configs, fused_moe, reference_moe
 from kernels.fused_moe import CONFIG_KEYS, check_config
 
 REF = configs.reference_dir()
-needs_ref = pytest.mark.skipif(REF is None, reason="shipped vLLM configs (../shared/reference) not present")
+needs_ref = pytest.mark.skipif(REF is None, reason="vLLM configs folder (profiles/vllm_configs) not present")
 VLLM_GRID = {"BLOCK_SIZE_M": {16, 32, 64, 128, 256}, "BLOCK_SIZE_N": {32, 64, 128, 256},
              "BLOCK_SIZE_K": {64, 128, 256}, "GROUP_SIZE_M": {1, 16, 32, 64}, "num_warps": {4, 8},
              "num_stages": {2, 3, 4, 5}}

@@ -93,7 +93,7 @@ def test_shipped_configs_compile_and_run_gpu():
 
     folder = configs.reference_dir()
     if folder is None:
-        pytest.skip("no shipped vLLM config folder (../shared/reference or .gpu_shared/reference)")
+        pytest.skip("no vLLM config folder (profiles/vllm_configs or MOESIM_VLLM_CONFIG_DIR)")
     distinct = {tuple(sorted(f[m].items())) for f in configs.load_configs(folder).values() for m in (max(f),)}
     M, E, N, K, k = 200, 8, 256, 512, 2
     h, w1, w2, w, ids = _case(M, E, N, K, k, torch.bfloat16, seed=11)
