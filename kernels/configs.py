@@ -25,20 +25,11 @@ from moesim.fileio import atomic_write_text
 
 Config = dict[str, int]
 
-def _shipped_dir() -> Path:
-    from moesim.specs import profiles_dir
-
-    return profiles_dir() / "vllm_configs"
-
-
 def reference_dir() -> Path | None:
-    """The folder of vLLM's shipped config files: ``MOESIM_VLLM_CONFIG_DIR`` if set, else the copy shipped as
-    package data in ``profiles/vllm_configs/`` (see its README for the source). None if neither exists."""
-    env = os.environ.get("MOESIM_VLLM_CONFIG_DIR")
-    for d in ([Path(env)] if env else []) + [_shipped_dir()]:
-        if d.is_dir():
-            return d
-    return None
+    """The folder of vLLM's shipped config files (:func:`moesim.specs.vllm_configs_dir`), or None."""
+    from moesim.specs import vllm_configs_dir
+
+    return vllm_configs_dir()
 
 
 def normalize_device_name(name: str) -> str:

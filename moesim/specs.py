@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,16 @@ class ClusterSpec:
 
 
 # --------------------------------------------------------------------------------------------- locating files
+def vllm_configs_dir() -> Path | None:
+    """The folder of vLLM's tuned fused-MoE config files: ``$MOESIM_VLLM_CONFIG_DIR`` when set, else the copy
+    shipped in ``profiles/vllm_configs/``; None when neither is a folder."""
+    env = os.environ.get("MOESIM_VLLM_CONFIG_DIR")
+    for d in ([Path(env)] if env else []) + [profiles_dir() / "vllm_configs"]:
+        if d.is_dir():
+            return d
+    return None
+
+
 def profiles_dir() -> Path:
     """The shipped ``profiles/`` directory (package data of the installed ``profiles`` package)."""
     import profiles

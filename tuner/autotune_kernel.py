@@ -46,7 +46,6 @@ from moesim.errors import HardwareError, InfeasibleError, SpecError, TraceError
 from tuner import kernel_space
 from tuner.kernel_space import PARAM_CHOICES, PARAM_NAMES, Config
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "vllm_fused_moe_configs"
 DEFAULT_MS: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
@@ -254,8 +253,10 @@ def nearest_shipped_file(
     distance = |log2 E - log2 E'| + |log2 N - log2 N'|, plus 10 for another device (so any file of the same
     device wins) and plus 10 for another dtype tag (bf16 files carry none; ``dtype=fp8_w8a8`` ones do).
     """
-    folder = Path(reference_dir) if reference_dir is not None else REFERENCE_DIR
-    if not folder.is_dir():
+    from moesim.specs import vllm_configs_dir
+
+    folder = Path(reference_dir) if reference_dir is not None else vllm_configs_dir()
+    if folder is None or not folder.is_dir():
         return None
     want_device = device_name.replace(" ", "_")
     best: tuple[float, str] | None = None

@@ -30,9 +30,9 @@ def test_hopper_filter_keeps_1248_and_all_shipped_mixtral_configs():
     # Every config vLLM ships for Mixtral TP2 on H100 is in the grid and passes the filter.
     import json
 
-    from tuner.autotune_kernel import REFERENCE_DIR
+    from moesim.specs import vllm_configs_dir
 
-    path = REFERENCE_DIR / "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json"
+    path = vllm_configs_dir() / "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json"
     if not path.exists():
         pytest.skip(f"{path} not present")
     for m, cfg in json.loads(path.read_text()).items():
