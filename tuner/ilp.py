@@ -27,7 +27,14 @@ time is left). With ``hierarchical`` (automatic when ``E * G`` exceeds :data:`FL
 each layer is solved in two stages as in EPLB: experts (with replica counts and shares) to nodes, balancing
 nodes and minimising network crossings; then, per node, its experts to its GPUs (one small MILP per node).
 The time limit is shared out over the layers left (15% of a layer's share to the node stage, the rest to its
-GPU stages); layers it does not reach keep the warm start.
+GPU stages); layers it does not reach keep the warm start. Every layer's busiest GPU is capped at the warm
+start's (``M_warm(l)``): a flat solve carries it as a constraint and no solution above it is accepted.
+
+Node stage (flat solves on several nodes, :func:`_cluster_start`): coordinate descent leaves experts on their
+node when two layers would have to move together, so before the sweeps replicas are clustered onto nodes by
+transitions, all layers at once (:mod:`tuner.node_cluster`, minimising the cross-node term under a node load cap),
+packed onto each node's GPUs under ``M_warm(l)``, and the result replaces the warm start only if the whole
+plan's predicted time (the objective above) is lower. The sweeps then refine it.
 
 Subproblem MILP (bins b, items e)::
 
@@ -111,6 +118,7 @@ class ILPResult:
     solver: str
     hierarchical: bool
     subproblems: list[SubResult] = field(default_factory=list)
+    clustered: bool = False  # the node-clustering start (tuner.node_cluster) was adopted
 
 
 def _gap(obj: float, bound: float) -> float:
@@ -445,6 +453,48 @@ def greedy_bins(w: np.ndarray, counts: np.ndarray, slots: np.ndarray, allowed: n
     return y, x
 
 
+def improve_bins(w: np.ndarray, counts: np.ndarray, y: np.ndarray, max_rounds: int = 2000
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Even out a packing ``y [n, B]`` (replicas of weight ``w[e] / counts[e]``) by swapping two replicas in
+    different bins: first the swap that most lowers the sum of squared bin loads (a swap of weights ``a`` in bin
+    i and ``b`` in bin j changes it by ``2d (load_i - load_j) + 2d^2``, ``d = b - a``), until none does; then
+    swaps out of the busiest bin that lower it. LPT leaves 1-2% on 40 replicas in 8 bins, and CBC often does not
+    improve on it within seconds. A swap never puts two replicas of an expert in one bin unless ``counts[e]``
+    exceeds the bins. Returns ``(y, x)`` as :func:`greedy_bins`."""
+    y = np.array(y, dtype=np.float64, copy=True)
+    n, B = y.shape
+    wr = np.asarray(w, dtype=np.float64) / np.asarray(counts, dtype=np.float64)  # [n] weight of one replica
+    per_bin = np.maximum(1, -(-np.asarray(counts, dtype=np.int64) // B))  # [n] replicas of e one bin may hold
+    scale = max(float(wr.max()), 1e-12) ** 2
+    for phase in ("squares", "max"):
+        for _ in range(max_rounds):
+            load = wr @ y
+            r_item, r_bin = np.nonzero(y > 0.5)  # one entry per (expert, bin) held; swaps move one replica
+            d = wr[r_item][None, :] - wr[r_item][:, None]  # [r, q]: weight in minus weight out for r's bin
+            li, lq = load[r_bin][:, None], load[r_bin][None, :]
+            ok = (r_bin[:, None] != r_bin[None, :]) & (r_item[:, None] != r_item[None, :])
+            ok &= y[r_item[:, None], r_bin[None, :]] + 1 <= per_bin[r_item][:, None]  # r's expert into q's bin
+            ok &= y[r_item[None, :], r_bin[:, None]] + 1 <= per_bin[r_item][None, :]  # q's expert into r's bin
+            if phase == "squares":
+                delta = np.where(ok, 2 * d * (li - lq) + 2 * d * d, np.inf)
+                j = int(np.argmin(delta))
+                if delta.flat[j] >= -1e-9 * scale:
+                    break
+            else:
+                top = int(np.argmax(load))
+                worse = np.where(ok & (r_bin[:, None] == top), np.maximum(li + d, lq - d), np.inf)
+                j = int(np.argmin(worse))
+                if not worse.flat[j] < load[top] * (1 - 1e-12):
+                    break
+            r, q = divmod(j, len(r_item))
+            e, f, bi, bq = r_item[r], r_item[q], r_bin[r], r_bin[q]
+            y[e, bi] -= 1
+            y[e, bq] += 1
+            y[f, bq] -= 1
+            y[f, bi] += 1
+    return y, y / np.maximum(y.sum(axis=1, keepdims=True), 1)
+
+
 def greedy_counts(w: np.ndarray, total: int) -> np.ndarray:
     """Replica counts: one each, then extras to the highest load per replica (EPLB's rule)."""
     k = np.ones(len(w), dtype=np.int64)
@@ -481,10 +531,117 @@ def _normalise_shares(phy: np.ndarray, sh: np.ndarray, num_experts: int) -> np.n
     return sh / tot[phy]
 
 
+def _placement_objective(phy: np.ndarray, sh: np.ndarray, counts: np.ndarray, T: np.ndarray | None, gpn: int,
+                         cost: CostModel, current: Placement | None, G: int, S: int, E: int) -> float:
+    p = Placement(num_gpus=G, slots_per_gpu=S, num_experts=E, phy2log=phy, shares=sh, meta={})
+    return float(predicted_terms(p, counts, T, gpn, cost, current)["objective_us"])
+
+
+# node stage: share of the warm start's GPU-level headroom (busiest GPU minus mean) a node's mean GPU load may
+# use, stepped down for a layer whose replicas then do not pack onto the node's GPUs under the cap
+CLUSTER_HEADROOM = (0.5, 0.25, 0.0)
+CLUSTER_RESTARTS = 4  # node stage: annealing runs (seeds 0..3); the one with the fewest crossings is kept
+CLUSTER_STEPS = 1000  # node stage: swaps proposed per slot and layer
+CLUSTER_PACK_S = 1.0  # node stage: most seconds for one node's packing MILP
+CLUSTER_SHARE = 0.2  # node stage: share of the time limit for clustering and packing (and again for repairs)
+
+
+def _cluster_start(counts: np.ndarray, T: np.ndarray, phy: np.ndarray, sh: np.ndarray, G: int, gpn: int, S: int,
+                   cost: CostModel, warm_max: list[float], solver: str, gap_rel: float, threads: int,
+                   limit_s: float, subs: list[SubResult],
+                   objective: Callable[[np.ndarray, np.ndarray], float]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """MoETuner's first stage as a start for the flat sweeps: replicas to nodes by transitions, every layer at
+    once (:func:`tuner.node_cluster.cluster_nodes`), then per layer and node one small MILP packing the node's
+    replicas onto its GPUs under the layer's load cap ``warm_max[l]``: LPT, then :func:`improve_bins`, and only
+    if that misses the cap a small MILP (min busiest GPU, even shares).
+
+    Node loads are capped at ``gpn * (mean + h_l * (warm_max - mean))`` (``mean``: mean GPU load), leaving the
+    rest of the warm start's headroom to the packing; ``h_l`` starts at ``CLUSTER_HEADROOM[0]`` and steps down the
+    tuple for the layers that did not pack, and the clustering is run again, until every layer packs. A layer
+    whose packing misses the cap keeps its current row (the caller re-solves it given its clustered neighbours).
+    Returns the attempt with the most packed layers, then the lowest ``objective(phy2log, shares)``, as
+    ``(phy2log [L, P], shares [L, P], packed [L] bool)``, or None if no layer packed. Replica counts are ``phy``'s.
+    """
+    from tuner.node_cluster import cluster_nodes, cross_node_tokens
+
+    t0 = time.perf_counter()
+    L, E = counts.shape
+    N = G // gpn
+    P = G * S
+    slot_node = np.tile(np.arange(P) // (S * gpn), (L, 1))
+    mean = counts.sum(axis=1) / G
+    best_cand, best_key = None, (0, math.inf)
+    step = np.zeros(L, dtype=np.int64)  # [L] index into CLUSTER_HEADROOM of each layer
+    for _ in CLUSTER_HEADROOM:
+        left = limit_s - (time.perf_counter() - t0)
+        if left <= 0:
+            break
+        h = np.asarray(CLUSTER_HEADROOM)[step]
+        node_cap = gpn * (mean + h * (np.asarray(warm_max) - mean))
+        nodes, nodes_cross = None, math.inf
+        for seed in range(CLUSTER_RESTARTS):
+            cand = cluster_nodes(counts, T, phy, slot_node, N, node_cap, steps=CLUSTER_STEPS * L * P, seed=seed,
+                                 time_limit_s=0.5 * left / CLUSTER_RESTARTS)
+            cross = cross_node_tokens(phy, cand, T, E, N)
+            if cross < nodes_cross:
+                nodes, nodes_cross = cand, cross
+        p_out, s_out = phy.copy(), sh.copy()
+        packed = np.zeros(L, dtype=bool)
+        for l in range(L):
+            k = np.bincount(phy[l], minlength=E)
+            rows_all: list[list[tuple[int, float]]] = []
+            for n in range(N):
+                experts_n, kn = np.unique(phy[l][nodes[l] == n], return_counts=True)
+                iw = counts[l, experts_n] * kn / k[experts_n]  # the node's tokens of each of its experts
+                g = greedy_bins(iw, kn, np.full(gpn, S))
+                warm_g = None
+                if g is not None and np.all(g[0] <= np.maximum(1, -(-kn // gpn))[:, None]):
+                    warm_g = improve_bins(iw, kn, g[0])
+                if warm_g is not None and float((iw @ warm_g[1]).max()) <= warm_max[l]:
+                    # the local search already meets the cap: no MILP needed (the sweeps refine the layer)
+                    rows_all += _layer_rows(warm_g[0], warm_g[1], kn / k[experts_n], experts_n, S)
+                    continue
+                sub = _Sub(w=iw, slots=np.full(gpn, S), max_per_bin=S, counts=kn, ub=-(-kn // gpn),
+                           benefit=np.zeros((len(experts_n), gpn)), ycost=np.zeros((len(experts_n), gpn)),
+                           c_tok=cost.us_per_token, const=0.0, blocks=[np.arange(gpn)],
+                           allowed=np.ones((len(experts_n), gpn), bool), load_cap=warm_max[l] * (1 + 1e-9),
+                           warm=warm_g)
+                ts = time.perf_counter()
+                pack_s = min(CLUSTER_PACK_S, max(0.1, (limit_s - (ts - t0)) / max(1, (L - l) * N - n)))
+                y, x, status, obj, bound = _solve_sub(sub, solver, pack_s, gap_rel, threads)
+                subs.append(SubResult(l, f"cluster[{n}]", status, obj, bound, time.perf_counter() - ts,
+                                      len(experts_n) * gpn))
+                rows = [] if y is None else _layer_rows(y, x, kn / k[experts_n], experts_n, S)
+                if not rows:
+                    rows_all = []
+                    break
+                rows_all += rows
+            if not rows_all:
+                continue
+            p_new, s_new = _rows_to_arrays(rows_all)
+            s_new = _normalise_shares(p_new, s_new, E)
+            if float((counts[l] @ share_matrix(p_new, s_new, E, G, S)).max()) <= warm_max[l] * (1 + 1e-6):
+                p_out[l], s_out[l] = p_new, s_new
+                packed[l] = True
+        if packed.any():
+            # the most packed layers first (a layer left unpacked keeps a row clustered for other neighbours),
+            # then the lowest predicted time
+            key = (-int(packed.sum()), objective(p_out, s_out))
+            if key < best_key:
+                best_cand, best_key = (p_out, s_out, packed), key
+        if packed.all():
+            break
+        # a layer that did not pack gets less node headroom in the next attempt (the others keep theirs)
+        step = np.where(packed, step, np.minimum(step + 1, len(CLUSTER_HEADROOM) - 1))
+    return best_cand
+
+
 def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int, gpus_per_node: int,
               redundant_experts: int, cost: CostModel, *, warm_start: Placement, solver: str = "cbc",
               time_limit_s: float = 60.0, split: str = "even", hierarchical: bool | None = None,
               current: Placement | None = None, sweeps: int = 2, gap_rel: float = 0.02, threads: int = 1,
+              cluster: bool | None = None,
               progress: Callable[[int, int, str], None] | None = None) -> ILPResult:
     """Place experts for every layer of ``counts [L, E]`` (transitions ``[L-1, E, E]`` between consecutive rows).
 
@@ -492,6 +649,8 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
         warm_start: a valid placement with ``E + redundant_experts`` slots (the best heuristic); layers the time
             limit leaves unsolved keep it, so a valid plan always comes back.
         hierarchical: nodes then GPUs; None = automatic (``E * G > FLAT_LIMIT`` and more than one node).
+        cluster: start the flat sweeps from a joint node clustering (:func:`_cluster_start`); None = automatic
+            (flat, more than one node, transitions given).
         current: placement now deployed; its replicas cost ``cost.us_per_moved_replica`` to move.
         progress: called as ``progress(done, total, text)`` after every subproblem.
     Raises:
@@ -530,6 +689,9 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
     if current is not None:
         held_cur = [held_matrix(current, min(l, current.num_layers - 1)) for l in range(L)]
 
+    # busiest GPU of every layer in the warm start: the load cap of every later solve of that layer
+    warm_max = [float((counts[l] @ share_matrix(phy[l], sh[l], E, G, S)).max()) for l in range(L)]
+
     def budget_left() -> float:
         return time_limit_s - (time.perf_counter() - t0)
 
@@ -555,13 +717,97 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
         """Coordinate descent never makes a layer worse than its current row (e.g. the warm start), neither
         in predicted time nor in its busiest GPU's load."""
         new_max = float((counts[l] @ share_matrix(p_new, s_new, E, G, S)).max())
-        old_max = float((counts[l] @ share_matrix(phy[l], sh[l], E, G, S)).max())
-        if new_max > old_max * (1 + 1e-6):
+        if new_max > warm_max[l] * (1 + 1e-6):
             return False
         if layer_cost(l, p_new, s_new) <= layer_cost(l, phy[l], sh[l]) * (1 + 1e-9):
             phy[l], sh[l] = p_new, s_new
             return True
         return False
+
+    def layer_inputs(l: int) -> tuple[np.ndarray, ...]:
+        """Layer l's subproblem data given the neighbours' current rows: ``cin [E, G]`` (co-location benefit of
+        expert e's share on GPU g: transitions from the previous layer's experts on g and into the next layer's
+        experts on g), ``tr_mass [E]``, the objective's constant, the current row as ``warm_a``/``warm_y``
+        ``[E, G]``, the replica counts (even split) and the move cost ``ycost [E, G]``."""
+        cin = np.zeros((E, G))
+        if T is not None and l > 0:
+            cin += T[l - 1].T @ share_matrix(phy[l - 1], sh[l - 1], E, G, S)
+        if T is not None and l < L - 1:
+            cin += T[l] @ share_matrix(phy[l + 1], sh[l + 1], E, G, S)
+        tot_tr = (T[l - 1].sum() if T is not None and l > 0 else 0.0) + \
+                 (T[l].sum() if T is not None and l < L - 1 else 0.0)
+        tr_mass = np.zeros(E)  # [E] transitions into and out of each expert of layer l
+        if T is not None and l > 0:
+            tr_mass += T[l - 1].sum(axis=0)
+        if T is not None and l < L - 1:
+            tr_mass += T[l].sum(axis=1)
+        warm_a = share_matrix(phy[l], sh[l], E, G, S)
+        warm_y = np.zeros((E, G))
+        np.add.at(warm_y, (phy[l], np.arange(G * S) // S), 1.0)
+        kcounts = np.bincount(phy[l], minlength=E) if split == "even" else None
+        ycost = np.zeros((E, G)) if held_cur is None else cost.us_per_moved_replica * (1.0 - held_cur[l])
+        return cin, tot_tr, tr_mass, warm_a, warm_y, kcounts, ycost
+
+    def flat_step(l: int, sub_limit: float, label: str) -> SubResult:
+        """One flat MILP for layer l given its neighbours; its solution replaces the row if :func:`accept`."""
+        nonlocal done
+        cin, tot_tr, _, warm_a, warm_y, kcounts, ycost = layer_inputs(l)
+        cin_node = cin.reshape(E, N, gpn).sum(-1)
+        benefit = cost.us_per_gpu_token * cin + cost.us_per_node_token * cin_node[:, node_of_gpu]
+        per_bin = S if split == "even" else 1
+        warm_ok = warm_y.max() <= per_bin
+        sub = _Sub(w=counts[l], slots=np.full(G, S), max_per_bin=per_bin, counts=kcounts, benefit=benefit,
+                   # EPLB's packing may put two replicas of one expert on a GPU: allow what the warm
+                   # start has, so that it stays feasible
+                   ub=None if kcounts is None else np.maximum(-(-kcounts // G), warm_y.max(axis=1).astype(np.int64)),
+                   ycost=ycost, c_tok=c_tok, const=(cost.us_per_gpu_token + cost.us_per_node_token) * tot_tr,
+                   blocks=[np.arange(G)], allowed=np.ones((E, G), bool), load_cap=warm_max[l] * (1 + 1e-9),
+                   warm=(warm_y, warm_a) if warm_ok else None)
+        ts = time.perf_counter()
+        y, x, status, obj, bound = _solve_sub(sub, solver, sub_limit, gap_rel, threads)
+        r = SubResult(l, "flat", status, obj, bound, time.perf_counter() - ts, E * G)
+        subs.append(r)
+        done += 1
+        if progress:
+            progress(done, total, f"layer {l + 1}/{L} {label}: {status}, gap {r.gap:.2%}")
+        rows = [] if y is None else _layer_rows(y, x, np.ones(E), np.arange(E), S)
+        if rows:
+            p_new, s_new = _rows_to_arrays(rows)
+            accept(l, p_new, _normalise_shares(p_new, s_new, E))
+            last[(l, "flat")] = r
+        return r
+
+    if cluster is None:
+        cluster = not hierarchical and N > 1 and T is not None and L > 1
+    clustered = False
+    # the node stage needs a few tenths of a second (annealing, packing) before any sweep can run
+    if cluster and not hierarchical and T is not None and N > 1 and L > 1 and CLUSTER_SHARE * time_limit_s >= 0.2:
+        def whole(p_: np.ndarray, s_: np.ndarray) -> float:
+            return _placement_objective(p_, s_, counts, T, gpn, cost, current, G, S, E)
+
+        cand = _cluster_start(counts, T, phy, sh, G, gpn, S, cost, warm_max, solver, gap_rel, threads,
+                              CLUSTER_SHARE * time_limit_s, subs, whole)
+        if cand is not None:
+            backup = phy.copy(), sh.copy(), dict(last)
+            obj_warm = whole(phy, sh)
+            p_c, s_c, packed = cand
+            phy[:], sh[:] = p_c, s_c
+            # a layer that did not pack under its cap kept its row: re-solve it given its clustered neighbours
+            repair = [l for l in range(L) if not packed[l]]
+            total += len(repair)
+            for i, l in enumerate(repair):
+                if budget_left() < 0.2:
+                    break
+                flat_step(l, max(0.1, min(0.5 * budget_left(), CLUSTER_SHARE * time_limit_s) / (len(repair) - i)),
+                          "node-clustering repair")
+            if whole(phy, sh) < obj_warm:  # adopted only if the whole plan's predicted time is lower
+                clustered = True
+            else:
+                phy[:], sh[:] = backup[0], backup[1]
+                last.clear()
+                last.update(backup[2])
+        if progress:
+            progress(done, total, f"node clustering: {'adopted' if clustered else 'kept the warm start'}")
 
     stopped = False
     for sweep in range(max(1, sweeps)):
@@ -572,57 +818,11 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
                 break
             # the time left shared by the layers left in this sweep; a later sweep only uses what remains
             sub_limit = max(0.1, 0.95 * left / (L - l))
-            # co-location benefit of placing expert e's share on GPU g: transitions from the previous layer's
-            # experts on g and into the next layer's experts on g
-            cin = np.zeros((E, G))
-            if T is not None and l > 0:
-                a_prev = share_matrix(phy[l - 1], sh[l - 1], E, G, S)
-                cin += T[l - 1].T @ a_prev
-            if T is not None and l < L - 1:
-                a_next = share_matrix(phy[l + 1], sh[l + 1], E, G, S)
-                cin += T[l] @ a_next
-            tot_tr = (T[l - 1].sum() if T is not None and l > 0 else 0.0) + \
-                     (T[l].sum() if T is not None and l < L - 1 else 0.0)
-            cin_node = cin.reshape(E, N, gpn).sum(-1)
-            tr_mass = np.zeros(E)  # [E] transitions into and out of each expert of layer l
-            if T is not None and l > 0:
-                tr_mass += T[l - 1].sum(axis=0)
-            if T is not None and l < L - 1:
-                tr_mass += T[l].sum(axis=1)
-            const = (cost.us_per_gpu_token + cost.us_per_node_token) * tot_tr
-            warm_a = share_matrix(phy[l], sh[l], E, G, S)
-            warm_y = np.zeros((E, G))
-            np.add.at(warm_y, (phy[l], np.arange(G * S) // S), 1.0)
-            kcounts = np.bincount(phy[l], minlength=E) if split == "even" else None
-            ycost = np.zeros((E, G)) if held_cur is None else cost.us_per_moved_replica * (1.0 - held_cur[l])
             if not hierarchical:
-                benefit = cost.us_per_gpu_token * cin + cost.us_per_node_token * cin_node[:, node_of_gpu]
-                per_bin = S if split == "even" else 1
-                warm_ok = warm_y.max() <= per_bin
-                sub = _Sub(w=counts[l], slots=np.full(G, S), max_per_bin=per_bin, counts=kcounts, benefit=benefit,
-                           # EPLB's packing may put two replicas of one expert on a GPU: allow what the warm
-                           # start has, so that it stays feasible
-                           ub=None if kcounts is None else np.maximum(-(-kcounts // G),
-                                                                       warm_y.max(axis=1).astype(np.int64)),
-                           ycost=ycost, c_tok=c_tok, const=const, blocks=[np.arange(G)],
-                           allowed=np.ones((E, G), bool), load_cap=float((counts[l] @ warm_a).max()) * (1 + 1e-9),
-                           warm=(warm_y, warm_a) if warm_ok else None)
-                ts = time.perf_counter()
-                y, x, status, obj, bound = _solve_sub(sub, solver, sub_limit, gap_rel, threads)
-                r = SubResult(l, "flat", status, obj, bound, time.perf_counter() - ts, E * G)
-                subs.append(r)
-                done += 1
-                if progress:
-                    progress(done, total, f"layer {l + 1}/{L} sweep {sweep + 1}: {status}, gap {r.gap:.2%}")
-                if y is None:
-                    continue
-                rows = _layer_rows(y, x, np.ones(E), np.arange(E), S)
-                if not rows:
-                    continue
-                p_new, s_new = _rows_to_arrays(rows)
-                accept(l, p_new, _normalise_shares(p_new, s_new, E))
-                last[(l, "flat")] = r
+                flat_step(l, sub_limit, f"sweep {sweep + 1}")
                 continue
+            cin, tot_tr, tr_mass, warm_a, warm_y, kcounts, ycost = layer_inputs(l)
+            cin_node = cin.reshape(E, N, gpn).sum(-1)
 
             # ---- hierarchical: stage 1, experts -> nodes
             warm_yn = warm_y.reshape(E, N, gpn).sum(-1)
@@ -721,7 +921,7 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
             status = "time-limit"
     else:
         gap = max_gap = float("nan")
-        status = "warm-start"
+        status = "partial" if clustered else "warm-start"  # clustered: the node stage's packing, no MILP left
     return ILPResult(placement=placement, objective_us=terms["objective_us"], gap=gap, max_sub_gap=max_gap,
                      solve_s=time.perf_counter() - t0, status=status, solver=solver, hierarchical=hierarchical,
-                     subproblems=subs)
+                     subproblems=subs, clustered=clustered)
