@@ -70,7 +70,6 @@ def open_storage(url: str | None = None):  # -> optuna.storages.BaseStorage
 
     Raises SpecError naming the URL when Optuna cannot open it (bad scheme, unreachable server, missing driver).
     """
-    import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     url = url or default_storage_url()

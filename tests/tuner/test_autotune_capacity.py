@@ -6,7 +6,12 @@ import pytest
 
 from moesim.errors import InfeasibleError, SpecError
 from tuner.autotune_capacity import (
-    CapacityPoint, LayerSetting, SimulatorObjective, autotune_capacity, pareto_front, pick_under,
+    CapacityPoint,
+    LayerSetting,
+    SimulatorObjective,
+    autotune_capacity,
+    pareto_front,
+    pick_under,
 )
 
 
