@@ -140,8 +140,14 @@ def simulate_cmd(
     ),
     tokens_per_gpu: int = typer.Option(4096, "--tokens-per-gpu", help="tokens on each GPU per layer"),
     placement: Path | None = typer.Option(None, "--placement", help="placement YAML (default: contiguous)"),
-    capacity_factor: float | None = typer.Option(None, "--capacity-factor", help="Megatron capacity factor"),
-    drop_policy: str = typer.Option("probs", "--drop-policy", help="probs | position | reroute"),
+    capacity_factor: float | None = typer.Option(
+        None, "--capacity-factor", "--moe-expert-capacity-factor",
+        help="capacity = ceil(tokens x top_k / E x F) per expert (Megatron's --moe-expert-capacity-factor); "
+        "omit for dropless"),
+    drop_policy: str = typer.Option(
+        "probs", "--drop-policy", "--moe-token-drop-policy",
+        help="probs | position (Megatron's --moe-token-drop-policy) | reroute (overflow to the least-loaded "
+        "expert with room on the same GPU)"),
     overlap_chunks: int = typer.Option(1, "--overlap-chunks", help="pipeline chunks (1 = sequential)"),
     dispatch_dtype: str = typer.Option("bf16", "--dispatch-dtype", help="fp8 | bf16"),
     combine_dtype: str = typer.Option("bf16", "--combine-dtype", help="fp8 | bf16"),
