@@ -173,8 +173,8 @@ def test_placement_file_and_broken_placement(tmp_path) -> None:
 def test_megatron_flag_names_are_aliases() -> None:
     """--moe-expert-capacity-factor / --moe-token-drop-policy (Megatron's names) equal ours."""
     base = ["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", "olmoe_c4", "--json"]
-    ours = run("simulate", *base, "--capacity-factor", "1.0", "--drop-policy", "position")
-    megatron = run("simulate", *base, "--moe-expert-capacity-factor", "1.0", "--moe-token-drop-policy", "position")
+    ours = run(*base, "--capacity-factor", "1.0", "--drop-policy", "position")
+    megatron = run(*base, "--moe-expert-capacity-factor", "1.0", "--moe-token-drop-policy", "position")
     assert ours.returncode == 0 and megatron.returncode == 0, ours.stderr + megatron.stderr
     a, b = json.loads(ours.stdout), json.loads(megatron.stdout)
     assert a["options"]["drop_policy"] == b["options"]["drop_policy"] == "position"
