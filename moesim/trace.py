@@ -379,7 +379,7 @@ def resolve_trace(name: str | os.PathLike[str]) -> Path:
 def load_trace(path: str | os.PathLike[str], model: ModelSpec | None = None) -> RoutingTrace:
     """Read a routing trace, format auto-detected.
 
-    Native ``.npz``/JSON, SGLang expert-distribution dumps (``.pt``), vLLM ``routed_experts`` ``.npy`` (a
+    Native ``.npz``/JSON, SGLang expert-distribution dumps (``.pt``) and vLLM ``routed_experts`` ``.npy`` (each a
     file or a directory of them), and the OLMoE routing-analysis JSON. ``model`` fills in what a format
     does not record (top-k of an SGLang ``stat`` dump, the model slug) and is checked against the trace.
     Raises TraceError naming the file when the format is not recognised.

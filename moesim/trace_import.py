@@ -8,14 +8,30 @@ Formats:
 * OLMoE routing analysis JSON (allenai/OLMoE ``scripts/routing_output``, converted to JSON; see
   ``profiles/traces/README.md``): ``expert_counts [3][E]`` for model layers ``[0, 7, 15]`` and rank-paired
   ``expert_counts_crosslayer.counts [2][E][E]`` between recorded layers (7 apart, not adjacent).
-* SGLang expert-distribution recorder (``sglang/srt/eplb/expert_distribution.py``), ``torch.save`` files:
-  ``stat`` mode ``{"rank", "logical_count": int [S, L_model, E], ...}`` (counts per step, summed here; no
-  top-k in the file, so the model or ``top_k`` is needed); ``per_token``/``per_pass`` mode
-  ``{"records": [{"topk_ids_of_layer": int [L_model, T_pass, 8] (physical ids, -1 unused), ...,
-  "global_physical_count": [L_model, P]}], "last_physical_to_logical_map": [L_model, P]}``.
+* SGLang expert-distribution recorder (``python/sglang/srt/eplb/expert_distribution.py``; older releases
+  ``python/sglang/srt/managers/expert_distribution.py``), ``torch.save`` files written to
+  ``SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR`` (default ``/tmp``):
+  ``stat`` mode, rank 0 only, ``expert_distribution_recorder_{time}.pt``: ``{"rank", "logical_count": int32
+  [S, L_model, E] (per forward pass, all-reduced over ranks; zero rows for unused buffer slots),
+  "average_utilization_rate_over_window": float | None}`` (the last key only in newer releases). Counts are
+  summed over steps; there is no top-k in the file, so the model or ``top_k`` is needed. Under plain tensor
+  parallelism every rank routes every token, so the all-reduce multiplies ``num_tokens`` by the TP size (the
+  distribution is unaffected).
+  ``per_token``/``per_pass`` mode, one file per rank, ``expert_distribution_recorder_{time}_{rank}.pt``:
+  ``{"records": [{"forward_pass_id", "rank", "gatherer_key", "topk_ids_of_layer": int32 [L_model, T_pass, 8]
+  (physical ids, -1 unused), "global_physical_count": [L_model, P], input_ids, positions, ...}],
+  "last_physical_to_logical_map": [L_model, P]}`` (``per_pass`` records carry ``global_physical_count`` only).
+  A directory of these files is read as one trace: stat dumps are summed; per-rank records are mapped to
+  logical ids with their own file's map and concatenated, and a pass recorded identically by several ranks
+  (tensor parallelism: every rank routes the same tokens) is counted once.
   SGLang records every hidden layer; dense layers stay empty and are dropped.
-* vLLM per-request ``routed_experts`` arrays, ``.npy`` int ``[seq_len, num_layers, top_k]``; a directory
-  of them is concatenated along tokens (files in name order).
+* vLLM per-request ``routed_experts`` (``CompletionOutput.routed_experts``, a numpy array; saved with
+  ``np.save``), ``.npy`` int ``[seq_len, num_layers, top_k]`` of logical ids; a directory of them is
+  concatenated along tokens (files in name order). The layer axis is every hidden layer in
+  ``vllm/model_executor/layers/fused_moe/routed_experts_capturer.py`` (int32 buffer sized by
+  ``num_hidden_layers``, indexed by the model layer id; layers without routing stay 0), MoE layers only (int16)
+  in vLLM 0.21's documentation; with the model both are recognised by their length, without it all-zero layers
+  are dropped as dense.
 
 ``.pt`` files are read only with ``torch.load(weights_only=True)`` (no code execution); torch is optional.
 """
@@ -42,7 +58,7 @@ OLMOE_ATTRIBUTION = ("allenai/OLMoE scripts/routing_output/ (commit 357454f, Apa
 # Hugging Face model ids in the OLMoE analysis JSON -> our model slugs
 HF_TO_SLUG = {"allenai/olmoe-1b-7b-0924": "olmoe-1b-7b", "mistralai/mixtral-8x7b-v0.1": "mixtral-8x7b"}
 FORMATS = ("native .npz", "native JSON", "OLMoE routing-analysis JSON", "SGLang stat .pt", "SGLang per_token .pt",
-           "vLLM routed_experts .npy (file or directory)")
+           "SGLang .pt dumps (directory)", "vLLM routed_experts .npy (file or directory)")
 
 
 def _err(origin: str, fld: str, problem: str) -> TraceError:
@@ -53,13 +69,21 @@ def _err(origin: str, fld: str, problem: str) -> TraceError:
 # detection
 # ----------------------------------------------------------------------------------------------------------
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """Return one of ``npz``, ``json``, ``pt``, ``npy``, ``npy-dir`` from the file's first bytes (not its name)."""
+    """Return one of ``npz``, ``json``, ``pt``, ``npy``, ``npy-dir``, ``pt-dir`` from the file's first bytes (not
+    its name; a directory by the suffixes of its files)."""
     p = Path(path)
     origin = str(p)
     if p.is_dir():
-        if any(p.glob("*.npy")):
+        has_npy, has_pt = any(p.glob("*.npy")), any(p.glob("*.pt"))
+        if has_npy and has_pt:
+            raise _err(origin, "format", "directory holds both .npy and .pt files; put vLLM arrays and SGLang dumps "
+                       "in separate directories")
+        if has_npy:
             return "npy-dir"
-        raise _err(origin, "format", "directory holds no .npy files (expected vLLM routed_experts arrays)")
+        if has_pt:
+            return "pt-dir"
+        raise _err(origin, "format", "directory holds no .npy or .pt files (expected vLLM routed_experts arrays or "
+                   "SGLang expert distribution dumps)")
     if not p.exists():
         raise _err(origin, "file", "does not exist")
     with open(p, "rb") as fh:
@@ -95,7 +119,10 @@ def import_trace(path: str | os.PathLike[str], model: ModelSpec | None = None,
     elif fmt == "json":
         trace = _load_json(Path(path))
     elif fmt == "pt":
-        trace = _load_sglang(Path(path), model, top_k)
+        trace = _load_sglang([Path(path)], model, top_k, origin)
+    elif fmt == "pt-dir":
+        files = sorted(Path(path).glob("*.pt"))
+        trace = _load_sglang(files, model, top_k, f"{origin} ({len(files)} files)")
     elif fmt == "npy":
         trace = from_routed_experts([_load_npy(Path(path))], model, origin)
     else:
@@ -194,13 +221,24 @@ def from_routed_experts(arrays: list[np.ndarray], model: ModelSpec | None, origi
     """Concatenate per-request ``[seq_len, L, k]`` arrays along tokens into a trace.
 
     The layer axis is taken as the model's MoE layers (or all its layers, then dense ones are dropped);
-    without a model, as layers 0..L-1 and E = max id + 1.
+    without a model, as layers 0..L-1 less those that are all zero (vLLM's capture buffer leaves dense layers
+    at 0; with k > 1 a real router never picks one expert k times) and E = max id + 1.
     """
     shapes = {a.shape[1:] for a in arrays}
     if len(shapes) != 1:
         raise _err(origin, "routed_experts", f"requests disagree on [num_layers, top_k]: {sorted(shapes)}")
     ids = np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
-    layers, keep = _model_layers(ids.shape[1], model, origin)
+    if model is not None:
+        layers, keep = _model_layers(ids.shape[1], model, origin)
+    else:
+        keep = np.arange(ids.shape[1])
+        if ids.shape[2] > 1 and ids.shape[0] > 0:
+            keep = np.nonzero(ids.any(axis=(0, 2)))[0]
+            if keep.size == 0:
+                raise _err(origin, "routed_experts", "every layer is all zeros (no routing recorded)")
+        layers = tuple(int(x) for x in keep)
+        if keep.size == ids.shape[1]:
+            keep = None
     if keep is not None:
         ids = ids[:, keep]
     return _from_ids(ids, model, layers, origin, f"vLLM routed_experts {origin}")
@@ -236,16 +274,33 @@ def _np(x: Any) -> np.ndarray:
     return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
 
 
-def _load_sglang(path: Path, model: ModelSpec | None, top_k: int | None) -> RoutingTrace:
-    origin = str(path)
-    obj = _torch_load(path)
+def _sglang_kind(obj: Any, origin: str) -> str:
     if isinstance(obj, dict) and "logical_count" in obj:
-        return from_sglang_stat(_np(obj["logical_count"]), model, top_k, origin)
+        return "stat"
     if isinstance(obj, dict) and "records" in obj:
-        return from_sglang_records(obj, model, origin)
+        return "records"
     keys = sorted(obj.keys()) if isinstance(obj, dict) else type(obj).__name__
     raise _err(origin, "format", f"torch file holds {keys}; looked for SGLang 'logical_count' (stat mode) or "
                "'records' (per_token mode)")
+
+
+def _load_sglang(paths: list[Path], model: ModelSpec | None, top_k: int | None, origin: str) -> RoutingTrace:
+    """One SGLang dump, or a directory of them (all of one mode)."""
+    objs = [_torch_load(p) for p in paths]
+    kinds = {_sglang_kind(o, str(p)) for p, o in zip(paths, objs, strict=True)}
+    if len(kinds) > 1:
+        raise _err(origin, "format", "mixes SGLang stat dumps ('logical_count') with per_token/per_pass dumps "
+                   "('records'); read them separately")
+    if kinds == {"stat"}:
+        arrays = [_np(o["logical_count"]) for o in objs]
+        arrays = [a[None] if a.ndim == 2 else a for a in arrays]
+        shapes = {a.shape[1:] for a in arrays}
+        if len(shapes) != 1:
+            raise _err(origin, "logical_count", f"dumps disagree on [num_layers, num_logical_experts]: "
+                       f"{sorted(shapes)}")
+        lc = np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
+        return from_sglang_stat(lc, model, top_k, origin)
+    return from_sglang_records(objs if len(objs) > 1 else objs[0], model, origin, top_k=top_k)
 
 
 def from_sglang_stat(logical_count: np.ndarray, model: ModelSpec | None, top_k: int | None,
@@ -283,31 +338,74 @@ def from_sglang_stat(logical_count: np.ndarray, model: ModelSpec | None, top_k: 
                         topk_ids=None, source=f"SGLang expert distribution (stat) {origin}")
 
 
-def from_sglang_records(obj: dict[str, Any], model: ModelSpec | None, origin: str) -> RoutingTrace:
-    """SGLang ``per_token`` dump -> per-token ids (logical), counts and transitions.
+def _to_logical(phys: np.ndarray, p2l: np.ndarray | None, origin: str) -> np.ndarray:
+    """Physical slot ids [L_model, ...] (-1 unused) -> logical ids by ``p2l`` [L_model, P]; unchanged without a map
+    (SGLang's trivial mapping without redundant experts is the identity)."""
+    if p2l is None:
+        return phys
+    if p2l.shape[0] != phys.shape[0]:
+        raise _err(origin, "last_physical_to_logical_map", f"{p2l.shape[0]} layers, records have {phys.shape[0]}")
+    if phys.size and phys.max() >= p2l.shape[1]:
+        raise _err(origin, "topk_ids_of_layer", f"physical id {int(phys.max())} >= {p2l.shape[1]} slots")
+    valid = phys >= 0
+    flat = np.where(valid, phys, 0).reshape(phys.shape[0], -1)
+    mapped = np.take_along_axis(p2l, flat, axis=1).reshape(phys.shape)
+    return np.where(valid, mapped, -1)
+
+
+def from_sglang_records(obj: dict[str, Any] | list[dict[str, Any]], model: ModelSpec | None, origin: str,
+                        top_k: int | None = None) -> RoutingTrace:
+    """SGLang ``per_token`` dump(s) -> per-token ids (logical), counts and transitions.
 
     ``topk_ids_of_layer`` [L_model, T_pass, 8] holds physical slot ids (-1 where unused: dense layers, columns
-    beyond the model's top-k); they are mapped to logical experts by ``last_physical_to_logical_map`` and the
-    passes concatenated. Records without per-token ids (``per_pass`` mode) contribute counts only.
+    beyond the model's top-k); each dump's are mapped to logical experts by its own
+    ``last_physical_to_logical_map`` and the passes concatenated. Several dumps (one per rank): a pass whose
+    ``forward_pass_id`` and logical ids equal one already read (tensor-parallel ranks route the same tokens) is
+    skipped. Records without per-token ids (``per_pass`` mode) contribute counts only (``global_physical_count``
+    [L_model, P], deduplicated the same way).
     """
-    records = obj.get("records") or []
-    if not records:
+    dumps = obj if isinstance(obj, list) else [obj]
+    seen: set[tuple[Any, ...]] = set()
+    ids_parts: list[np.ndarray] = []   # logical [L_model, T_pass, 8]
+    count_parts: list[np.ndarray] = []  # logical [L_model, E]
+    n_records = 0
+    for dump in dumps:
+        records = dump.get("records") or []
+        n_records += len(records)
+        p2l = dump.get("last_physical_to_logical_map")
+        p2l = _np(p2l).astype(np.int64) if p2l is not None else None  # [L_model, P]
+        for r in records:
+            if "topk_ids_of_layer" in r:
+                phys = _np(r["topk_ids_of_layer"]).astype(np.int64)
+                if phys.ndim != 3:
+                    raise _err(origin, "topk_ids_of_layer", f"expected [num_layers, num_tokens, k], got {phys.shape}")
+                part, kind = _to_logical(phys, p2l, origin), "ids"
+            elif "global_physical_count" in r:
+                if p2l is None:
+                    raise _err(origin, "last_physical_to_logical_map", "missing (needed to map physical counts)")
+                phys = _np(r["global_physical_count"]).astype(np.int64)  # [L_model, P]
+                E = int(model.num_experts) if model is not None else int(p2l.max()) + 1
+                part = np.zeros((phys.shape[0], E), dtype=np.int64)
+                np.add.at(part, (np.arange(phys.shape[0])[:, None], p2l), phys)
+                kind = "counts"
+            else:
+                raise _err(origin, "records", "records carry neither 'topk_ids_of_layer' nor 'global_physical_count'")
+            key = (kind, r.get("forward_pass_id"), r.get("gatherer_key"), part.shape, part.tobytes())
+            if key in seen:
+                continue
+            seen.add(key)
+            (ids_parts if kind == "ids" else count_parts).append(part)
+    if n_records == 0:
         raise _err(origin, "records", "empty")
-    p2l = obj.get("last_physical_to_logical_map")
-    p2l = _np(p2l).astype(np.int64) if p2l is not None else None  # [L_model, P]
-    if any("topk_ids_of_layer" not in r for r in records):
-        if not all("global_physical_count" in r for r in records):
-            raise _err(origin, "records", "records carry neither 'topk_ids_of_layer' nor 'global_physical_count'")
-        phys = np.sum([_np(r["global_physical_count"]).astype(np.int64) for r in records], axis=0)  # [L_model, P]
-        if p2l is None:
-            raise _err(origin, "last_physical_to_logical_map", "missing (needed to map physical counts)")
-        E = int(p2l.max()) + 1 if model is None else int(model.num_experts)
-        logical = np.zeros((phys.shape[0], E), dtype=np.int64)
-        np.add.at(logical, (np.arange(phys.shape[0])[:, None], p2l), phys)
-        return from_sglang_stat(logical[None], model, None, origin)
-    ids = np.concatenate([_np(r["topk_ids_of_layer"]).astype(np.int64) for r in records], axis=1)  # [L_model, T, 8]
-    if ids.ndim != 3:
-        raise _err(origin, "topk_ids_of_layer", f"expected [num_layers, num_tokens, k], got {ids.shape}")
+    if ids_parts and count_parts:
+        raise _err(origin, "records", "mixes per_token records ('topk_ids_of_layer') with per_pass records")
+    if count_parts:
+        E = max(p.shape[1] for p in count_parts)
+        logical = np.sum([np.pad(p, ((0, 0), (0, E - p.shape[1]))) for p in count_parts], axis=0)
+        return from_sglang_stat(logical[None], model, top_k, origin)
+    if len({p.shape[0] for p in ids_parts}) != 1:
+        raise _err(origin, "topk_ids_of_layer", "records disagree on the number of layers")
+    ids = np.concatenate(ids_parts, axis=1)  # [L_model, T, 8]
     used_layer = (ids >= 0).any(axis=(1, 2))
     if model is not None:
         layers, keep = _model_layers(ids.shape[0], model, origin)
@@ -318,19 +416,12 @@ def from_sglang_records(obj: dict[str, Any], model: ModelSpec | None, origin: st
         keep = np.nonzero(used_layer)[0]
         layers, ids = tuple(int(x) for x in keep), ids[keep]
         used_cols = (ids >= 0).any(axis=(0, 1))
-        k = int(used_cols.sum())
+        k = top_k if top_k is not None else int(used_cols.sum())
     if ids.shape[0] == 0 or k == 0:
         raise _err(origin, "topk_ids_of_layer", "no layer has any routed token")
     if ids.shape[2] < k:
         raise _err(origin, "topk_ids_of_layer", f"{ids.shape[2]} columns but top_k is {k}")
     ids = ids[:, :, :k]
-    if p2l is not None:
-        p2l_kept = p2l if p2l.shape[0] == len(layers) else p2l[np.asarray(layers)]
-        if ids.max() >= p2l_kept.shape[1]:
-            raise _err(origin, "topk_ids_of_layer", f"physical id {int(ids.max())} >= {p2l_kept.shape[1]} slots")
-        valid = ids >= 0
-        mapped = np.take_along_axis(p2l_kept, np.where(valid, ids, 0).reshape(ids.shape[0], -1), axis=1)
-        ids = np.where(valid, mapped.reshape(ids.shape), -1)
     # tokens not routed in some kept layer (padding) are dropped whole, so every layer sees the same tokens
     full = (ids >= 0).all(axis=(0, 2))
     ids = ids[:, full, :].transpose(1, 0, 2)  # [T, L, k]

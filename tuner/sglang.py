@@ -1,13 +1,23 @@
 """Export a placement for SGLang's ``--init-expert-location FILE.json``.
 
-SGLang's loader (``python/sglang/srt/eplb/expert_location.py``, ``compute_initial_expert_location_metadata``)
-reads the JSON and, when it has the key ``physical_to_logical_map``, calls
-``ExpertLocationMetadata.init_by_mapping(server_args, model_config, physical_to_logical_map=...)``. The array is
-``[num_layers, num_physical_experts]`` where ``num_layers`` is the model's ``num_hidden_layers`` (every hidden
-layer, dense ones included: ``ModelConfigForExpertLocation.num_layers = config.num_hidden_layers``) and
-``num_physical_experts = num_logical_experts + ep_num_redundant_experts``, divisible by the EP size; physical
-expert p lives on GPU ``p // num_local_physical_experts``. SGLang inverts it into ``logical_to_all_physical_map``,
-so every logical expert must appear in every row.
+Checked against sgl-project/sglang ``python/sglang/srt/eplb/expert_location.py``
+(``compute_initial_expert_location_metadata``, ``ExpertLocationMetadata.init_by_mapping``):
+
+* The argument is read as a file only when it ends in ``.json`` (or ``.pt``, read with
+  ``torch.load(weights_only=True)``); any other string is parsed as JSON text itself, so the file name must end in
+  ``.json``.
+* A document with the key ``physical_to_logical_map`` is passed whole as keyword arguments to
+  ``init_by_mapping``, so it must hold that key and no other. (A document with ``logical_count`` [L, E] or
+  [S, L, E] instead goes to ``init_by_eplb``, SGLang's own EPLB; we do not write that form.)
+* The map is ``[num_layers, num_physical_experts]`` integers. ``num_layers`` is the model's
+  ``num_hidden_layers``, dense layers included (``get_model_config_for_expert_location`` in
+  ``python/sglang/srt/models/deepseek_v2.py``: ``num_layers=config.num_hidden_layers``), because SGLang indexes
+  it by the model layer id. ``num_physical_experts = num_logical_experts + --ep-num-redundant-experts`` and must
+  divide by the EP size; physical expert p lives on EP rank ``p // (num_physical_experts / ep_size)``. SGLang
+  inverts the map into ``logical_to_all_physical_map``, so every logical expert must appear in every row.
+* Only models whose SGLang class defines ``get_model_config_for_expert_location`` use it (DeepSeek-V2/V3 do;
+  ``python/sglang/srt/models/olmoe.py`` does not: SGLang keeps no expert locations for OLMoE and
+  cannot use the file).
 
 Rows we do not plan take SGLang's own trivial mapping (``init_trivial``: ``arange(P) % E``): dense layers (their
 row is never read) and MoE layers the trace did not record. SGLang splits a replicated expert's tokens over its
@@ -60,8 +70,20 @@ def physical_to_logical_map(placement: Placement, model: ModelSpec) -> tuple[np.
     return out, filled
 
 
+def check_sglang_path(path: str | os.PathLike) -> None:
+    """PlacementError unless ``path`` ends in ``.json``: SGLang parses any other ``--init-expert-location`` value as
+    JSON text, not as a file name."""
+    from moesim.errors import PlacementError
+
+    if not str(path).endswith(".json"):
+        raise PlacementError(f"{path}: --sglang: SGLang reads --init-expert-location as a file only when the name ends "
+                             "in .json (otherwise it parses the argument itself as JSON); use a .json name")
+
+
 def save_sglang(placement: Placement, model: ModelSpec, path: str | os.PathLike) -> list[int]:
-    """Write ``{"physical_to_logical_map": [[...], ...]}`` atomically; returns the MoE layers filled trivially."""
+    """Write ``{"physical_to_logical_map": [[...], ...]}`` (that key only: SGLang passes the document's keys to
+    ``init_by_mapping`` as keyword arguments) atomically; returns the MoE layers filled trivially."""
+    check_sglang_path(path)
     mapping, filled = physical_to_logical_map(placement, model)
     atomic_write_text(path, json.dumps({"physical_to_logical_map": mapping.tolist()}, separators=(",", ":")))
     return filled

@@ -56,7 +56,7 @@ def plan_cmd(
     hierarchical: bool = typer.Option(False, "--hierarchical", help="experts to nodes first, then to GPUs"),
     split: str = typer.Option("even", "--split", help="replica shares: even (as SGLang and vLLM dispatch) | continuous"),
     tokens_per_gpu: int = typer.Option(4096, "--tokens-per-gpu", help="tokens on each GPU per layer"),
-    sglang: Path | None = typer.Option(None, "--sglang", help="also write SGLang's --init-expert-location JSON"),
+    sglang: Path | None = typer.Option(None, "--sglang", help="also write SGLang's --init-expert-location file (.json)"),
     as_json: bool = typer.Option(False, "--json", help="print the comparison rows as JSON"),
 ) -> None:
     """Place experts on GPUs (MILP, with replicas) and compare with contiguous, round-robin and EPLB."""
@@ -77,6 +77,10 @@ def plan_cmd(
         raise SpecError(f"plan: --time-limit: must be > 0, got {time_limit}")
     if not output.parent.exists():
         raise SpecError(f"{output}: -o: directory {output.parent} does not exist")
+    if sglang is not None:
+        from tuner.sglang import check_sglang_path
+
+        check_sglang_path(sglang)  # before the solve, so a bad name costs nothing
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster)
     trace_path = resolve_trace(trace)

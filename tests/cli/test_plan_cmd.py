@@ -50,6 +50,8 @@ def test_plan_json_rows_and_files(tmp_path) -> None:
     (["--model", "deepseek-v3", "--cluster", "dgx-h100"], "num_experts"),  # trace of another model
     (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--solver", "gurobi"], "solver"),
     (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--time-limit", "0.01"], "no incumbent"),
+    # SGLang reads --init-expert-location as a file only when it ends in .json (eplb/expert_location.py)
+    (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--sglang", "placement.txt"], "ends in .json"),
 ])
 def test_bad_input_one_line_exit_2_no_file(tmp_path, args, message) -> None:
     out = tmp_path / "p.yaml"

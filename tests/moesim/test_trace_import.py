@@ -119,6 +119,20 @@ def test_vllm_all_layers_drops_dense(tmp_path: Path) -> None:
         load_trace(tmp_path / "r.npy", model=model(8, 2, (1, 2), 3))
 
 
+def test_vllm_all_hidden_layers_without_model(tmp_path: Path) -> None:
+    """vllm/model_executor/layers/fused_moe/routed_experts_capturer.py sizes its int32 buffer by num_hidden_layers
+    and fills it with zeros, so dense layers (DeepSeek's first_k_dense_replace) come back as all-zero rows."""
+    ids = random_ids(12, 4, 8, 2, 9)
+    ids[:, 0] = 0
+    np.save(tmp_path / "r.npy", ids)
+    t = load_trace(tmp_path / "r.npy")
+    assert t.layers == (1, 2, 3) and np.array_equal(t.topk_ids, ids[:, 1:])
+    assert t.counts.sum(axis=1).tolist() == [24, 24, 24]
+    one = np.zeros((5, 3, 1), dtype=np.int16)  # top-1 (int16 as vLLM 0.21 returns it): zeros may be real routing
+    np.save(tmp_path / "k1.npy", one)
+    assert load_trace(tmp_path / "k1.npy").layers == (0, 1, 2)
+
+
 def test_vllm_bad_arrays(tmp_path: Path) -> None:
     np.save(tmp_path / "f.npy", np.zeros((3, 2), dtype=np.int64))
     with pytest.raises(TraceError, match=r"f.npy: routed_experts: expected an int array"):
@@ -229,6 +243,94 @@ def test_sglang_unknown_and_unsafe(tmp_path: Path) -> None:
     torch.save({"logical_count": NotAllowed()}, q)
     with pytest.raises(TraceError, match=r"unsafe.pt: pt: torch.load\(weights_only=True\) failed"):
         load_trace(q)
+
+
+def _per_token_dump(torch, phys: np.ndarray, p2l: np.ndarray, rank: int, first_pass: int = 0) -> dict:
+    """A per_token dump as _DetailAccumulator.dump writes it (python/sglang/srt/eplb/expert_distribution.py):
+    phys [T, L_model - 1, k] physical ids for MoE layers 1.., layer 0 dense (-1), decode passes (extend_seq_lens
+    None), one record per pass."""
+    L_model = p2l.shape[0]
+    records = []
+    for s, c in enumerate(np.array_split(np.arange(len(phys)), 2)):
+        buf = -np.ones((L_model, len(c), 8), dtype=np.int32)
+        buf[1:, :, :phys.shape[2]] = phys[c].transpose(1, 0, 2)
+        records.append({"forward_pass_id": first_pass + s, "rank": rank, "gatherer_key": "primary",
+                        "input_ids": list(range(len(c))), "positions": list(range(len(c))), "extend_seq_lens": None,
+                        "forward_mode": 2, "topk_ids_of_layer": torch.from_numpy(buf),
+                        "misc_objects": [{"layer_id": 1, "num_tokens_per_rank": [len(c), 0]}],
+                        "global_physical_count": torch.zeros((L_model, p2l.shape[1]), dtype=torch.int32)})
+    return {"records": records, "last_physical_to_logical_map": torch.from_numpy(p2l)}
+
+
+def test_sglang_dump_directory_per_rank(tmp_path: Path) -> None:
+    """per_token mode writes expert_distribution_recorder_{time}_{rank}.pt per rank into one directory. Tensor
+    parallel ranks record the same passes (counted once); data-parallel ranks record different tokens, and each
+    file maps physical ids with its own last_physical_to_logical_map."""
+    torch = _torch()
+    L_model, E, k = 3, 8, 2
+    m = model(E, k, (1, 2), L_model)
+    a, b = random_ids(20, 2, E, k, 5), random_ids(30, 2, E, k, 6)  # logical ids of rank 0 and rank 1
+    p2l_0 = np.tile(np.r_[np.arange(E), 0, 1], (L_model, 1))  # slots 8, 9 replicate experts 0, 1
+    p2l_1 = np.tile(np.r_[np.arange(E)[::-1], 7, 6], (L_model, 1))  # another map: slot s holds expert 7 - s
+    phys_a = np.where(a < 2, a + 8, a)  # rank 0 sends experts 0, 1 to their replicas
+    phys_b = 7 - b  # rank 1: logical e sits in slot 7 - e under p2l_1
+    tp = tmp_path / "tp"
+    tp.mkdir()
+    for rank in (0, 1):  # TP: both ranks dump the same passes
+        torch.save(_per_token_dump(torch, phys_a, p2l_0, rank), tp / f"expert_distribution_recorder_1.5_{rank}.pt")
+    t = load_trace(tp, model=m)
+    assert t.num_tokens == 20 and np.array_equal(t.topk_ids, a)
+    dp = tmp_path / "dp"
+    dp.mkdir()
+    torch.save(_per_token_dump(torch, phys_a, p2l_0, 0), dp / "expert_distribution_recorder_1.5_0.pt")
+    torch.save(_per_token_dump(torch, phys_b, p2l_1, 1), dp / "expert_distribution_recorder_1.5_1.pt")
+    t = load_trace(dp, model=m)
+    assert t.num_tokens == 50 and t.layers == (1, 2)
+    assert np.array_equal(t.topk_ids, np.concatenate([a, b]))
+    assert detect_format(dp) == "pt-dir"
+
+
+def test_sglang_stat_directory_sums_dumps(tmp_path: Path) -> None:
+    """stat mode: rank 0 writes expert_distribution_recorder_{time}.pt per dump; several dumps are summed."""
+    torch = _torch()
+    E, k = 8, 2
+    ids = random_ids(60, 2, E, k, 7)
+    for i, c in enumerate(np.array_split(np.arange(60), 2)):
+        lc = np.zeros((4, 3, E), dtype=np.int32)  # circular buffer of 4 steps; dense layer 0 stays zero
+        lc[0, 1:] = counts_from_topk(ids[c], E)
+        torch.save({"rank": 0, "logical_count": torch.from_numpy(lc), "average_utilization_rate_over_window": 0.9},
+                   tmp_path / f"expert_distribution_recorder_17000000{i}.25.pt")
+    t = load_trace(tmp_path, model=model(E, k, (1, 2), 3))
+    assert t.num_tokens == 60 and np.array_equal(t.counts, counts_from_topk(ids, E))
+    from moesim.trace_import import import_trace
+
+    assert import_trace(tmp_path, top_k=k).layers == (1, 2)
+
+
+def test_sglang_directory_mixed_modes_and_suffixes(tmp_path: Path) -> None:
+    torch = _torch()
+    torch.save({"rank": 0, "logical_count": torch.zeros((1, 2, 4), dtype=torch.int32)}, tmp_path / "a.pt")
+    torch.save({"records": [], "last_physical_to_logical_map": torch.zeros((2, 4), dtype=torch.int64)},
+               tmp_path / "b.pt")
+    with pytest.raises(TraceError, match="format: mixes SGLang stat dumps"):
+        load_trace(tmp_path)
+    np.save(tmp_path / "c.npy", random_ids(3, 2, 4, 2))
+    with pytest.raises(TraceError, match="format: directory holds both .npy and .pt"):
+        load_trace(tmp_path)
+
+
+def test_sglang_per_pass_top_k_from_caller(tmp_path: Path) -> None:
+    torch = _torch()
+    E, k = 8, 2
+    gpc = counts_from_topk(random_ids(40, 3, E, k), E)
+    torch.save({"records": [{"forward_pass_id": 0, "rank": 0, "gatherer_key": "primary",
+                             "global_physical_count": torch.from_numpy(gpc)}],
+                "last_physical_to_logical_map": torch.from_numpy(np.tile(np.arange(E), (3, 1)))},
+               tmp_path / "per_pass.pt")
+    from moesim.trace_import import import_trace
+
+    t = import_trace(tmp_path / "per_pass.pt", top_k=k)
+    assert t.num_tokens == 40 and t.layers == (0, 1, 2)
 
 
 def test_pt_without_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ from moesim.errors import PlacementError
 from moesim.placement import Placement, even_shares
 from moesim.specs import load_model
 from tuner.eplb import eplb_placement
-from tuner.sglang import physical_to_logical_map, save_sglang
+from tuner.sglang import check_sglang_path, physical_to_logical_map, save_sglang
 
 
 def test_all_hidden_layers_and_trivial_rows(tmp_path) -> None:
@@ -47,3 +47,23 @@ def test_other_model_rejected() -> None:
     p = eplb_placement(np.ones((1, 64)), 8, 0)
     with pytest.raises(PlacementError, match="num_experts"):
         physical_to_logical_map(p, load_model("deepseek-v3"))
+
+
+def test_file_sglang_can_read(tmp_path) -> None:
+    """python/sglang/srt/eplb/expert_location.py: compute_initial_expert_location_metadata reads the value as a file
+    only if it ends in .json (else json.loads of the string itself) and passes the document's keys to
+    init_by_mapping(server_args, model_config, **doc), so any key besides physical_to_logical_map is a TypeError
+    there."""
+    model = load_model("deepseek-v2-lite")  # 27 hidden layers, first one dense
+    p = eplb_placement(np.ones((model.num_moe_layers, model.num_experts)), num_gpus=8, redundant_experts=8)
+    with pytest.raises(PlacementError, match=r"loc.txt: --sglang: .*ends in \.json"):
+        save_sglang(p, model, tmp_path / "loc.txt")
+    assert not (tmp_path / "loc.txt").exists()
+    check_sglang_path("loc.json")
+    save_sglang(p, model, tmp_path / "loc.json")
+    doc = json.loads((tmp_path / "loc.json").read_text())
+    assert set(doc) == {"physical_to_logical_map"}
+    mapping = np.array(doc["physical_to_logical_map"])
+    assert mapping.shape == (27, model.num_experts + 8) and np.issubdtype(mapping.dtype, np.integer)
+    np.testing.assert_array_equal(mapping[0], np.arange(72) % 64)  # dense layer 0: SGLang's init_trivial row
+    np.testing.assert_array_equal(mapping[1:], p.phy2log)
