@@ -2,7 +2,8 @@
 
 Public API (docs/ARCHITECTURE.md, "Kernels"; docs/KERNELS.md for the tiling and how to run tests/bench):
 ``fused_moe``, ``reference_moe``, ``moe_align_block_size``, ``apply_capacity``, the config helpers
-(``config_file_name``, ``load_configs``, ``pick_config``, ``default_config``, ``save_configs``, ``device_name``)
+(``config_file_name``, ``load_configs``, ``pick_config``, ``tuned_configs``, ``default_config``,
+``vllm_default_config``, ``save_configs``, ``device_name``)
 and ``time_cuda_graph``. Importing this package needs torch and triton, nothing else beyond the stdlib.
 """
 
@@ -17,6 +18,8 @@ from kernels.configs import (
     normalize_device_name,
     pick_config,
     save_configs,
+    tuned_configs,
+    vllm_default_config,
 )
 from kernels.fused_moe import fused_moe
 from kernels.reference import reference_moe
@@ -38,4 +41,6 @@ __all__ = [
     "save_configs",
     "time_cuda_events",
     "time_cuda_graph",
+    "tuned_configs",
+    "vllm_default_config",
 ]

@@ -1,16 +1,21 @@
 """vLLM-format tuned configs for the fused-MoE kernel: file names, load, pick, save, and a batch-size default.
 
-A file ``E={E},N={N},device_name={device}[,dtype={dtype}].json`` maps batch sizes M (JSON keys, strings) to a
-config ``{BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, GROUP_SIZE_M, num_warps, num_stages}``; an optional
-``"triton_version"`` key records the Triton the file was tuned with and is not a batch size.
+A file ``E={E},N={N},device_name={device}[,dtype={dtype}][,block_shape=[{bn},{bk}]].json`` maps batch sizes M
+(JSON keys, strings) to a config ``{BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, GROUP_SIZE_M, num_warps, num_stages}``;
+an optional ``"triton_version"`` key records the Triton the file was tuned with and is not a batch size. This
+mirrors vLLM's ``get_config_file_name`` / ``get_moe_configs`` / ``try_get_optimal_moe_config`` in
+``vllm/model_executor/layers/fused_moe/fused_moe.py``: the folder ``$VLLM_TUNED_CONFIG_FOLDER`` is searched
+before the shipped one, and a batch size M takes the entry with the nearest key (ties: the first in file order).
 
 N in the name is the intermediate size per expert per TP shard, i.e. ``w2.shape[2]`` (w1 is [E, 2N, K]):
 vLLM's ``benchmarks/kernels/benchmark_moe.py`` names files with ``shard_intermediate_size // 2`` where
 ``shard_intermediate_size = 2 * intermediate_size // tp``. Mixtral-8x7B (intermediate 14336) at TP2 -> N=7168;
 Qwen3-30B-A3B (moe_intermediate 768) at TP2 -> N=384. E is the number of local experts (``w1.shape[0]``).
 
-Device names follow vLLM: ``torch.cuda.get_device_name()`` with spaces and ``/`` replaced by ``_``, and any H200
-variant becomes ``NVIDIA_H200``.
+Device names follow vLLM's ``get_config_file_name``: the device name with spaces replaced by ``_``, and a name
+with ``H200`` as one of its ``_``-separated words (``NVIDIA H200``, ``NVIDIA H200 NVL``) becomes ``NVIDIA_H200``;
+``NVIDIA GH200 480GB`` stays ``NVIDIA_GH200_480GB``. We also replace ``/`` (vLLM does not: such a name would
+be a sub-folder path there; vLLM's ROCm platform reports names that are already underscored).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +39,12 @@ def reference_dir() -> Path | None:
 
 
 def normalize_device_name(name: str) -> str:
-    """vLLM's spelling: spaces and ``/`` become ``_``; any H200 is ``NVIDIA_H200``."""
-    if "H200" in name:
+    """vLLM's spelling: spaces become ``_``; a name with the word ``H200`` is ``NVIDIA_H200`` (GH200 is not);
+    ``/`` also becomes ``_`` (ours, so a name never makes a sub-folder)."""
+    name = name.replace(" ", "_")
+    if "H200" in name.split("_"):
         return "NVIDIA_H200"
-    return name.replace(" ", "_").replace("/", "_")
+    return name.replace("/", "_")
 
 
 def device_name() -> str:
@@ -48,16 +56,26 @@ def device_name() -> str:
     return normalize_device_name(torch.cuda.get_device_name())
 
 
-def config_file_name(E: int, N: int, device_name: str, dtype: str | None = None) -> str:
-    """``E={E},N={N},device_name={device}[,dtype={dtype}].json`` (bf16/fp16 files carry no dtype)."""
+def config_file_name(E: int, N: int, device_name: str, dtype: str | None = None,
+                     block_shape: list[int] | tuple[int, ...] | None = None) -> str:
+    """``E={E},N={N},device_name={device}[,dtype={dtype}][,block_shape=[{bn},{bk}]].json``.
+
+    bf16/fp16 files carry no dtype; the block_shape part (block-quantised weights) is written, without spaces,
+    only when every entry is non-zero, as vLLM does.
+    """
     tag = f",dtype={dtype}" if dtype else ""
+    if block_shape and all(block_shape):
+        tag += ",block_shape=[" + ",".join(str(int(b)) for b in block_shape) + "]"
     return f"E={E},N={N},device_name={normalize_device_name(device_name)}{tag}.json"
 
 
 def parse_config_file_name(name: str) -> dict[str, str]:
-    """``"E=8,N=7168,device_name=NVIDIA_H200.json"`` -> ``{"E": "8", "N": "7168", "device_name": ...}``."""
+    """``"E=8,N=7168,device_name=NVIDIA_H200.json"`` -> ``{"E": "8", "N": "7168", "device_name": ...}``.
+
+    A ``block_shape=[128,128]`` part keeps its brackets and inner comma: ``{"block_shape": "[128,128]"}``.
+    """
     fields: dict[str, str] = {}
-    for part in Path(name).name.removesuffix(".json").split(","):
+    for part in re.split(r",(?![^\[]*\])", Path(name).name.removesuffix(".json")):
         if "=" in part:
             key, value = part.split("=", 1)
             fields[key] = value
@@ -80,7 +98,7 @@ def _load_file(path: Path) -> dict[int, Config]:
         if not isinstance(cfg, dict):
             raise TypeError(f"{path}: M={key}: config must be an object, got {cfg!r}")
         out[m] = {k: int(v) for k, v in cfg.items()}
-    return dict(sorted(out.items()))
+    return out  # file order, as vLLM keeps it: pick_config's ties go to the earlier entry
 
 
 def load_configs(dir_or_file: str | os.PathLike) -> dict:
@@ -92,11 +110,29 @@ def load_configs(dir_or_file: str | os.PathLike) -> dict:
 
 
 def pick_config(configs: dict[int, Config], M: int) -> Config:
-    """The config of the batch size nearest to M (ties: the smaller M), as vLLM does."""
+    """The config of the batch size nearest to M, as vLLM's ``try_get_optimal_moe_config``.
+
+    Ties go to the key met first in the table's order, i.e. file order for a loaded file (every shipped file
+    lists M ascending, so there the smaller M wins).
+    """
     if not configs:
         raise ValueError("pick_config: no configs")
-    best = min(configs, key=lambda m: (abs(int(m) - M), int(m)))
+    best = min(configs, key=lambda m: abs(int(m) - M))
     return dict(configs[best])
+
+
+def vllm_default_config(M: int, E: int) -> Config:
+    """vLLM's fallback for an unquantised layer without a tuned file (``get_default_config``).
+
+    ``M <= E``: 16x32x64 tiles, no grouping; else 64x64x32 with ``GROUP_SIZE_M`` 8. vLLM sets no ``num_warps``
+    or ``num_stages`` there, so Triton's launch defaults (4 and 3 on CUDA) apply; they are written out here.
+    Our own :func:`default_config` is a different, per-expert-load heuristic.
+    """
+    if M <= E:
+        cfg = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 1}
+    else:
+        cfg = {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 8}
+    return {**cfg, "num_warps": 4, "num_stages": 3}
 
 
 def default_config(M: int, E: int, N: int, K: int, top_k: int = 2) -> Config:
@@ -143,9 +179,42 @@ def shipped_configs(E: int, N: int, device: str | None = None, dtype: str | None
     return None if got is None else {m: dict(c) for m, c in got}
 
 
+def config_dirs() -> list[Path]:
+    """The folders searched for a config file, first match wins: ``$VLLM_TUNED_CONFIG_FOLDER`` (vLLM's
+    user folder, searched first there too), then the shipped folder (:func:`reference_dir`)."""
+    dirs = []
+    user = os.environ.get("VLLM_TUNED_CONFIG_FOLDER")
+    if user:
+        dirs.append(Path(user))
+    ref = reference_dir()
+    if ref is not None:
+        dirs.append(ref)
+    return dirs
+
+
+def tuned_configs(E: int, N: int, device: str | None = None, dtype: str | None = None,
+                  block_shape: list[int] | tuple[int, ...] | None = None) -> dict[int, Config] | None:
+    """The first file named :func:`config_file_name` in :func:`config_dirs` as ``{M: config}``, or None
+    (vLLM's ``get_moe_configs``)."""
+    name = config_file_name(E, N, device or device_name(), dtype, block_shape)
+    for folder in config_dirs():
+        path = folder / name
+        if path.is_file():  # looked up on every call (a stat), so a file written later is found
+            got = _load_cached(str(path), path.stat().st_mtime_ns)
+            return {m: dict(c) for m, c in got}
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _load_cached(path: str, mtime_ns: int) -> tuple[tuple[int, tuple], ...]:
+    del mtime_ns  # part of the cache key only: a rewritten file is read again
+    return tuple((m, tuple(c.items())) for m, c in _load_file(Path(path)).items())
+
+
 def get_config(E: int, N: int, M: int, K: int = 0, top_k: int = 2, dtype: str | None = None) -> Config:
-    """Config for one call: the shipped vLLM file for this device and shape (nearest M), else the default."""
-    configs = shipped_configs(E, N, None, dtype)
+    """Config for one call: the tuned file for this device and shape (:func:`tuned_configs`, nearest M), else
+    our :func:`default_config` (not vLLM's :func:`vllm_default_config`)."""
+    configs = tuned_configs(E, N, None, dtype)
     if configs:
         return pick_config(configs, M)
     return default_config(M, E, N, K, top_k)

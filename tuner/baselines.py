@@ -2,11 +2,19 @@
 
 Dimension legend: L MoE layers, E logical experts, G GPUs, S slots per GPU, P = G*S physical slots.
 
-- :func:`contiguous`: Megatron's default, GPU g holds experts ``[g*E/G, (g+1)*E/G)`` (re-exported from moesim).
-- :func:`round_robin`: vLLM's ``--expert-placement-strategy round_robin``: GPU g holds ``g, g+G, g+2G, ...``
-  (``determine_expert_map`` in vllm/model_executor/layers/fused_moe: ``arange(ep_rank, E, ep_size)``). vLLM
-  allows it only without redundant experts, and so do we.
+- :func:`contiguous`: Megatron's default, GPU g holds experts ``[g*E/G, (g+1)*E/G)`` (re-exported from moesim);
+  also vLLM's default ``linear`` strategy when G divides E.
+- :func:`round_robin`: vLLM's ``--expert-placement-strategy round_robin``: GPU g holds ``g, g+G, g+2G, ...`` as
+  local experts ``0, 1, 2, ...`` (``determine_expert_map``, vllm/model_executor/layers/fused_moe/layer.py, later
+  expert_map_manager.py: ``arange(ep_rank, E, ep_size)``). vLLM honours it only for models with expert groups
+  (``num_expert_group > 1``, e.g. DeepSeek-V3), without redundant experts or EPLB, and, with an all-to-all
+  kernel backend, only DeepEP low-latency or NIXL EP; otherwise it falls back to ``linear`` (our contiguous).
+  We allow no replicas either.
 - :func:`eplb`: the EPLB-equivalent (``tuner.eplb``), with replicas.
+
+When G does not divide E, vLLM gives the first ``E % G`` ranks one extra expert under both strategies
+(``linear``: rank r starts at ``r*(E//G) + min(r, E%G)``); our placements need equal slot counts, so both
+functions reject that case.
 """
 
 from __future__ import annotations

@@ -21,7 +21,13 @@ VLLM_GRID = {"BLOCK_SIZE_M": {16, 32, 64, 128, 256}, "BLOCK_SIZE_N": {32, 64, 12
     ("NVIDIA H100 80GB HBM3", "NVIDIA_H100_80GB_HBM3"),
     ("NVIDIA H200", "NVIDIA_H200"),
     ("NVIDIA H200 NVL", "NVIDIA_H200"),
-    ("AMD Instinct MI300X/MI325X", "AMD_Instinct_MI300X_MI325X"),
+    ("NVIDIA_H200", "NVIDIA_H200"),
+    # vLLM maps only names with H200 as a whole "_"-separated word: GH200 keeps its own files
+    ("NVIDIA GH200 480GB", "NVIDIA_GH200_480GB"),
+    ("NVIDIA GH200 120GB", "NVIDIA_GH200_120GB"),
+    ("NVIDIA H20", "NVIDIA_H20"),
+    ("NVIDIA A100-SXM4-80GB", "NVIDIA_A100-SXM4-80GB"),
+    ("AMD Instinct MI300X/MI325X", "AMD_Instinct_MI300X_MI325X"),  # "/": ours, vLLM would make a sub-folder
 ])
 def test_device_name_normalisation(raw, want):
     assert configs.normalize_device_name(raw) == want
@@ -32,16 +38,106 @@ def test_file_name():
         "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json"
     assert configs.config_file_name(128, 384, "NVIDIA_H200", "fp8_w8a8") == \
         "E=128,N=384,device_name=NVIDIA_H200,dtype=fp8_w8a8.json"
+    # block-quantised files: vLLM writes the list without spaces, and only when no entry is 0
+    assert configs.config_file_name(128, 192, "NVIDIA H100 80GB HBM3", "fp8_w8a8", [128, 128]) == \
+        "E=128,N=192,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,block_shape=[128,128].json"
+    assert configs.config_file_name(128, 384, "NVIDIA H100 PCIe", None, (128, 128)) == \
+        "E=128,N=384,device_name=NVIDIA_H100_PCIe,block_shape=[128,128].json"
+    assert configs.config_file_name(8, 7168, "NVIDIA H200", "fp8_w8a8", [0, 0]) == \
+        "E=8,N=7168,device_name=NVIDIA_H200,dtype=fp8_w8a8.json"
+
+
+# names of files in vLLM's vllm/model_executor/layers/fused_moe/configs/ (vllm-project/vllm)
+VLLM_NAMES = [
+    "E=1,N=14336,device_name=NVIDIA_A100-SXM4-80GB,dtype=int8_w8a16.json",
+    "E=10,N=512,device_name=Intel(R)_Arc(TM)_Pro_B60_Graphics.json",
+    "E=128,N=1536,device_name=AMD_Instinct_MI308X,dtype=fp8_w8a8,block_shape=[128,128].json",
+    "E=128,N=192,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,block_shape=[128,128].json",
+    "E=128,N=384,device_name=NVIDIA_H100_PCIe,block_shape=[128,128].json",
+    "E=128,N=384,device_name=NVIDIA_H20-3e.json",
+    "E=128,N=1024,device_name=NVIDIA_H200.json",
+]
+
+
+@pytest.mark.parametrize("name", VLLM_NAMES)
+def test_parse_and_rebuild_vllm_names(name):
+    f = configs.parse_config_file_name(name)
+    block = [int(b) for b in f["block_shape"].strip("[]").split(",")] if "block_shape" in f else None
+    assert configs.config_file_name(int(f["E"]), int(f["N"]), f["device_name"], f.get("dtype"), block) == name
+
+
+def _vllm_pick(path, M):
+    """vLLM's get_moe_configs + try_get_optimal_moe_config on one file, restated."""
+    raw = json.loads(path.read_text())
+    raw.pop("triton_version", None)
+    table = {int(k): v for k, v in raw.items()}
+    return table[min(table.keys(), key=lambda x: abs(x - M))]
 
 
 def test_pick_nearest_m():
     table = {1: {"a": 1}, 16: {"a": 16}, 64: {"a": 64}, 1024: {"a": 1024}}
     assert configs.pick_config(table, 1)["a"] == 1
-    assert configs.pick_config(table, 40)["a"] == 16  # tie 40-16 = 64-40: the smaller M
+    assert configs.pick_config(table, 40)["a"] == 16  # tie 40-16 = 64-40: the first key in order
     assert configs.pick_config(table, 41)["a"] == 64
     assert configs.pick_config(table, 100000)["a"] == 1024
     with pytest.raises(ValueError):
         configs.pick_config({}, 1)
+
+
+def test_pick_ties_follow_file_order_like_vllm(tmp_path):
+    """A file listing M descending: vLLM's min() over the keys in file order picks the earlier key on a tie."""
+    path = tmp_path / "E=4,N=64,device_name=X.json"
+    cfg = configs.default_config(1, 4, 64, 32)
+    path.write_text(json.dumps({"triton_version": "3.4.0", "64": {**cfg, "BLOCK_SIZE_M": 64},
+                                "16": {**cfg, "BLOCK_SIZE_M": 16}}))
+    table = configs.load_configs(path)
+    assert list(table) == [64, 16]
+    for M in (1, 16, 39, 40, 41, 64, 500):
+        assert configs.pick_config(table, M) == _vllm_pick(path, M), M
+    assert configs.pick_config(table, 40)["BLOCK_SIZE_M"] == 64
+
+
+@needs_ref
+def test_pick_matches_vllm_on_every_shipped_file():
+    for path in sorted(REF.glob("E=*.json")):
+        table = configs.load_configs(path)
+        ms = sorted(table)
+        probes = set(ms) | {1, 3, 10**6} | {(a + b) // 2 for a, b in zip(ms, ms[1:])}  # midpoints: ties
+        probes |= {m + 1 for m in probes}
+        for M in sorted(probes):
+            assert configs.pick_config(table, M) == _vllm_pick(path, M), (path.name, M)
+
+
+def test_user_folder_first_then_shipped(monkeypatch, tmp_path):
+    """VLLM_TUNED_CONFIG_FOLDER is searched before the shipped folder, file by file (vLLM's get_moe_configs)."""
+    monkeypatch.setattr(configs, "device_name", lambda: "NVIDIA_TEST_GPU")
+    ref = tmp_path / "shipped"
+    user = tmp_path / "user"
+    ref.mkdir()
+    user.mkdir()
+    monkeypatch.setattr(configs, "reference_dir", lambda: ref)
+    monkeypatch.setenv("VLLM_TUNED_CONFIG_FOLDER", str(user))
+    cfg = configs.default_config(1, 4, 64, 32)
+    configs.save_configs(ref / configs.config_file_name(4, 64, "NVIDIA_TEST_GPU"), {1: {**cfg, "num_stages": 2}})
+    configs.save_configs(ref / configs.config_file_name(8, 64, "NVIDIA_TEST_GPU"), {1: {**cfg, "num_stages": 2}})
+    assert configs.get_config(4, 64, 1)["num_stages"] == 2  # only the shipped file exists
+    configs.save_configs(user / configs.config_file_name(4, 64, "NVIDIA_TEST_GPU"), {1: {**cfg, "num_stages": 5}})
+    assert configs.get_config(4, 64, 1)["num_stages"] == 5  # the user's file wins (and a new file is seen)
+    assert configs.get_config(8, 64, 1)["num_stages"] == 2  # not in the user folder: the shipped one
+    assert configs.get_config(16, 64, 1) == configs.default_config(1, 16, 64, 0)  # in neither
+    monkeypatch.delenv("VLLM_TUNED_CONFIG_FOLDER")
+    assert configs.get_config(4, 64, 1)["num_stages"] == 2
+
+
+def test_vllm_default_config_by_batch_size():
+    # vLLM's get_default_config, unquantised: M <= E -> small tiles, else 64x64x32 grouped by 8
+    assert configs.vllm_default_config(8, 8) == {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 64,
+                                                 "GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 3}
+    assert configs.vllm_default_config(9, 8) == {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 32,
+                                                 "GROUP_SIZE_M": 8, "num_warps": 4, "num_stages": 3}
+    for M in (1, 8, 9, 4096):
+        cfg = configs.vllm_default_config(M, 8)
+        assert check_config(cfg) == cfg
 
 
 def test_save_load_roundtrip_atomic(tmp_path):
@@ -72,6 +168,9 @@ def test_every_shipped_file_loads():
     for name, table in loaded.items():
         fields = configs.parse_config_file_name(name)
         assert int(fields["E"]) >= 1 and int(fields["N"]) >= 1 and fields["device_name"].startswith("NVIDIA_H")
+        # our lookup builds exactly this name, so every shipped file can be found
+        assert configs.config_file_name(int(fields["E"]), int(fields["N"]), fields["device_name"],
+                                        fields.get("dtype")) == name
         assert table and all(isinstance(m, int) for m in table)
         raw = json.loads((REF / name).read_text())
         assert len(table) == len([k for k in raw if k != "triton_version"])
@@ -85,6 +184,7 @@ def test_every_shipped_file_loads():
                                         (128, 384, "NVIDIA H200"), (8, 7168, "NVIDIA H200 NVL")])
 def test_benchmark_shapes_find_their_shipped_file(monkeypatch, E, N, device):
     """The issue's shapes (Mixtral TP2: N = 14336/2; Qwen3-30B-A3B TP2: N = 768/2) hit the shipped files."""
+    monkeypatch.delenv("VLLM_TUNED_CONFIG_FOLDER", raising=False)
     monkeypatch.setattr(configs, "device_name", lambda: configs.normalize_device_name(device))
     table = configs.shipped_configs(E, N)
     assert table is not None
@@ -106,6 +206,15 @@ def _one_config_per_file():
 @pytest.mark.parametrize("cfg", _one_config_per_file())
 def test_shipped_configs_run(device, cfg):
     """One config of every shipped file runs our kernel correctly on a tiny shape."""
+    _check_runs(device, cfg)
+
+
+@pytest.mark.parametrize("M", [1, 9], ids=["M<=E", "M>E"])
+def test_vllm_default_configs_run(device, M):
+    _check_runs(device, configs.vllm_default_config(M, 4))
+
+
+def _check_runs(device, cfg):
     gen = torch.Generator().manual_seed(sum(cfg.values()))
     M, E, N, K, k = 9, 4, 48, 40, 2
     h = torch.randn(M, K, generator=gen).to(device, torch.float32)

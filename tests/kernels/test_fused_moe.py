@@ -95,6 +95,44 @@ def test_expert_map_absent_experts_contribute_zero(monkeypatch, device, dtype):
         assert (out.cpu()[none_held] == 0).all()
 
 
+def vllm_expert_map(ep_size, ep_rank, num_experts, strategy):
+    """vLLM's determine_expert_map restated: int32 [E] global -> local id, -1 elsewhere; the first
+    E % ep_size ranks hold one extra expert (linear: contiguous runs; round_robin: r, r+G, ...)."""
+    base, rem = divmod(num_experts, ep_size)
+    local = base + (ep_rank < rem)
+    if strategy == "linear":
+        start = ep_rank * base + min(ep_rank, rem)
+        held = torch.arange(start, start + local)
+    else:
+        held = torch.arange(ep_rank, num_experts, ep_size)
+    emap = torch.full((num_experts,), -1, dtype=torch.int32)
+    emap[held] = torch.arange(local, dtype=torch.int32)
+    return emap
+
+
+@pytest.mark.parametrize("strategy,dtype", [("round_robin", torch.float32), ("round_robin", torch.float16),
+                                            ("linear", torch.float32)])
+def test_vllm_expert_maps_over_all_ranks_sum_to_full_layer(monkeypatch, device, strategy, dtype):
+    """Each EP rank runs its local weights with vLLM's expert_map (E=10 on 4 ranks: 3, 3, 2, 2 experts); the
+    ranks' outputs add up to the whole layer, as vLLM's combine does."""
+    gen = torch.Generator().manual_seed(23)
+    M, E, N, K, k, G = 29, 10, 32, 48, 3, 4
+    h, w1, w2, w, ids = make_case(M, E, N, K, k, dtype, device, gen)
+    total = torch.zeros(M, K, dtype=torch.float64)
+    for rank in range(G):
+        emap = vllm_expert_map(G, rank, E, strategy)
+        held = torch.nonzero(emap >= 0).flatten()
+        held = held[emap[held].argsort()]  # local order: local id i is held[i]
+        w1l, w2l = w1[held.to(device)].contiguous(), w2[held.to(device)].contiguous()
+        out = run_checked(monkeypatch, h, w1l, w2l, w, ids, config=SMALL, expert_map=emap.to(device))
+        assert torch.isfinite(out).all()
+        ref = reference_moe(h.double(), w1l.double(), w2l.double(), w.double(), ids, expert_map=emap)
+        assert rel_err(out, ref) < TOL[dtype]
+        total += out.double().cpu()
+    full = reference_moe(h.double(), w1.double(), w2.double(), w.double(), ids)
+    assert rel_err(total, full) < 2 * TOL[dtype]
+
+
 @pytest.mark.parametrize("policy", ["probs", "position", "reroute"])
 def test_capacity_each_policy(monkeypatch, device, policy):
     gen = torch.Generator().manual_seed(hash(policy) % 1000)
