@@ -80,6 +80,21 @@ def check_sglang_path(path: str | os.PathLike) -> None:
                              "in .json (otherwise it parses the argument itself as JSON); use a .json name")
 
 
+# Whether SGLang's model class keeps expert locations (defines ``get_model_config_for_expert_location``), for
+# the models whose SGLang source we read: python/sglang/srt/models/deepseek_v2.py (DeepSeek-V2/V3: yes),
+# python/sglang/srt/models/olmoe.py (no). Other models: not checked.
+EXPERT_LOCATION_SUPPORT = {"deepseek-v2-lite": True, "deepseek-v3": True, "olmoe-1b-7b": False}
+
+
+def support_note(model: ModelSpec) -> str | None:
+    """A warning when SGLang is known not to use an expert-location file for ``model`` (else None)."""
+    if EXPERT_LOCATION_SUPPORT.get(model.slug) is False:
+        return (f"SGLang keeps no expert locations for {model.slug} (its model class has no "
+                "get_model_config_for_expert_location), so it ignores this file; the format is what "
+                "DeepSeek-V2/V3 servers load")
+    return None
+
+
 def save_sglang(placement: Placement, model: ModelSpec, path: str | os.PathLike) -> list[int]:
     """Write ``{"physical_to_logical_map": [[...], ...]}`` (that key only: SGLang passes the document's keys to
     ``init_by_mapping`` as keyword arguments) atomically; returns the MoE layers filled trivially."""

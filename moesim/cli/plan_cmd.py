@@ -108,7 +108,7 @@ def plan_cmd(
     notes = list(result.notes)
     filled: list[int] = []
     if sglang is not None:  # build the map before writing anything, so an error leaves no file behind
-        from tuner.sglang import physical_to_logical_map, save_sglang
+        from tuner.sglang import physical_to_logical_map, save_sglang, support_note
 
         physical_to_logical_map(result.best, model_spec)
     save_placement(result.best, output)
@@ -116,6 +116,9 @@ def plan_cmd(
         filled = save_sglang(result.best, model_spec, sglang)
         if filled:
             notes.append(f"{sglang}: {len(filled)} MoE layers not in the trace take SGLang's trivial mapping")
+        warning = support_note(model_spec)
+        if warning:
+            notes.append(f"{sglang}: {warning}")
     rows = [{k: r[k] for k in ROW_KEYS} for r in result.rows]
     if as_json:
         print(json.dumps([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}

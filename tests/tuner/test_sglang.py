@@ -67,3 +67,12 @@ def test_file_sglang_can_read(tmp_path) -> None:
     assert mapping.shape == (27, model.num_experts + 8) and np.issubdtype(mapping.dtype, np.integer)
     np.testing.assert_array_equal(mapping[0], np.arange(72) % 64)  # dense layer 0: SGLang's init_trivial row
     np.testing.assert_array_equal(mapping[1:], p.phy2log)
+
+
+def test_support_note_only_for_models_sglang_is_known_to_ignore() -> None:
+    from moesim.specs import load_model
+    from tuner.sglang import support_note
+
+    assert "ignores this file" in support_note(load_model("olmoe-1b-7b"))
+    assert support_note(load_model("deepseek-v3")) is None
+    assert support_note(load_model("qwen3-30b-a3b")) is None  # not checked: no claim either way
