@@ -300,7 +300,7 @@ def render_html(run: WhatifRun, plot_list: list[tuple[str, str, str, bytes]], sc
         parts += [f"<li>{esc(r['name'])}: {esc(r['error'])}</li>" for r in failed]
         parts.append("</ul>")
     parts.append(f"<p class='fixed'>{esc(TABLE_NOTE)}</p>")
-    for stem, title, caption, png in plot_list:
+    for _stem, title, caption, png in plot_list:
         b64 = base64.b64encode(png).decode()
         parts.append(f"<h2>{esc(title)}</h2><figure><img alt='{esc(title)}' src='data:image/png;base64,{b64}'>"
                      f"<figcaption>{esc(caption)}</figcaption></figure>")

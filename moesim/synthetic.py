@@ -201,7 +201,9 @@ def inclusion_probs(p: np.ndarray, k: int) -> np.ndarray:
         return np.ones((L, E))
     lo = np.zeros(L)
     hi = np.full(L, 1.0)
-    f = lambda lam: (1.0 - np.exp(-lam[:, None] * p)).sum(axis=1)
+    def f(lam: np.ndarray) -> np.ndarray:
+        return (1.0 - np.exp(-lam[:, None] * p)).sum(axis=1)
+
     while (f(hi) < k).any():
         hi = np.where(f(hi) < k, hi * 2.0, hi)
     for _ in range(80):  # bisection, all layers at once

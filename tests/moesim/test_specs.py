@@ -71,7 +71,7 @@ def test_every_cluster_loads(slug: str) -> None:
     c = load_cluster(slug)
     assert c.slug == slug and c.source
     assert c.num_gpus == c.gpus_per_node * c.num_nodes
-    for i, lv in enumerate(c.levels):
+    for i in range(len(c.levels)):
         eff = np.asarray(c.efficiency(i, np.logspace(2, 9, 50)))
         assert np.all(np.diff(eff) >= 0) and 0 < eff.min() and eff.max() <= 1  # rises with message size
 
