@@ -50,7 +50,6 @@ import json
 import math
 import os
 import queue
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,15 +73,6 @@ META_FILE = "autotune_grid.meta.json"
 # --------------------------------------------------------------------------------------------------------
 # Part 1: device runs
 # --------------------------------------------------------------------------------------------------------
-def _driver_version() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "unknown"
-
-
 def _compile_worker(wid: int, tasks: Any, results: Any, shape: dict, ms: list[int], backend: str) -> None:
     """Spawned process: pull (index, config), launch the kernel once per M so Triton compiles and caches it."""
     try:
@@ -223,34 +213,33 @@ def device_runs(args: argparse.Namespace) -> int:
     if args.shape:
         e, n, k = (int(x) for x in args.shape.split(","))
         SHAPE.update({"model": "custom", "E": e, "N": n, "K": k})
-    import triton
-
-    from kernels import configs as kconfigs
-    from tuner.autotune_kernel import make_problem, make_weights, measure_us, nearest_shipped_file
+    from kernels.timing import versions
+    from moesim.fileio import atomic_write_text
+    from tuner.autotune_kernel import device_label, make_problem, make_weights, measure_us, seed_configs
 
     def log(text: str) -> None:
         print(f"[{time.monotonic() - t_start:6.1f}s] {text}", flush=True)
 
     ms = [int(m) for m in args.ms.split(",")]
-    device = kconfigs.device_name().replace(" ", "_") if backend == "cuda" else "TRITON_INTERPRET"
+    device = device_label(backend)
     props = torch.cuda.get_device_properties(0) if backend == "cuda" else None
     smem_kb, smem_src = kernel_space.smem_limit_kb_for(None, props)
     dtype_bytes = kernel_space.DTYPE_BYTES[SHAPE["dtype"]]
     feasible = kernel_space.feasible_grid(smem_kb, dtype_bytes)
     perm = np.random.default_rng(PERMUTATION_SEED).permutation(len(feasible))
-    log(f"{device}: smem {smem_kb:g} KB/block ({smem_src}); grid 1920, feasible {len(feasible)}")
+    grid_size = len(kernel_space.full_grid())
+    log(f"{device}: smem {smem_kb:g} KB/block ({smem_src}); grid {grid_size}, feasible {len(feasible)}")
 
-    # References first: the vLLM shipped config and our default at each M (timed whatever the sub-grid).
+    # References first: the tuner's seeds at each M, i.e. the vLLM shipped config for the nearest shape and our
+    # default (timed whatever the sub-grid).
     entries: list[dict] = []
     seen: dict[tuple, int] = {}
-    shipped_path = nearest_shipped_file(SHAPE["E"], SHAPE["N"], device, SHAPE["dtype"])
-    shipped = kconfigs.load_configs(str(shipped_path)) if shipped_path else {}
+    vllm_file = None
     for m in ms:
-        refs = [("default", kconfigs.default_config(m, SHAPE["E"], SHAPE["N"], SHAPE["K"]))]
-        if shipped:
-            refs.insert(0, ("vllm", kconfigs.pick_config(shipped, m)))
-        for role, cfg in refs:
-            cfg = kernel_space.normalize_config(cfg)
+        for label, cfg in seed_configs(SHAPE["E"], SHAPE["N"], SHAPE["K"], m, device, SHAPE["dtype"],
+                                       top_k=SHAPE["top_k"]):
+            role, _, file = label.partition(":")  # "vllm:<file>" or "default"
+            vllm_file = file or vllm_file
             key = kernel_space.config_key(cfg)
             if key not in seen:
                 seen[key] = len(entries)
@@ -282,7 +271,7 @@ def device_runs(args: argparse.Namespace) -> int:
         return status.get(index_of[id(target)])
 
     # The sub-grid: longest prefix of the permutation whose configs all finished compiling.
-    grid_entries = [e for e in entries[n_refs:]]
+    grid_entries = entries[n_refs:]
     n_compiled_prefix = 0
     for e in grid_entries:
         if entry_status(e) is None:
@@ -291,13 +280,12 @@ def device_runs(args: argparse.Namespace) -> int:
 
     # Phase 2: timing in this process.
     meta = {
-        "schema": 1, "kind": "fused_moe_grid_meta", "device_name": device, "driver": _driver_version(),
-        "cuda": torch.version.cuda, "backend": backend, "torch": torch.__version__, "triton": triton.__version__,
+        "schema": 1, "kind": "fused_moe_grid_meta", "device_name": device, **versions(), "backend": backend,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **SHAPE, "ms": ms, "routing": "uniform", "smem_limit_kb": smem_kb, "smem_source": smem_src,
-        "grid_size": 1920, "feasible_size": len(feasible), "permutation_seed": PERMUTATION_SEED,
+        "grid_size": grid_size, "feasible_size": len(feasible), "permutation_seed": PERMUTATION_SEED,
         "compile_workers": workers, "compile_wall_s": round(compile_wall, 1),
-        "compiled_prefix": n_compiled_prefix, "references": n_refs, "vllm_file": shipped_path.name if shipped_path else None,
+        "compiled_prefix": n_compiled_prefix, "references": n_refs, "vllm_file": vllm_file,
         "subgrid_definition": (
             "the first `subgrid_size` configs of numpy.random.default_rng(permutation_seed).permutation over the "
             "shared-memory-feasible grid in tuner.kernel_space.feasible_grid order"
@@ -369,9 +357,7 @@ def device_runs(args: argparse.Namespace) -> int:
     meta.update({"subgrid_size": n_timed_grid, "timing_wall_s": round(timing_wall, 1),
                  "warmup": args.warmup, "repeats": args.repeats, "draws": args.draws,
                  "context_lost": context_dead})
-    tmp = out_dir / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, out_dir / META_FILE)
+    atomic_write_text(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
     log(f"wrote {final} ({n_timed_grid} grid configs x {len(ms)} M + {n_refs} references); "
         f"compile {compile_wall:.0f}s, timing {timing_wall:.0f}s")
 
@@ -544,7 +530,8 @@ def run_replay(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="examples:\n  python benchmarks/bench_autotune.py --device-runs --out $OUT\n"
+                                     epilog="examples:\n"
+                                            "  python benchmarks/bench_autotune.py --device-runs --out $OUT\n"
                                             "  python benchmarks/bench_autotune.py --from profiles/measured/"
                                             "NVIDIA_H100_80GB_HBM3/autotune_grid.jsonl")
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -552,10 +539,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--from", dest="from_file", help="replay Optuna on a measured autotune_grid.jsonl")
     parser.add_argument("--out", help="output folder (default profiles/measured/<device>/)")
     parser.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)), help="batch sizes (default 1,64,1024)")
+    # 480 s: one device call is limited to 10 minutes; the rest is left for start-up and writing (a choice).
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="wall-clock budget of --device-runs from start to end of timing (default 480)")
     parser.add_argument("--timing-s-per-config", type=float, default=0.25,
-                        help="estimated timing cost of one config at all M, used to end compiling in time")
+                        help="assumed (not measured) timing cost of one config at all M, used to end compiling "
+                             "in time; the log's timing wall time shows the real one")
     parser.add_argument("--workers", type=int, default=0, help="compile processes (default: CPU count)")
     # kernels.timing.time_cuda_graph captures 10 calls per graph; 5 replays of it (50 calls) per config and M
     # keep a 1248-config grid at 3 batch sizes inside one 10-minute device call.

@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,20 +74,6 @@ def published_latencies(key: str | None) -> dict[int, float]:
                 pairs = re.findall(r'"?(\d+)"?\s*:\s*([\d.]+)', m.group(1))
                 return {int(a): float(b) for a, b in pairs}
     return {}
-
-
-def versions() -> dict[str, str]:
-    import torch
-    import triton
-
-    try:  # the driver version is informative only: never fail the benchmark over it
-        res = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=False)
-        driver = (res.stdout.strip().splitlines() or ["unknown"])[0]
-    except (OSError, subprocess.SubprocessError):
-        driver = "unknown"
-    return {"torch": torch.__version__, "triton": triton.__version__, "cuda": str(torch.version.cuda),
-            "driver": driver}
 
 
 def empty_cache() -> None:
@@ -148,7 +133,7 @@ def run(args: argparse.Namespace, dry: bool = False) -> int:
     from kernels import configs, fused_moe, reference_moe
     from kernels.align import moe_align_block_size
     from kernels.fused_moe import moe_bytes, moe_flops
-    from kernels.timing import time_cuda_events, time_cuda_graph
+    from kernels.timing import time_cuda_events, time_cuda_graph, versions
 
     t_start = time.time()
     dev_name = "DRY_RUN_CPU" if dry else configs.device_name()

@@ -4,7 +4,8 @@ Public API (docs/ARCHITECTURE.md, "Kernels"; docs/KERNELS.md for the tiling and 
 ``fused_moe``, ``reference_moe``, ``moe_align_block_size``, ``apply_capacity``, the config helpers
 (``config_file_name``, ``load_configs``, ``pick_config``, ``tuned_configs``, ``default_config``,
 ``vllm_default_config``, ``save_configs``, ``device_name``)
-and ``time_cuda_graph``. Importing this package needs torch and triton, nothing else beyond the stdlib.
+and ``time_cuda_graph``. Importing this package needs torch, triton and ``moesim`` (capacity semantics, file
+writing, the shipped-config folder).
 """
 
 from kernels.align import moe_align_block_size

@@ -22,9 +22,10 @@ only, never on the routing, so the whole path has no host synchronisation and ca
 
 Two implementations with identical outputs: Triton (used on CUDA) and torch (used on the CPU, and as a
 cross-check). The Triton path is three launches over chunks of CHUNK assignments: count per (chunk, expert);
-one program turning counts into each (chunk, expert)'s first row, the padded totals and the block owners; then a scatter where each assignment's row is its (chunk, expert) start plus its rank among the
-same expert's assignments earlier in the chunk (a cumulative sum over a [CHUNK, E] one-hot). Deterministic:
-every expert's run keeps (token, k) order.
+one program turning counts into each (chunk, expert)'s first row, the padded totals and the block owners; then
+a scatter where each assignment's row is its (chunk, expert) start plus its rank among the same expert's
+assignments earlier in the chunk (a cumulative sum over a [CHUNK, E] one-hot). Deterministic: every expert's
+run keeps (token, k) order.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from moesim.fileio import atomic_write_text
 
 Config = dict[str, int]
 
+
 def reference_dir() -> Path | None:
     """The folder of vLLM's shipped config files (:func:`moesim.specs.vllm_configs_dir`), or None."""
     from moesim.specs import vllm_configs_dir
@@ -162,21 +163,10 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int = 2) -> Config:
     return cfg
 
 
-@functools.lru_cache(maxsize=64)
-def _shipped(E: int, N: int, device: str, dtype: str | None) -> tuple[tuple[int, tuple], ...] | None:
-    folder = reference_dir()
-    if folder is None:
-        return None
-    path = folder / config_file_name(E, N, device, dtype)
-    if not path.is_file():
-        return None
-    return tuple((m, tuple(sorted(c.items()))) for m, c in _load_file(path).items())
-
-
 def shipped_configs(E: int, N: int, device: str | None = None, dtype: str | None = None) -> dict[int, Config] | None:
     """The shipped vLLM file for (E, N, device[, dtype]) as ``{M: config}``, or None."""
-    got = _shipped(E, N, normalize_device_name(device or device_name()), dtype)
-    return None if got is None else {m: dict(c) for m, c in got}
+    folder = reference_dir()
+    return None if folder is None else _read(folder / config_file_name(E, N, device or device_name(), dtype))
 
 
 def config_dirs() -> list[Path]:
@@ -198,11 +188,20 @@ def tuned_configs(E: int, N: int, device: str | None = None, dtype: str | None =
     (vLLM's ``get_moe_configs``)."""
     name = config_file_name(E, N, device or device_name(), dtype, block_shape)
     for folder in config_dirs():
-        path = folder / name
-        if path.is_file():  # looked up on every call (a stat), so a file written later is found
-            got = _load_cached(str(path), path.stat().st_mtime_ns)
-            return {m: dict(c) for m, c in got}
+        got = _read(folder / name)
+        if got is not None:
+            return got
     return None
+
+
+def _read(path: Path) -> dict[int, Config] | None:
+    """``{M: config}`` of one file (a fresh copy), or None when there is no such file.
+
+    Looked up on every call (a stat), so a file written later is found; parsed once per (path, mtime).
+    """
+    if not path.is_file():
+        return None
+    return {m: dict(c) for m, c in _load_cached(str(path), path.stat().st_mtime_ns)}
 
 
 @functools.lru_cache(maxsize=64)

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from kernels.align import moe_align_block_size
+from kernels.capacity import capacity_ids
 
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
 _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
@@ -227,10 +228,7 @@ def fused_moe(
     ids = topk_ids
     partial = expert_map is not None
     if capacity is not None:
-        from kernels.capacity import apply_capacity
-
-        new_ids, keep = apply_capacity(topk_ids, topk_weights, int(capacity), drop_policy, expert_gpu)
-        ids = torch.where(keep, new_ids, torch.full_like(new_ids, -1))
+        ids = capacity_ids(topk_ids, topk_weights, int(capacity), drop_policy, expert_gpu)
         partial = True
     num_a = M * top_k
     bm = cfg["BLOCK_SIZE_M"]

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.capacity import capacity_ids
+
 
 def reference_moe(
     hidden: torch.Tensor,
@@ -36,10 +38,7 @@ def reference_moe(
     N = two_n // 2
     ids = topk_ids.to(torch.int64)
     if capacity is not None:
-        from kernels.capacity import apply_capacity
-
-        new_ids, keep = apply_capacity(topk_ids, topk_weights, int(capacity), drop_policy, expert_gpu)
-        ids = torch.where(keep, new_ids.to(torch.int64), torch.full_like(ids, -1))
+        ids = capacity_ids(topk_ids, topk_weights, int(capacity), drop_policy, expert_gpu).to(torch.int64)
     if expert_map is not None:
         emap = expert_map.to(device=ids.device, dtype=torch.int64)
         ids = torch.where(ids >= 0, emap[ids.clamp(min=0)], torch.full_like(ids, -1))

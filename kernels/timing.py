@@ -5,11 +5,14 @@ Both return the median over ``repeats`` of the time of one call of ``fn``, in mi
 Graph timing: ``warmup`` eager calls (compile, allocator warm-up), then one graph capturing ``launches`` calls
 back to back; each repeat times one replay with events and divides by ``launches``. Many launches per graph
 amortise the replay's own start-up (~a few us) for short kernels.
+
+``versions()`` gives the provenance every measured record carries (docs/ARCHITECTURE.md, "Measured profiles").
 """
 
 from __future__ import annotations
 
 import statistics
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -67,3 +70,19 @@ def time_cuda_events(fn: Callable[[], Any], warmup: int = 3, repeats: int = 20) 
         end.synchronize()
         samples.append(start.elapsed_time(end) * 1000.0)
     return float(statistics.median(samples))
+
+
+def versions() -> dict[str, str]:
+    """``{"torch", "triton", "cuda", "driver"}`` versions of this host, for measured records. The driver comes from
+    ``nvidia-smi`` and is informative only: ``"unknown"`` when it cannot be read, never an error."""
+    import torch
+    import triton
+
+    try:
+        res = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=False)
+        driver = (res.stdout.strip().splitlines() or ["unknown"])[0]
+    except (OSError, subprocess.SubprocessError):
+        driver = "unknown"
+    return {"torch": torch.__version__, "triton": triton.__version__, "cuda": str(torch.version.cuda),
+            "driver": driver}

@@ -432,7 +432,9 @@ def fit_calibration(
         raise _err(source, "records.device_name", f"records from several devices: {', '.join(sorted(names))}")
 
     g = np.asarray(gemm_rows, dtype=np.float64)  # [R, 4]: m, n, k, us
-    peak_flop_us = (float(gpu.fp8_tflops) if dtype == "fp8" else float(gpu.bf16_tflops)) * 1e6
+    from moesim.compute import DEFAULT_LAUNCH_OVERHEAD_US, peak_tflops  # compute imports this module
+
+    peak_flop_us = peak_tflops(gpu, 1 if dtype == "fp8" else 2) * 1e6
     gemm_eff = 2.0 * g[:, 0] * g[:, 1] * g[:, 2] / (peak_flop_us * g[:, 3])
     log2m = np.log2(np.maximum(g[:, 0], 1.0))
     fallback = _bin_medians(log2m, gemm_eff)
@@ -448,8 +450,6 @@ def fit_calibration(
     hbm = _bin_medians(np.log2(np.maximum(c[:, 0], 1.0)), hbm_eff)
 
     if launch_overhead_us is None:
-        from moesim.compute import DEFAULT_LAUNCH_OVERHEAD_US
-
         launch_overhead_us = float(np.median(launch_rows)) if launch_rows else DEFAULT_LAUNCH_OVERHEAD_US
     cal = Calibration(
         device_name=device_name or (names.pop() if names else gpu.name),

@@ -168,7 +168,6 @@ def apply_capacity_counts(
         their new expert), and the number of assignments dropped and rerouted;
         ``kept.sum() + dropped == counts.sum()``.
     """
-    _check_policy(policy, expert_gpu)
     c = np.asarray(counts)
     kept, dropped, rerouted = apply_capacity_counts_batched(c[None, :], capacity, policy, expert_gpu)
     return kept[0], int(dropped[0]), int(rerouted[0])

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # the spec and calibration modules are only needed for type hints here
+from moesim.calibration import MIN_EFFICIENCY
+
+if TYPE_CHECKING:  # the spec module is only needed for type hints here
     from moesim.specs import GPUSpec
 
 # Modelling assumption, not a published figure: a CUDA kernel launch plus its tail costs a few microseconds
@@ -48,21 +50,24 @@ def launch_overhead_us(calibration: Any | None) -> float:
 def gemm_efficiency(
     gpu: GPUSpec, m: np.ndarray, n: int, k: int, calibration: Any | None = None
 ) -> np.ndarray:
-    """Fraction of peak FLOP/s reached by one ``m x n x k`` GEMM (dimensionless, (0, 1])."""
+    """Fraction of peak FLOP/s reached by one ``m x n x k`` GEMM (dimensionless, (0, 1]; a calibration's
+    value is clipped as :class:`moesim.calibration.Curve` clips it, so duck-typed calibrations obey the same
+    bounds)."""
     m = np.asarray(m, dtype=np.float64)
     if calibration is None:
         return np.full(m.shape, float(gpu.gemm_efficiency))
     eff = np.asarray(calibration.gemm_efficiency(np.maximum(m, 1.0), n, k), dtype=np.float64)
-    return np.clip(np.broadcast_to(eff, m.shape), 1e-3, 1.0)
+    return np.clip(np.broadcast_to(eff, m.shape), MIN_EFFICIENCY, 1.0)
 
 
 def hbm_efficiency(gpu: GPUSpec, nbytes: np.ndarray, calibration: Any | None = None) -> np.ndarray:
-    """Fraction of HBM bandwidth reached when streaming ``nbytes`` (dimensionless, (0, 1])."""
+    """Fraction of HBM bandwidth reached when streaming ``nbytes`` (dimensionless, (0, 1]; clipped like
+    :func:`gemm_efficiency`)."""
     nbytes = np.asarray(nbytes, dtype=np.float64)
     if calibration is None:
         return np.full(nbytes.shape, float(gpu.hbm_efficiency))
     eff = np.asarray(calibration.hbm_efficiency(np.maximum(nbytes, 1.0)), dtype=np.float64)
-    return np.clip(np.broadcast_to(eff, nbytes.shape), 1e-3, 1.0)
+    return np.clip(np.broadcast_to(eff, nbytes.shape), MIN_EFFICIENCY, 1.0)
 
 
 def memory_us(gpu: GPUSpec, nbytes: np.ndarray | float, calibration: Any | None = None) -> np.ndarray:

@@ -84,7 +84,8 @@ reverse traffic (in <-> out) with the combine dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -256,13 +257,15 @@ class LinkClasses:
         return self.num_nodes > 1
 
     def efficiency(self, level: int, message_bytes: np.ndarray) -> np.ndarray:
-        msg = np.maximum(np.asarray(message_bytes, dtype=np.float64), 1.0)
-        return np.clip(np.asarray(self.cluster.efficiency(level, msg), dtype=np.float64), 1e-3, 1.0)
+        """The cluster spec's curve (``ClusterSpec.efficiency``; its points are validated to ``(0, 1]``)."""
+        return np.asarray(self.cluster.efficiency(level, message_bytes), dtype=np.float64)
 
 
+@lru_cache(maxsize=64)
 def link_classes(cluster: ClusterSpec) -> LinkClasses:
-    """The all-to-all's link classes: capacities from the topology graph (``moesim.topology.link_classes``,
-    cached per cluster), latencies and efficiency curves from the cluster spec's levels."""
+    """The all-to-all's link classes: capacities from the topology graph (``moesim.topology.link_classes``),
+    latencies and efficiency curves from the cluster spec's levels. Cached per cluster (the simulator's hot
+    path calls it once per ``simulate``)."""
     caps = graph_link_classes(cluster)
     levels = cluster.levels
     multi = caps.num_nodes > 1
@@ -309,37 +312,24 @@ class LinkLoads:
     up_out: np.ndarray | float = 0.0  # per GPU, its leaf's leaf -> spine bytes
 
     def reversed(self) -> LinkLoads:
-        """The combine direction: the same bytes flowing back."""
-        return LinkLoads(
-            self.nvl_out,
-            self.nvl_in,
-            self.nic_out,
-            self.nic_in,
-            self.nvl_msg,
-            self.nic_msg,
-            self.latency_us,
-            self.nvl_own,
-            self.sw_out,
-            self.sw_in,
-            self.up_out,
-            self.up_in,
+        """The combine direction: the same bytes flowing back (every in/out pair swapped)."""
+        return replace(
+            self,
+            nvl_in=self.nvl_out,
+            nvl_out=self.nvl_in,
+            nic_in=self.nic_out,
+            nic_out=self.nic_in,
+            sw_in=self.sw_out,
+            sw_out=self.sw_in,
+            up_in=self.up_out,
+            up_out=self.up_in,
         )
 
     def scaled(self, factor: float) -> LinkLoads:
-        """Loads for another bytes-per-token (combine dtype) or a chunk of the tokens."""
-        return LinkLoads(
-            self.nvl_in * factor,
-            self.nvl_out * factor,
-            self.nic_in * factor,
-            self.nic_out * factor,
-            self.nvl_msg * factor,
-            self.nic_msg * factor,
-            self.latency_us,
-            self.nvl_own * factor,
-            self.sw_in * factor,
-            self.sw_out * factor,
-            self.up_in * factor,
-            self.up_out * factor,
+        """Loads for another bytes-per-token (combine dtype) or a chunk of the tokens: every byte count times
+        ``factor``, the latency unchanged."""
+        return replace(
+            self, **{f.name: getattr(self, f.name) * factor for f in fields(self) if f.name != "latency_us"}
         )
 
     @property

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from moesim.errors import PlacementError
 from moesim.fileio import atomic_write_text
 
 if TYPE_CHECKING:
@@ -51,8 +52,9 @@ if TYPE_CHECKING:
 
 FORMAT = "moesim-placement/1"
 
-# Fraction of HBM not available to routed-expert weights. A planning assumption, not a measured figure:
-# DeepSeek-V3 serving on H800 (80 GB) keeps roughly a quarter of memory for KV cache and activations.
+# Fraction of HBM not available to routed-expert weights. An assumption, not a measured or published figure:
+# a quarter of HBM kept for attention and dense weights, KV cache, activations and communication buffers;
+# pass ``reserve_fraction`` to check a deployment that budgets memory differently.
 DEFAULT_MEMORY_RESERVE = 0.25
 
 _SHARE_ATOL = 1e-6
@@ -89,9 +91,7 @@ class Placement:
 
     def replica_counts(self) -> np.ndarray:
         """[L, E] number of slots holding each logical expert."""
-        layer_off = np.arange(self.num_layers)[:, None] * self.num_experts
-        return np.bincount((layer_off + self.phy2log).ravel(),
-                           minlength=self.num_layers * self.num_experts).reshape(self.num_layers, self.num_experts)
+        return _per_expert_sum(self.phy2log, self.num_experts)
 
     def gpu_loads(self, counts: np.ndarray) -> np.ndarray:
         """[L, G] token-expert assignments each GPU processes, from per-expert ``counts [L, E]``."""
@@ -110,8 +110,6 @@ class Placement:
         """``PlacementError`` unless: shapes agree, ids are in range, every expert of every layer has at least
         one replica, shares lie in (0, 1] and sum to 1 per (layer, expert), and every GPU has the same number of
         slots (implied by ``P = G * S``)."""
-        from moesim.errors import PlacementError
-
         for name in ("num_gpus", "slots_per_gpu", "num_experts"):
             if int(getattr(self, name)) < 1:
                 raise PlacementError(f"{origin}: {name}: must be >= 1, got {getattr(self, name)}")
@@ -128,10 +126,7 @@ class Placement:
                                  f"{int(phy2log.min())}..{int(phy2log.max())}")
         if not np.all(np.isfinite(shares)) or np.any(shares <= 0) or np.any(shares > 1 + _SHARE_ATOL):
             raise PlacementError(f"{origin}: shares: every share must be in (0, 1]")
-        num_layers = phy2log.shape[0]
-        layer_off = np.arange(num_layers)[:, None] * self.num_experts
-        total = np.bincount((layer_off + phy2log).ravel(), weights=shares.ravel(),
-                            minlength=num_layers * self.num_experts).reshape(num_layers, self.num_experts)
+        total = _per_expert_sum(phy2log, self.num_experts, shares)
         bad = np.argwhere(~np.isclose(total, 1.0, atol=_SHARE_ATOL))
         if bad.size:
             row, expert = (int(v) for v in bad[0])
@@ -140,10 +135,18 @@ class Placement:
                                  f"pairs wrong)")
 
 
+def _per_expert_sum(phy2log: np.ndarray, num_experts: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """[L, E] sum over each layer's slots of ``weights [L, P]`` (slot count without weights), by logical expert."""
+    phy2log = np.asarray(phy2log, dtype=np.int64)
+    num_layers = phy2log.shape[0]
+    layer_off = np.arange(num_layers)[:, None] * num_experts
+    total = np.bincount((layer_off + phy2log).ravel(), weights=None if weights is None else np.ravel(weights),
+                        minlength=num_layers * num_experts)
+    return total.reshape(num_layers, num_experts)
+
+
 def slots_per_gpu(num_experts: int, redundant_experts: int, num_gpus: int, origin: str = "placement") -> int:
     """``S = (E + R) / G``; ``PlacementError`` if it does not divide or a slot count is impossible."""
-    from moesim.errors import PlacementError
-
     if redundant_experts < 0:
         raise PlacementError(f"{origin}: redundant_experts: must be >= 0, got {redundant_experts}")
     total = num_experts + redundant_experts
@@ -169,8 +172,6 @@ def check_memory(placement: Placement, model: ModelSpec, gpu: GPUSpec, dtype_byt
     Every MoE layer of the deployed model has ``slots_per_gpu`` slots per GPU, whatever layers the placement
     rows cover, so the weights are ``S * model.num_moe_layers * model.expert_weight_bytes(dtype_bytes)``.
     """
-    from moesim.errors import PlacementError
-
     need = expert_weight_bytes_per_gpu(placement.slots_per_gpu, model.num_moe_layers,
                                        model.expert_weight_bytes(dtype_bytes))
     have = (1.0 - reserve_fraction) * float(gpu.hbm_gb) * 1e9
@@ -183,8 +184,6 @@ def check_memory(placement: Placement, model: ModelSpec, gpu: GPUSpec, dtype_byt
 
 def contiguous(num_experts: int, num_gpus: int, num_layers: int) -> Placement:
     """Megatron's default: GPU g holds experts [g*E/G, (g+1)*E/G). Requires E % G == 0."""
-    from moesim.errors import PlacementError
-
     if num_experts % num_gpus:
         raise PlacementError(
             f"contiguous placement: num_experts {num_experts} is not divisible by {num_gpus} GPUs"
@@ -204,10 +203,8 @@ def contiguous(num_experts: int, num_gpus: int, num_layers: int) -> Placement:
 def even_shares(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
     """[L, P] shares that split each expert's tokens evenly over its replicas (what SGLang and vLLM do)."""
     phy2log = np.asarray(phy2log, dtype=np.int64)
-    num_layers = phy2log.shape[0]
-    layer_off = np.arange(num_layers)[:, None] * num_experts
-    cnt = np.bincount((layer_off + phy2log).ravel(), minlength=num_layers * num_experts)
-    return 1.0 / cnt[layer_off + phy2log]
+    cnt = _per_expert_sum(phy2log, num_experts)
+    return 1.0 / np.take_along_axis(cnt, phy2log, axis=1)
 
 
 # --------------------------------------------------------------------------------------------- file format
@@ -251,37 +248,32 @@ def placement_to_dict(p: Placement) -> dict[str, Any]:
     return doc
 
 
-class _FlowDumper:
-    """YAML dumper factory: slot lists in flow style (one GPU per line), the rest block style."""
+def _flow_dumper() -> Any:
+    """A YAML dumper that writes slot lists in flow style (one GPU per line) and the rest in block style."""
+    import yaml
 
-    @staticmethod
-    def make() -> Any:
-        import yaml
+    class Dumper(yaml.SafeDumper):
+        pass
 
-        class Dumper(yaml.SafeDumper):
-            pass
+    def repr_list(dumper: Any, data: list) -> Any:
+        flow = bool(data) and all(not isinstance(x, dict) for x in data) and not (
+            data and isinstance(data[0], list) and data[0] and isinstance(data[0][0], list))
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 
-        def repr_list(dumper: Any, data: list) -> Any:
-            flow = bool(data) and all(not isinstance(x, dict) for x in data) and not (
-                data and isinstance(data[0], list) and data[0] and isinstance(data[0][0], list))
-            return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-
-        Dumper.add_representer(list, repr_list)
-        return Dumper
+    Dumper.add_representer(list, repr_list)
+    return Dumper
 
 
 def save_placement(p: Placement, path: str | os.PathLike) -> None:
     """Write the native YAML atomically (temp file + rename): a failure leaves nothing half-written."""
     import yaml
 
-    text = yaml.dump(placement_to_dict(p), Dumper=_FlowDumper.make(), sort_keys=False, width=100000)
+    text = yaml.dump(placement_to_dict(p), Dumper=_flow_dumper(), sort_keys=False, width=100000)
     atomic_write_text(path, text)
 
 
 def placement_from_dict(doc: Any, origin: str = "placement") -> Placement:
     """Parse and validate a native document; ``PlacementError`` names ``origin`` and the bad field."""
-    from moesim.errors import PlacementError
-
     if not isinstance(doc, dict):
         raise PlacementError(f"{origin}: not a placement document (expected a mapping)")
     if doc.get("format") != FORMAT:
@@ -336,8 +328,6 @@ def load_placement(path: str | os.PathLike) -> Placement:
     """Read a native placement YAML (``PlacementError`` naming the file on any problem)."""
     import yaml
 
-    from moesim.errors import PlacementError
-
     origin = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -352,8 +342,6 @@ def load_placement(path: str | os.PathLike) -> Placement:
 
 def check_model(p: Placement, model: ModelSpec, origin: str = "placement") -> None:
     """``PlacementError`` if the placement was made for another model (name or expert count)."""
-    from moesim.errors import PlacementError
-
     if p.num_experts != model.num_experts:
         raise PlacementError(f"{origin}: num_experts: {p.num_experts}, but {model.slug} has {model.num_experts}")
     named = p.meta.get("model")

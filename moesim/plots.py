@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from moesim.whatif import PHASES
+
 PHASE_COLORS = {
     "router": "#9467bd",
     "permute": "#8c564b",
@@ -26,7 +28,6 @@ PHASE_COLORS = {
     "attention": "#a6a6a6",
     "dense": "#d4d4d4",
 }
-PHASES = ("router", "permute", "dispatch", "compute", "combine")
 MAX_BARS = 40  # beyond this a bar chart stops being readable: show the best ones and the baseline
 
 
@@ -41,8 +42,8 @@ def _plt() -> Any:
     return plt
 
 
-def _time_unit(max_us: float) -> tuple[str, float]:
-    """Pick µs or ms so the axis numbers stay short."""
+def time_unit_for(max_us: float) -> tuple[str, float]:
+    """µs, or ms from 2000 µs up, so numbers stay short (the report's tables use the same rule)."""
     return ("ms", 1e-3) if max_us >= 2000 else ("µs", 1.0)
 
 
@@ -87,7 +88,7 @@ def plot_latency(records: list[dict], title: str = "Step latency by phase") -> A
                     for r in records])  # [n, 7]
     step = np.array([r["step_latency_us"] for r in records])
     ends = np.maximum(step, seq.sum(axis=1))
-    unit, scale = _time_unit(float(ends.max()))
+    unit, scale = time_unit_for(float(ends.max()))
     fig, ax = plt.subplots(figsize=(11, _bar_height(n)), layout="constrained")
     y = np.arange(n)[::-1]
     left = np.zeros(n)
@@ -157,7 +158,7 @@ def has_capacity_sweep(records: list[dict]) -> bool:
 def plot_capacity(records: list[dict]) -> Any:
     """Step latency vs dropped fraction; one line per drop policy, points labelled with the capacity factor."""
     plt = _plt()
-    unit, scale = _time_unit(max(r["step_latency_us"] for r in records))
+    unit, scale = time_unit_for(max(r["step_latency_us"] for r in records))
     fig, ax = plt.subplots(figsize=(11, 5.0), layout="constrained")
     # probs and position keep the same number of assignments per expert, so their points coincide: draw
     # probs as large hollow circles under position's small squares so both stay visible
@@ -203,7 +204,10 @@ def plot_capacity(records: list[dict]) -> Any:
 def plot_traffic(records: list[dict]) -> Any:
     """Horizontal stacked bars: bytes sent per step on each link class, per scenario."""
     plt = _plt()
-    classes = sorted({c for r in records for c, v in r["traffic_bytes"].items() if v > 0})
+    level = {c: lv for r in records for c, lv in r.get("link_level", {}).items()}
+    # inter-node first, then intra-node; sorted before the data columns are built so labels match the bars
+    classes = sorted({c for r in records for c, v in r["traffic_bytes"].items() if v > 0},
+                     key=lambda c: (level.get(c, ""), c))
     n = len(records)
     data = np.array([[r["traffic_bytes"].get(c, 0.0) for c in classes] for r in records]).reshape(n, -1)
     unit, scale = _bytes_unit(float(data.sum(axis=1).max()) if data.size else 0.0)
@@ -211,8 +215,6 @@ def plot_traffic(records: list[dict]) -> Any:
     y = np.arange(n)[::-1]
     left = np.zeros(n)
     cmap = plt.get_cmap("tab10")
-    level = {c: lv for r in records for c, lv in r.get("link_level", {}).items()}
-    classes.sort(key=lambda c: (level.get(c, ""), c))  # inter-node first, then intra-node
     for j, c in enumerate(classes):
         name = f"{c} ({level[c]})" if c in level else c
         ax.barh(y, data[:, j] * scale, left=left, color=cmap(j % 10), label=name, height=0.7)

@@ -17,17 +17,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from moesim.fileio import atomic_write_bytes
+from moesim.fileio import atomic_write_bytes, atomic_write_text
 from moesim.whatif import PHASES, WhatifRun
 
 SETTING_COLUMNS = (
     "model", "cluster", "trace", "tokens_per_gpu", "placement", "redundant_experts", "capacity_factor",
     "drop_policy", "overlap_chunks", "dispatch_dtype", "combine_dtype", "alltoall", "weight_dtype",
 )
-
-
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 def _short(value: Any) -> str:
@@ -127,8 +123,9 @@ def make_plots(run: WhatifRun) -> list[tuple[str, str, str, bytes]]:
 
 def time_unit(run: WhatifRun) -> tuple[str, float]:
     """One time unit for a whole report (ms when the slowest step is >= 2 ms), so columns compare at a glance."""
-    worst = max(r["step_latency_us"] for r in run.feasible)
-    return ("ms", 1e-3) if worst >= 2000 else ("µs", 1.0)
+    from moesim.plots import time_unit_for
+
+    return time_unit_for(max(r["step_latency_us"] for r in run.feasible))
 
 
 def fmt_us(us: float, unit: tuple[str, float] = ("µs", 1.0)) -> str:
@@ -265,11 +262,11 @@ def render_html(run: WhatifRun, plot_list: list[tuple[str, str, str, bytes]], sc
     gain_cls = "good" if gain > 0 else "bad" if gain < 0 else ""
     obj_fmt = (lambda v: f"{v:,.0f} tok/s/GPU") if not sf.minimize else (lambda v: fmt_us(v, tu))
     cards = [
-        ("baseline", esc(base["name"]), obj_fmt(base[sf.objective]), ""),
-        ("best", esc(best["name"]), obj_fmt(best[sf.objective]), ""),
+        ("baseline", esc(base["name"]), obj_fmt(base[sf.objective])),
+        ("best", esc(best["name"]), obj_fmt(best[sf.objective])),
         ("gain of best over baseline", f"<span class='{gain_cls}'>{fmt_gain(gain)}</span>",
-         "lower latency is better" if sf.minimize else "higher throughput is better", ""),
-        ("scenarios", str(len(run.records)), f"objective: {esc(sf.objective)}", ""),
+         "lower latency is better" if sf.minimize else "higher throughput is better"),
+        ("scenarios", str(len(run.records)), f"objective: {esc(sf.objective)}"),
     ]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -280,13 +277,14 @@ def render_html(run: WhatifRun, plot_list: list[tuple[str, str, str, bytes]], sc
     if sf.description:
         parts.append(f"<p>{esc(sf.description)}</p>")
     parts.append("<div class='cards'>")
-    for k, v, d, _ in cards:
+    for k, v, d in cards:
         parts.append(f"<div class='card'><div class='k'>{esc(k)}</div><div class='v'>{v}</div>"
                      f"<div class='d'>{d}</div></div>")
     parts.append("</div>")
     parts.append("<h2>Results</h2>")
     parts.append(f"<p class='fixed'>Fixed in every scenario: {esc(_fixed_settings(run, varying))}</p>")
-    parts.append("<div class='scroll'><table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>")
+    parts.append("<div class='scroll'><table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head)
+                 + "</tr></thead><tbody>")
     for rec, row in zip(run.records, rows):
         cls = "best" if rec["is_best"] else "base" if rec["is_baseline"] else ""
         tags = "".join(f"<span class='tag {t}'>{t}</span>" for t, on in
@@ -356,7 +354,7 @@ def write_report(run: WhatifRun, out_dir: str | Path, scenario_text: str | None 
     paths: dict[str, Path] = {}
     for stem, _, _, png in plot_list:
         paths[f"plot:{stem}"] = out / "plots" / f"{stem}.png"
-        _atomic_write(paths[f"plot:{stem}"], png)
+        atomic_write_bytes(paths[f"plot:{stem}"], png)
 
     buf = io.StringIO()
     rows = [flat_row(run, r) for r in run.records]
@@ -372,12 +370,12 @@ def write_report(run: WhatifRun, out_dir: str | Path, scenario_text: str | None 
             row[f"traffic_{c}_bytes"] = rec["traffic_bytes"].get(c, 0.0) if "traffic_bytes" in rec else ""
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     paths["csv"] = out / "results.csv"
-    _atomic_write(paths["csv"], buf.getvalue())
+    atomic_write_text(paths["csv"], buf.getvalue())
 
     paths["json"] = out / "results.json"
-    _atomic_write(paths["json"], json.dumps(results_document(run), indent=1, sort_keys=False) + "\n")
+    atomic_write_text(paths["json"], json.dumps(results_document(run), indent=1, sort_keys=False) + "\n")
     paths["md"] = out / "report.md"
-    _atomic_write(paths["md"], render_markdown(run, plot_list))
+    atomic_write_text(paths["md"], render_markdown(run, plot_list))
     paths["html"] = out / "report.html"
-    _atomic_write(paths["html"], render_html(run, plot_list, scenario_text))
+    atomic_write_text(paths["html"], render_html(run, plot_list, scenario_text))
     return paths

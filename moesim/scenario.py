@@ -21,8 +21,9 @@ A scenario file is YAML, loaded with ``yaml.safe_load`` and validated here, in o
 
 With both ``scenarios`` and ``axes`` the sweep is every named variant times the axis product. With neither the
 base alone is evaluated; ``include_base: true`` puts the base first as a scenario named ``base`` (handy when
-the base, e.g. dropless, is not a point of the sweep, e.g. capacity factor x drop policy). The baseline is the scenario named by ``baseline``; without it, the scenario whose
-settings equal the base (if the sweep contains it), else the first one.
+the base, e.g. dropless, is not a point of the sweep, e.g. capacity factor x drop policy). The baseline is the
+scenario named by ``baseline``; without it, the scenario whose settings equal the base (if the sweep contains
+it), else the first one.
 
 Every error is one line, ``FILE: FIELD: PROBLEM`` (``moesim.errors.field_error``).
 """
@@ -65,9 +66,10 @@ _SHORT = {
 class Scenario:
     """One fully specified what-if point. Paths are stored as given; ``resolve`` makes them absolute.
 
-    ``trace`` is a trace file, a shipped trace's slug (``olmoe_c4``) or ``synthetic:SPEC`` with SPEC as in ``moesim.trace.parse_synthetic``
-    (``zipf:1.2``, ``dirichlet:0.3``, ``uniform``). A synthetic trace has ``trace_tokens`` tokens per layer
-    (default: ``min(tokens_per_gpu * num_gpus, 2^18)``, as ``moesim simulate`` draws) with ``trace_seed``.
+    ``trace`` is a trace file, a shipped trace's slug (``olmoe_c4``) or ``synthetic:SPEC`` with SPEC as in
+    ``moesim.trace.parse_synthetic`` (``zipf:1.2``, ``dirichlet:0.3``, ``uniform``). A synthetic trace has
+    ``trace_tokens`` tokens per layer (default: ``min(tokens_per_gpu * num_gpus, 2^18)``, as ``moesim simulate``
+    draws) with ``trace_seed``.
     ``layers`` restricts the step to these model layer indices (None: every layer of the trace).
     """
 
@@ -116,9 +118,9 @@ class Scenario:
                 if not p.is_absolute():
                     # relative to the scenario file, else to the working directory, else to the directory
                     # holding the installed `profiles` package (the shipped examples name profiles/...)
-                    import profiles
+                    from moesim.specs import profiles_dir
 
-                    roots = (base_dir, Path.cwd(), Path(profiles.__file__).resolve().parent.parent)
+                    roots = (base_dir, Path.cwd(), profiles_dir().resolve().parent)
                     found = [(r / p).resolve() for r in roots if (r / p).exists()]
                     p = found[0] if found else (base_dir / p).resolve()
                 return str(p)

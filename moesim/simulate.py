@@ -27,8 +27,7 @@ Everything is vectorised over layers and GPUs: no Python loop over tokens, layer
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,10 +45,10 @@ from moesim.dispatch import (
     link_times_us,
     make_alltoall,
 )
-from moesim.errors import PlacementError, SpecError, field_error
+from moesim.errors import PlacementError, SpecError, TraceError, field_error
 from moesim.overlap import make_overlap
 from moesim.permute import permute_us
-from moesim.placement import Placement
+from moesim.placement import Placement, check_memory, check_model, contiguous
 from moesim.router import router_us
 
 if TYPE_CHECKING:
@@ -77,33 +76,25 @@ class SimOptions:
     check_memory: bool = True  # refuse placements whose expert weights overflow the planner's HBM budget
 
     def validate(self) -> None:
-        """One-line ``SpecError`` naming the bad option."""
-        src = "options"
-        if self.tokens_per_gpu < 1:
-            raise field_error(src, "tokens_per_gpu", f"must be >= 1, got {self.tokens_per_gpu}")
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise field_error(src, "capacity_factor", f"must be > 0, got {self.capacity_factor}")
-        if self.drop_policy not in DROP_POLICIES:
-            raise field_error(
-                src, "drop_policy", f"must be one of {', '.join(DROP_POLICIES)}, got {self.drop_policy!r}"
-            )
-        if self.overlap_chunks < 1:
-            raise field_error(src, "overlap_chunks", f"must be >= 1, got {self.overlap_chunks}")
-        for name in ("dispatch_dtype", "combine_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise field_error(
-                    src, name, f"must be one of {', '.join(DTYPES)}, got {getattr(self, name)!r}"
-                )
-        if self.alltoall not in ALLTOALL:
-            raise field_error(src, "alltoall", f"must be one of {', '.join(ALLTOALL)}, got {self.alltoall!r}")
-        if self.block_size_m < 1:
-            raise field_error(src, "block_size_m", f"must be >= 1, got {self.block_size_m}")
-        if self.weight_dtype not in WEIGHT_DTYPES:
-            raise field_error(
-                src, "weight_dtype", f"must be one of {', '.join(WEIGHT_DTYPES)}, got {self.weight_dtype!r}"
-            )
-        if self.seq_len < 1:
-            raise field_error(src, "seq_len", f"must be >= 1, got {self.seq_len}")
+        """One-line ``SpecError`` naming the first bad option (in field order)."""
+        one_of = {
+            "drop_policy": DROP_POLICIES,
+            "dispatch_dtype": DTYPES,
+            "combine_dtype": DTYPES,
+            "alltoall": ALLTOALL,
+            "weight_dtype": WEIGHT_DTYPES,
+        }
+        for f in fields(self):
+            name, value = f.name, getattr(self, f.name)
+            if name in ("tokens_per_gpu", "overlap_chunks", "block_size_m", "seq_len") and value < 1:
+                problem = f"must be >= 1, got {value}"
+            elif name == "capacity_factor" and value is not None and not value > 0:
+                problem = f"must be > 0, got {value}"
+            elif name in one_of and value not in one_of[name]:
+                problem = f"must be one of {', '.join(one_of[name])}, got {value!r}"
+            else:
+                continue
+            raise field_error("options", name, problem)
 
 
 @dataclass(frozen=True)
@@ -146,15 +137,13 @@ class LayerResult:
         "network_bytes",
         "tail_gpu",
     )
+    PER_GPU_FIELDS = ("gpu_latency_us", "gpu_tokens", "gpu_compute_us", "gpu_dispatch_us", "gpu_combine_us")
 
     def to_dict(self, per_gpu: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {name: _py(getattr(self, name)) for name in self.JSON_FIELDS}
         if per_gpu:
-            out["gpu_latency_us"] = [float(x) for x in self.gpu_latency_us]
-            out["gpu_tokens"] = [float(x) for x in self.gpu_tokens]
-            out["gpu_compute_us"] = [float(x) for x in self.gpu_compute_us]
-            out["gpu_dispatch_us"] = [float(x) for x in self.gpu_dispatch_us]
-            out["gpu_combine_us"] = [float(x) for x in self.gpu_combine_us]
+            for name in self.PER_GPU_FIELDS:
+                out[name] = [float(x) for x in getattr(self, name)]
         return out
 
 
@@ -218,8 +207,6 @@ def default_placement(num_experts: int, num_gpus: int, num_layers: int) -> Place
     - ``E % G != 0`` with ``E > G``: ``S = ceil(E/G)`` slots per GPU, experts in order, the last GPUs' spare
       slots hold share-0 copies (weights but no tokens), i.e. the uneven split vLLM's EP uses.
     """
-    from moesim.placement import contiguous
-
     if num_experts % num_gpus == 0:
         return contiguous(num_experts, num_gpus, num_layers)
     if num_gpus % num_experts == 0:
@@ -296,8 +283,6 @@ def _check_memory(
     """The planner's memory rule (``moesim.placement.check_memory``: routed-expert weights within 75% of HBM),
     so a plan the tuner accepts is one the simulator accepts. ``PlacementError`` for a given placement,
     ``SpecError`` ("cluster too small") for the default one."""
-    from moesim.placement import check_memory
-
     try:
         check_memory(placement, model, cluster.gpu, weight_bytes)
     except PlacementError as exc:
@@ -310,11 +295,6 @@ def _check_memory(
 
 
 # --------------------------------------------------------------------------------------------- core
-@lru_cache(maxsize=64)
-def _links(cluster: ClusterSpec) -> Any:
-    return link_classes(cluster)
-
-
 @dataclass(frozen=True)
 class _Arrays:
     """Per-layer, per-GPU results of the vectorised core."""
@@ -344,7 +324,7 @@ def _simulate_arrays(
 ) -> _Arrays:
     """The vectorised core over L layers (see the module docstring)."""
     gpu = cluster.gpu
-    links = _links(cluster)
+    links = link_classes(cluster)  # cached per cluster
     num_gpus = links.num_gpus
     num_experts, top_k = model.num_experts, model.top_k
     hidden = model.hidden_size
@@ -386,65 +366,56 @@ def _simulate_arrays(
     slot_mass = p_kept[layer_idx, phy2log] * shares  # [L, P] fraction of assignments per slot
     n_group = max(1, int(model.n_group))
     group_size = max(1, num_experts // n_group)
-    slot_group = np.minimum(phy2log // group_size, n_group - 1)
-    group_mass = np.zeros((num_layers, n_group))
-    np.add.at(
-        group_mass,
-        (
-            np.repeat(np.arange(num_layers), num_experts),
-            np.minimum(np.tile(np.arange(num_experts) // group_size, num_layers), n_group - 1),
-        ),
-        p.ravel(),
-    )
+    expert_group = np.minimum(np.arange(num_experts) // group_size, n_group - 1)  # [E]
+    slot_group = expert_group[phy2log]
+    group_mass = np.bincount(
+        (layer_idx * n_group + expert_group).ravel(), weights=p.ravel(), minlength=num_layers * n_group
+    ).reshape(num_layers, n_group)
     group_sel = group_selection(group_mass, int(model.topk_group) if n_group > 1 else 1)
     slot_gpu = np.arange(phy2log.shape[1]) // slots_per_gpu
-    u_gpu = delivery_per_token(
-        slot_mass,
-        shares,
-        slot_gpu,
-        slot_group,
-        num_gpus,
-        group_sel,
-        top_k,
-        num_experts,
-        int(model.topk_group),
-        options.dedup,
-    )
-    if options.alltoall == "hierarchical" and links.multi_node:
-        u_node = delivery_per_token(
+
+    def deliveries(slot_bin: np.ndarray, num_bins: int) -> np.ndarray:
+        return delivery_per_token(
             slot_mass,
             shares,
-            slot_gpu // links.gpus_per_node,
+            slot_bin,
             slot_group,
-            links.num_nodes,
+            num_bins,
             group_sel,
             top_k,
             num_experts,
             int(model.topk_group),
             options.dedup,
         )
+
+    u_gpu = deliveries(slot_gpu, num_gpus)
+    if options.alltoall == "hierarchical" and links.multi_node:
+        u_node = deliveries(slot_gpu // links.gpus_per_node, links.num_nodes)
     else:
         u_node = np.zeros((num_layers, links.num_nodes))
 
     # expert compute
     slot_tokens = (assignments * slot_mass).reshape(num_layers, num_gpus, slots_per_gpu)  # [L, G, S]
     gpu_tokens = slot_tokens.sum(axis=-1)
-    compute_full = fused_moe_us(
-        gpu,
-        slot_tokens,
-        hidden,
-        model.moe_intermediate_size,
-        top_k,
-        wbytes,
-        options.block_size_m,
-        calibration,
-    )
+
+    def routed_us(tokens_per_slot: np.ndarray) -> np.ndarray:
+        return fused_moe_us(
+            gpu,
+            tokens_per_slot,
+            hidden,
+            model.moe_intermediate_size,
+            top_k,
+            wbytes,
+            options.block_size_m,
+            calibration,
+        )
+
     shared_us = 0.0
     if model.num_shared_experts > 0 and model.shared_expert_intermediate_size > 0:
         shared_us = float(
             dense_mlp_us(gpu, tokens, hidden, model.shared_expert_intermediate_size, wbytes, calibration)
         )
-    compute = compute_full + shared_us
+    compute = routed_us(slot_tokens) + shared_us
 
     # router and permute
     router = np.broadcast_to(
@@ -472,19 +443,7 @@ def _simulate_arrays(
     if chunks > 1:
         d1 = link_times_us(links, d_loads.scaled(1.0 / chunks))
         b1 = link_times_us(links, c_loads.scaled(1.0 / chunks))
-        c1 = (
-            fused_moe_us(
-                gpu,
-                slot_tokens / chunks,
-                hidden,
-                model.moe_intermediate_size,
-                top_k,
-                wbytes,
-                options.block_size_m,
-                calibration,
-            )
-            + shared_us / chunks
-        )
+        c1 = routed_us(slot_tokens / chunks) + shared_us / chunks
         body = overlap.total_us(d1, c1, b1)
     else:
         body = overlap.total_us(dispatch, compute, combine)
@@ -606,23 +565,17 @@ def simulate(
         trace.check_model(model, getattr(trace, "source", "") or "trace")
     counts = np.asarray(trace.counts)
     if counts.ndim != 2 or counts.shape[1] != model.num_experts:
-        from moesim.errors import TraceError
-
         raise TraceError(
             f"trace: counts: shape {counts.shape}, expected [layers, {model.num_experts}] for {model.slug}"
         )
     layers = tuple(int(x) for x in trace.layers)
     if np.any(counts.sum(axis=1) <= 0):
-        from moesim.errors import TraceError
-
         raise TraceError("trace: counts: a layer has no assignments")
     num_gpus = int(cluster.num_gpus)
     user_placement = placement is not None
     if placement is None:
         placement = default_placement(model.num_experts, num_gpus, len(layers))
     if user_placement:
-        from moesim.placement import check_model
-
         check_model(placement, model)
     check_placement(placement, model, num_gpus)
     if options.check_memory:
@@ -633,7 +586,7 @@ def simulate(
         model, cluster, counts, phy2log, shares, placement.slots_per_gpu, options, calibration
     )
     layer_results = _layer_results(arrays, list(layers))
-    return _step(model, cluster, options, calibration, layer_results, arrays)
+    return _step(model, cluster, options, calibration, layer_results)
 
 
 def _step(
@@ -642,7 +595,6 @@ def _step(
     options: SimOptions,
     calibration: Any | None,
     layer_results: list[LayerResult],
-    arrays: _Arrays,
 ) -> StepResult:
     gpu = cluster.gpu
     tokens = float(options.tokens_per_gpu)
@@ -713,8 +665,6 @@ def simulate_layer(
     check_placement(pl, model, num_gpus)
     counts = np.asarray(layer_counts, dtype=np.float64).reshape(1, -1)
     if counts.shape[1] != model.num_experts or counts.sum() <= 0:
-        from moesim.errors import TraceError
-
         raise TraceError(f"trace: counts: need {model.num_experts} non-negative counts with a positive sum")
     arrays = _simulate_arrays(
         model, cluster, counts, pl.phy2log, pl.shares, pl.slots_per_gpu, options, calibration
@@ -730,7 +680,7 @@ def step_from_layers(
     calibration: Any | None = None,
 ) -> StepResult:
     """Assemble a step from layer results computed separately (e.g. by :func:`simulate_layer`)."""
-    return _step(model, cluster, options, calibration, list(layer_results), None)  # type: ignore[arg-type]
+    return _step(model, cluster, options, calibration, list(layer_results))
 
 
 __all__ = [

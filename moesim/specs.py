@@ -339,9 +339,12 @@ class _Fields:
             raise self.err(key, f"must be <= {maximum:g}, got {v:g}")
         return v
 
-    def mapping(self, key: str, default: Any = ...) -> _Fields | None:
-        v = self.raw(key, default)
+    def section(self, key: str, required_because: str | None = None) -> _Fields | None:
+        """An optional sub-mapping; ``required_because`` makes it required (the reason goes in the message)."""
+        v = self.raw(key, None)
         if v is None:
+            if required_because:
+                raise self.err(key, f"missing: {required_because}")
             return None
         if not isinstance(v, dict):
             raise self.err(key, f"expected a mapping, got {v!r}")
@@ -546,7 +549,7 @@ def _cluster_from(path: Path) -> ClusterSpec:
     multi = len(levels) == 2 and levels[1].size > 1
 
     nic: NicSpec | None = None
-    nf = f.mapping("nic", None)
+    nf = f.section("nic", "a multi-node cluster needs its NIC layout" if multi else None)
     if nf is not None:
         nic = NicSpec(
             layout=nf.str_("layout", choices=NIC_LAYOUTS),
@@ -563,22 +566,21 @@ def _cluster_from(path: Path) -> ClusterSpec:
                 f"nics_per_node * gpus_per_nic must equal the GPUs per node "
                 f"({levels[0].size}), got {nic.nics_per_node} * {nic.gpus_per_nic}",
             )
-    elif multi:
-        raise f.err("nic", "missing: a multi-node cluster needs its NIC layout")
 
     fabric: FabricSpec | None = None
-    ff = f.mapping("fabric", None)
+    ff = f.section("fabric", "a multi-node cluster needs its fabric" if multi else None)
     if ff is not None:
         fabric = FabricSpec(
             kind=ff.str_("kind", choices=FABRIC_KINDS),
             oversubscription=ff.float_("oversubscription", 1.0, minimum=1.0),
         )
         ff.done(optional=("notes", "nodes_per_leaf"))
-    elif multi:
-        raise f.err("fabric", "missing: a multi-node cluster needs its fabric")
 
     pcie: PcieSpec | None = None
-    pf = f.mapping("pcie", None)
+    pcie_node = levels[0].kind == "pcie"
+    pf = f.section(
+        "pcie", "a PCIe node needs its switch layout (gpus_per_switch, switch_uplink_gb_s)" if pcie_node else None
+    )
     if pf is not None:
         pcie = PcieSpec(
             gpus_per_switch=pf.int_("gpus_per_switch", minimum=1),
@@ -590,10 +592,6 @@ def _cluster_from(path: Path) -> ClusterSpec:
                 "gpus_per_switch",
                 f"must divide the GPUs per node ({levels[0].size}), got {pcie.gpus_per_switch}",
             )
-    if levels[0].kind == "pcie" and pcie is None:
-        raise f.err(
-            "pcie", "missing: a PCIe node needs its switch layout (gpus_per_switch, switch_uplink_gb_s)"
-        )
     f.done(optional=("notes",))
     return ClusterSpec(
         slug=slug, name=name, source=source, gpu=gpu, levels=levels, nic=nic, fabric=fabric, pcie=pcie

@@ -71,10 +71,14 @@ __all__ = ["PCIE_GEN5_X16_GB_S", "LinkClassCapacities", "Topology", "build_topol
 Node = Hashable
 Edge = tuple[Node, Node]
 
-# PCIe Gen5 x16 per direction: 32 GT/s * 16 lanes * 128/130 encoding / 8 bits = 63.0 GB/s. GPU-to-NIC traffic
-# crosses such a link (through a PCIe switch) on DGX-class nodes.
+# PCIe Gen5 x16 per direction, from the PCI-SIG PCIe 5.0 base specification's signalling rate and encoding:
+# 32 GT/s * 16 lanes * 128/130 (128b/130b) / 8 bits = 63.0 GB/s. GPU-to-NIC traffic crosses such a link (through
+# a PCIe switch) on DGX-class nodes (DGX H100: ConnectX-7 on PCIe Gen5).
 PCIE_GEN5_X16_GB_S = 32e9 * 16 * 128 / 130 / 8 / 1e9
-# Modelling assumptions (no published per-hop figure used): NIC PCIe hop and spine hop latencies.
+# Modelling assumptions, no published per-hop figure used: the latencies of the GPU-NIC PCIe hop and of the
+# leaf-spine hop. They only annotate the graph's edges (``latency_ns``) for callers walking paths; no cost in
+# moesim reads them (moesim.dispatch takes per-level latencies from the cluster spec), so their values do not
+# change any prediction. Order of magnitude of a PCIe switch traversal / one switch ASIC hop (sub-microsecond).
 NIC_HOP_NS = 500.0
 SPINE_HOP_NS = 300.0
 

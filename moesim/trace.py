@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moesim.errors import TraceError
-from moesim.fileio import atomic_write
+from moesim.fileio import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:  # specs.py is light, but keep the import graph one-way at runtime too
     from moesim.specs import ModelSpec
@@ -54,7 +54,8 @@ def counts_from_topk(topk_ids: np.ndarray, num_experts: int) -> np.ndarray:
     ids = np.asarray(topk_ids)
     T, L, k = ids.shape
     # offset each layer into its own block of E bins, then one bincount over everything
-    flat = ids.transpose(1, 0, 2).reshape(L, T * k).astype(np.int64) + (np.arange(L, dtype=np.int64) * num_experts)[:, None]
+    layer_off = (np.arange(L, dtype=np.int64) * num_experts)[:, None]
+    flat = ids.transpose(1, 0, 2).reshape(L, T * k).astype(np.int64) + layer_off
     return np.bincount(flat.ravel(), minlength=L * num_experts).reshape(L, num_experts).astype(np.int64)
 
 
@@ -171,12 +172,11 @@ class RoutingTrace:
             tr = tr.astype(np.int64)
             if (tr < 0).any():
                 raise _err(origin, "transitions", "negative count")
-            if L > 1:
-                rows = tr.sum(axis=2)
-                if not np.array_equal(rows, counts[:-1]):
-                    l0 = int(np.nonzero((rows != counts[:-1]).any(axis=1))[0][0])
-                    raise _err(origin, "transitions", f"rows of pair {l0} do not sum to the counts of layer "
-                               f"{self.layers[l0]}")
+            bad = np.nonzero((tr.sum(axis=2) != counts[:-1]).any(axis=1))[0]
+            if bad.size:
+                l0 = int(bad[0])
+                raise _err(origin, "transitions", f"rows of pair {l0} do not sum to the counts of layer "
+                           f"{self.layers[l0]}")
             tr.setflags(write=False)
             set_(self, "transitions", tr)
 
@@ -226,7 +226,8 @@ class RoutingTrace:
         try:
             return self.layers.index(int(model_layer))
         except ValueError:
-            raise _err(self.source or "trace", "layers", f"layer {model_layer} not recorded {list(self.layers)}") from None
+            raise _err(self.source or "trace", "layers",
+                       f"layer {model_layer} not recorded {list(self.layers)}") from None
 
     def load_stats(self) -> dict[str, np.ndarray]:
         """Per-layer load statistics over experts: max, mean, max/mean, coefficient of variation (std/mean)."""
@@ -283,10 +284,6 @@ def _meta(trace: RoutingTrace) -> dict[str, Any]:
             "num_tokens": trace.num_tokens, "source": trace.source}
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    atomic_write(path, write)
-
-
 def save_trace(trace: RoutingTrace, path: str | os.PathLike[str]) -> None:
     """Write ``trace`` in the native format: ``.npz`` (compressed; default) or ``.json`` (by suffix).
 
@@ -299,8 +296,7 @@ def save_trace(trace: RoutingTrace, path: str | os.PathLike[str]) -> None:
         doc["counts"] = trace.counts.tolist()
         doc["transitions"] = None if trace.transitions is None else trace.transitions.tolist()
         doc["topk_ids"] = None if trace.topk_ids is None else trace.topk_ids.tolist()
-        data = json.dumps(doc).encode()
-        _atomic_write(path, lambda fh: fh.write(data))
+        atomic_write_text(path, json.dumps(doc))
         return
     arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
                                      "counts": trace.counts}
@@ -310,7 +306,7 @@ def save_trace(trace: RoutingTrace, path: str | os.PathLike[str]) -> None:
         # uint8 when it fits: 524288 x 58 x 8 ids are 243 MB as int32, 61 MB as uint8
         ids = trace.topk_ids
         arrays["topk_ids"] = ids.astype(np.uint8) if trace.num_experts <= 256 else ids
-    _atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+    atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
 
 
 def trace_from_native(doc: dict[str, Any], origin: str) -> RoutingTrace:
@@ -331,8 +327,8 @@ def trace_from_native(doc: dict[str, Any], origin: str) -> RoutingTrace:
         return RoutingTrace(model=str(doc.get("model", "")), num_experts=E,
                             top_k=k, layers=tuple(int(x) for x in doc["layers"]),
                             counts=np.asarray(doc["counts"], dtype=np.int64), num_tokens=int(doc["num_tokens"]),
-                            transitions=opt("transitions", np.int64, (E, E)), topk_ids=opt("topk_ids", np.int32, (L, k)),
-                            source=str(doc.get("source", "")))
+                            transitions=opt("transitions", np.int64, (E, E)),
+                            topk_ids=opt("topk_ids", np.int32, (L, k)), source=str(doc.get("source", "")))
     except KeyError as e:
         raise _err(origin, str(e.args[0]), "missing") from None
     except (TypeError, ValueError) as e:

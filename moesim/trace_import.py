@@ -47,8 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from moesim.errors import TraceError
-from moesim.trace import RoutingTrace, load_native_npz, trace_from_native
+from moesim.trace import RoutingTrace, _err, load_native_npz, trace_from_native
 
 if TYPE_CHECKING:
     from moesim.specs import ModelSpec
@@ -59,10 +58,6 @@ OLMOE_ATTRIBUTION = ("allenai/OLMoE scripts/routing_output/ (commit 357454f, Apa
 HF_TO_SLUG = {"allenai/olmoe-1b-7b-0924": "olmoe-1b-7b", "mistralai/mixtral-8x7b-v0.1": "mixtral-8x7b"}
 FORMATS = ("native .npz", "native JSON", "OLMoE routing-analysis JSON", "SGLang stat .pt", "SGLang per_token .pt",
            "SGLang .pt dumps (directory)", "vLLM routed_experts .npy (file or directory)")
-
-
-def _err(origin: str, fld: str, problem: str) -> TraceError:
-    return TraceError(f"{origin}: {fld}: {problem}")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ without incumbent) gives a record with ``error`` instead of numbers; the sweep g
 Records are cached under ``cache_dir()`` by a SHA-256 of everything that determines them: the scenario's
 settings, the model and cluster specs (their full contents, whether named by slug or path), the trace file's
 bytes, and the source of the simulator and the placement solvers (so editing the code invalidates the cache).
+Scenarios run without a calibration (the GPU profiles' constants), so calibration files are not part of the key.
 A cached record is bit-identical to a fresh one, so a repeated run is instant and reports the same numbers.
 
 Scenarios run in worker processes (``workers``); cache look-ups happen in the parent first so only misses
@@ -44,6 +45,7 @@ import numpy as np
 from moesim.errors import InfeasibleError, MoesimError, TraceError, field_error
 from moesim.fileio import atomic_write_text
 from moesim.scenario import Scenario, ScenarioFile
+from moesim.synthetic import step_synthetic_tokens
 
 PHASES = ("router", "permute", "dispatch", "compute", "combine")
 CACHE_SCHEMA = 2  # bump when the record layout changes
@@ -64,7 +66,7 @@ def cache_dir() -> Path:
 
 @lru_cache(maxsize=1)
 def _code_hash() -> str:
-    """SHA-256 over the source that computes a record: moesim (minus CLI and reporting), tuner, calibrations."""
+    """SHA-256 over the source that computes a record: moesim (minus CLI and reporting) and tuner."""
     h = hashlib.sha256()
     skip = {"report.py", "plots.py", "scenario.py"}
     files: list[Path] = []
@@ -72,9 +74,6 @@ def _code_hash() -> str:
         root = _REPO_ROOT / pkg
         if root.is_dir():
             files += [p for p in root.rglob("*.py") if "cli" not in p.parts and p.name not in skip]
-    measured = _REPO_ROOT / "profiles" / "measured"
-    if measured.is_dir():
-        files += list(measured.rglob("calibration.json"))
     for p in sorted(files):
         h.update(str(p.relative_to(_REPO_ROOT)).encode())
         h.update(p.read_bytes())
@@ -170,19 +169,16 @@ def _subset_layers(trace: Any, layers: tuple[int, ...], origin: str) -> Any:
                                transitions=transitions, topk_ids=topk_ids)
 
 
-# Synthetic traces are counts-only; like ``moesim simulate``, at most this many tokens are drawn: the sampling
-# noise of a per-expert share is then ~1/sqrt(2^18 * k / E), well below the skew being modelled.
-MAX_SYNTHETIC_TOKENS = 1 << 18
-
-
 def synthetic_tokens(scenario: Scenario, num_gpus: int) -> int:
-    """Tokens per layer drawn for a synthetic trace: ``trace_tokens`` or ``min(T * G, 2^18)``."""
-    return scenario.trace_tokens or min(scenario.tokens_per_gpu * num_gpus, MAX_SYNTHETIC_TOKENS)
+    """Tokens per layer drawn for a synthetic trace: ``trace_tokens`` or, as ``moesim simulate`` draws,
+    ``step_synthetic_tokens(tokens_per_gpu, G)`` = ``min(T * G, 2^18)``."""
+    return scenario.trace_tokens or step_synthetic_tokens(scenario.tokens_per_gpu, num_gpus)
 
 
-# Synthetic traces made in this process, by ``_synthetic_key``. Drawing one costs seconds for a 58-layer model,
-# so a parallel sweep draws each distinct trace once, in the pool, before forking the scenario workers
-# (``run_whatif``), and the workers inherit them. Bounded: a DeepSeek-V3 trace with transitions is ~30 MB.
+# Synthetic traces made in this process, by ``_synthetic_key``. Drawing one for a 58-layer model takes ~0.3 s
+# (DeepSeek-V3, 2^18 tokens, counts only, measured), so a parallel sweep draws each distinct trace once, in the
+# pool, before forking the scenario workers (``run_whatif``), and the workers inherit them. Bounded: a
+# DeepSeek-V3 trace with transitions is 57 x 256 x 256 int64 = 30 MB.
 _TRACES: dict[tuple, Any] = {}
 _TRACES_MAX = 16
 
@@ -215,7 +211,7 @@ def _synthetic(key: tuple) -> Any:
     return _TRACES[key]
 
 
-def build_inputs(scenario: Scenario, origin: str = "<scenario>") -> tuple[Any, Any, Any]:
+def build_inputs(scenario: Scenario) -> tuple[Any, Any, Any]:
     """(model, cluster, trace) for a resolved scenario (paths absolute)."""
     model, cluster = _load_specs(scenario.model, scenario.cluster)
     if scenario.is_synthetic:
@@ -379,7 +375,7 @@ def evaluate_scenario(scenario: Scenario, origin: str = "<scenario>") -> dict:
 
     t0 = time.perf_counter()
     try:
-        model, cluster, trace = build_inputs(scenario, origin)
+        model, cluster, trace = build_inputs(scenario)
     except MoesimError as exc:
         raise type(exc)(f"{origin}: scenario {scenario.name!r}: {exc}") from None
     t1 = time.perf_counter()
@@ -449,7 +445,7 @@ class WhatifRun:
         return (b - x) / b if self.scenario_file.minimize else (x - b) / b
 
 
-def _prepare_traces(scenarios: list[Scenario], workers: int, ctx: Any, origin: str) -> None:
+def _prepare_traces(scenarios: list[Scenario], workers: int, ctx: Any) -> None:
     """Draw the distinct synthetic traces the scenarios need, in parallel, into this process's ``_TRACES``.
 
     Done before the scenario workers fork so each trace is drawn once per sweep rather than once per worker.
@@ -505,7 +501,8 @@ def run_whatif(
     loaded specs are inherited, so a worker starts in milliseconds).
     """
     t0 = time.perf_counter()
-    resolved = [sc.resolve(sf.base_dir) for sc in sf.scenarios]
+    base_dir = sf.base_dir
+    resolved = [sc.resolve(base_dir) for sc in sf.scenarios]
     records: list[dict | None] = [None] * len(resolved)
     keys: list[str | None] = [None] * len(resolved)
     hits = 0
@@ -539,7 +536,7 @@ def run_whatif(
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        _prepare_traces([resolved[i] for i in todo], workers, ctx, sf.path)
+        _prepare_traces([resolved[i] for i in todo], workers, ctx)
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
             futures = {pool.submit(_worker, (resolved[i], sf.path)): i for i in todo}
             try:

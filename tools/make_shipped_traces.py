@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from moesim.trace import load_trace
+from moesim.trace import load_trace, shipped_traces_dir
 from moesim.trace_import import convert_olmoe_analysis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str]) -> int:
     src = Path(argv[0]) if argv else ROOT.parent / "shared" / "data" / "routing" / "olmoe_analysis"
-    dst = Path(argv[1]) if len(argv) > 1 else ROOT / "profiles" / "traces"
+    dst = Path(argv[1]) if len(argv) > 1 else shipped_traces_dir()
     for path in convert_olmoe_analysis(src, dst):
         t = load_trace(path)
         imb = t.load_stats()["max_over_mean"]

@@ -7,14 +7,14 @@ chosen per MoE layer, together with the drop policy.
 
 Search space, per MoE layer l of the trace:
     dropless_l  in {False, True}          (True: no capacity, nothing dropped; factor/policy unused)
-    factor_l    in [1.0, 4.0] continuous  (Megatron's moe_capacity_factor)
-    policy_l    in {probs, position, reroute}
+    factor_l    in [1.0, 4.0] continuous  (Megatron's moe_capacity_factor; below 1.0 even a perfectly balanced
+                                           layer drops; 4.0, four times the mean load, is an assumed upper end)
+    policy_l    in {probs, position, reroute}  (moesim.capacity.DROP_POLICIES)
 Objectives (both minimised), evaluated by the moesim simulator on the trace:
-    step_latency_us  = S_dropless + sum_l (t_l(c_l, p_l) - t_l(dropless))
+    step_latency_us  = the simulator's step with each layer under its own (c_l, p_l)
     dropped_fraction = (1 / L) * sum_l d_l(c_l, p_l)        (share of all T * k assignments dropped)
-where t_l and d_l come from ``moesim.simulate.simulate`` on the one-layer slice of the trace (layers of a forward
-pass run one after another, so per-layer latency differences add up; the non-MoE part cancels in the
-difference), and S_dropless is the simulated step with every layer dropless. Every layer has the same T * k
+Each layer is simulated alone (``moesim.simulate.simulate_layer``) and the step is assembled from the layers by
+``moesim.simulate.step_from_layers`` (see :class:`SimulatorObjective`). Every layer has the same T * k
 assignments, so the unweighted mean is the step's dropped share.
 
 Sampler: Optuna's NSGA-II (``NSGAIISampler``); the all-dropless point is enqueued first, so the front always
@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from moesim.capacity import DROP_POLICIES as POLICIES
 from moesim.errors import InfeasibleError, SpecError
 
-POLICIES: tuple[str, ...] = ("probs", "position", "reroute")
 FACTOR_RANGE: tuple[float, float] = (1.0, 4.0)
 
 

@@ -1,9 +1,10 @@
 """Model-based autotuning of the fused-MoE Triton kernel's config, one Optuna study per batch size.
 
-vLLM and SGLang tune by timing every config of a 1920-config grid at every batch size M (about 44 minutes per
-M for one Mixtral shape on an H100). Here a sampler (multivariate TPE by default, GP selectable) proposes
-configs from the same grid, each proposal is measured, and the study stops after ``trials`` measurements or
-when the best has not improved for ``patience`` of them. The study is seeded (``enqueue_trial``) with the vLLM
+vLLM and SGLang tune by timing every config of a 1920-config grid at every batch size M (2644 s, about 44
+minutes, per M for Mixtral TP2 on an H100: sglang PR #29484, profiles/reference/published_numbers.yaml). Here a
+sampler (multivariate TPE by default, GP selectable) proposes configs from the same grid, each proposal is
+measured, and the study stops after ``trials`` measurements or when the best has not improved for ``patience``
+of them. The study is seeded (``enqueue_trial``) with the vLLM
 config shipped for the nearest shape and with our batch-size default, so it never ends worse than either.
 
 Dimension legend: M tokens in the batch, E experts, N intermediate size per expert (vLLM's N: w1 is [E, 2N, K]),
@@ -36,7 +37,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,6 @@ from moesim.errors import HardwareError, InfeasibleError, SpecError, TraceError
 from tuner import kernel_space
 from tuner.kernel_space import PARAM_CHOICES, PARAM_NAMES, Config
 
-DEFAULT_MS: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -103,9 +103,10 @@ def routing_bank(
                 f"{trace.source or 'trace'}: num_experts/top_k: trace has E={trace.num_experts}, "
                 f"k={trace.top_k}; the kernel shape has E={num_experts}, k={top_k}"
             )
-        li = 0 if layer is None else list(trace.layers).index(layer) if layer in trace.layers else -1
-        if li < 0:
-            raise TraceError(f"{trace.source or 'trace'}: layer: {layer} not recorded (has {list(trace.layers)})")
+        layers = list(trace.layers)
+        if layer is not None and layer not in layers:
+            raise TraceError(f"{trace.source or 'trace'}: layer: {layer} not recorded (has {layers})")
+        li = 0 if layer is None else layers.index(layer)
         if trace.topk_ids is not None:
             rows = np.asarray(trace.topk_ids)[:, li, :]  # [T, k]
             for r in range(draws):
@@ -236,15 +237,6 @@ def measure_us(p: Problem, config: Config, warmup: int = 5, repeats: int = 20) -
 # ----------------------------------------------------------------------------------------------------------
 # Seeds: the vLLM config shipped for the nearest shape, and our batch-size default
 # ----------------------------------------------------------------------------------------------------------
-def _parse_config_name(name: str) -> dict[str, str]:
-    fields = {}
-    for part in name.removesuffix(".json").split(","):
-        if "=" in part:
-            key, value = part.split("=", 1)
-            fields[key] = value
-    return fields
-
-
 def nearest_shipped_file(
     E: int, N: int, device_name: str, dtype: str | None = None, reference_dir: Path | None = None
 ) -> Path | None:
@@ -253,15 +245,15 @@ def nearest_shipped_file(
     distance = |log2 E - log2 E'| + |log2 N - log2 N'|, plus 10 for another device (so any file of the same
     device wins) and plus 10 for another dtype tag (bf16 files carry none; ``dtype=fp8_w8a8`` ones do).
     """
-    from moesim.specs import vllm_configs_dir
+    from kernels import configs as kconfigs
 
-    folder = Path(reference_dir) if reference_dir is not None else vllm_configs_dir()
+    folder = Path(reference_dir) if reference_dir is not None else kconfigs.reference_dir()
     if folder is None or not folder.is_dir():
         return None
-    want_device = device_name.replace(" ", "_")
+    want_device = kconfigs.normalize_device_name(device_name)
     best: tuple[float, str] | None = None
     for path in sorted(folder.glob("E=*,N=*.json")):
-        fields = _parse_config_name(path.name)
+        fields = kconfigs.parse_config_file_name(path.name)
         try:
             e, n = int(fields["E"]), int(fields["N"])
         except (KeyError, ValueError):
@@ -276,10 +268,12 @@ def nearest_shipped_file(
 
 
 def seed_configs(
-    E: int, N: int, K: int, m: int, device_name: str, dtype: str = "bf16", reference_dir: Path | None = None
+    E: int, N: int, K: int, m: int, device_name: str, dtype: str = "bf16", reference_dir: Path | None = None,
+    top_k: int = 2,
 ) -> list[tuple[str, Config]]:
     """[(label, config)]: the vLLM shipped config for the nearest shape at batch size ``m`` (label
-    ``vllm:<file>``) and ``kernels.configs.default_config`` (label ``default``), grid-valid ones only."""
+    ``vllm:<file>``) and ``kernels.configs.default_config`` (label ``default``: what ``fused_moe`` runs without
+    a tuned file, which depends on ``top_k``), grid-valid ones only."""
     from kernels import configs as kconfigs
 
     out: list[tuple[str, Config]] = []
@@ -287,7 +281,7 @@ def seed_configs(
     if path is not None:
         shipped = kconfigs.pick_config(kconfigs.load_configs(str(path)), m)
         out.append((f"vllm:{path.name}", kernel_space.normalize_config(shipped)))
-    out.append(("default", kernel_space.normalize_config(kconfigs.default_config(m, E, N, K))))
+    out.append(("default", kernel_space.normalize_config(kconfigs.default_config(m, E, N, K, top_k))))
     return [(label, cfg) for label, cfg in out if kernel_space.in_grid(cfg)]
 
 
@@ -400,7 +394,10 @@ def tune_loop(
 
     ``evaluate(config) -> median us`` raises on a compile/launch failure (the trial becomes PRUNED+failed).
     ``lock()`` returns a context manager (the study's budget lock); counting and asking happen under it.
-    ``on_trial(frozen_trial, counted)`` is called after every counted trial (progress bars).
+    ``on_trial(frozen_trial, counted)`` is called after every counted trial (progress bars); ``counted`` is the
+    list of counted trials seen before this one was asked for.
+    ``max_pruned_in_row``: consecutive infeasible proposals after which the sampler is taken to be stuck
+    (``stopped_by="exhausted"``); 500 is a choice, about a quarter of the 1920-config grid.
     """
     import contextlib
 
@@ -484,7 +481,10 @@ def _cached_outcome(counted: Sequence[Any], config: Config) -> tuple[float | Non
 
 
 def _wait_for(study: Any, trial_id: int, timeout_s: float = 900.0) -> tuple[float | None, str | None] | None:
-    """Poll until trial ``trial_id`` finishes; its (value, None) or (None, error); None if it never does."""
+    """Poll until trial ``trial_id`` finishes; its (value, None) or (None, error); None if it never does.
+
+    ``timeout_s``: the same 15 minutes after which a RUNNING trial counts as stale (``KernelTuneSpec``).
+    """
     import optuna
 
     deadline = time.monotonic() + timeout_s
@@ -527,15 +527,18 @@ class KernelTuneSpec:
     routing: str = "uniform"        # "uniform" | "dirichlet:ALPHA"
     trace: str | None = None        # path to a moesim trace (overrides routing)
     trace_layer: int | None = None
-    draws: int = 16                 # routings per study (one per timed repeat, cycled)
+    # Timing choices (not measured optima): 16 routing draws cycled through the graph's calls; 5 eager warm-up
+    # calls and the median of 20 graph replays of 10 calls each (kernels.timing.time_cuda_graph's defaults).
+    draws: int = 16
     warmup: int = 5
     repeats: int = 20
     storage: str | None = None      # Optuna storage URL; None = embedded journal file
     gpu: str | None = None          # GPU profile slug for the smem filter
     study_prefix: str = "moesim-kernel"
+    # A RUNNING trial older than this is stale. An assumption: 15 minutes is far longer than one measurement (a
+    # compile and 20 graph replays), so only a dead worker's trial gets that old.
     stale_after_s: float = 900.0
     reference_dir: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def routing_label(self) -> str:
         if self.trace:
@@ -577,7 +580,7 @@ def device_label(backend: str) -> str:
         return "TRITON_INTERPRET"
     from kernels.configs import device_name
 
-    return device_name().replace(" ", "_")
+    return device_name()
 
 
 def _smem_limit(spec: KernelTuneSpec) -> tuple[float, str]:
@@ -706,7 +709,8 @@ def run_worker(spec: KernelTuneSpec, worker: int = 0, progress: Callable[[int, A
                                             "dtype": spec.dtype, "device": device, "M": m,
                                             "routing": spec.routing_label()})
             if not counted_trials(study):
-                enqueue_seeds(study, seed_configs(spec.E, spec.N, spec.K, m, device, spec.dtype, ref_dir))
+                enqueue_seeds(study, seed_configs(spec.E, spec.N, spec.K, m, device, spec.dtype, ref_dir,
+                                                  top_k=spec.top_k))
         problem = make_problem(w1, w2, m, spec.top_k, spec.backend, spec.draws, spec.routing, trace,
                                spec.trace_layer, seed=m)
         evaluate = lambda c, p=problem: measure_us(p, c, spec.warmup, spec.repeats)  # noqa: E731
@@ -753,70 +757,56 @@ def autotune_kernel(spec: KernelTuneSpec, workers: int = 1, save_dir: str | None
         raise SpecError(f"--trials: must be >= 1, got {spec.trials}")
     if workers < 1:
         raise SpecError(f"--workers: must be >= 1, got {workers}")
-    smem_kb, smem_src = _smem_limit(spec)
+    smem_kb, _ = _smem_limit(spec)
     kernel_space.feasible_grid(smem_kb, kernel_space.DTYPE_BYTES.get(spec.dtype, 2))
     device = device_label(spec.backend)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    stopped: dict[int, str] = {}
-    if workers == 1:
-        with Progress(TextColumn("M={task.fields[m]:>5}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
-                      console=console, disable=not show_progress, transient=False) as bar:
-            tasks = {m: bar.add_task("", total=spec.trials, m=m, best="-") for m in spec.ms}
-
-            def progress(m: int, frozen: Any, counted: list[Any]) -> None:
-                study = optuna.load_study(study_name=spec.study_name(device, m), storage=storage)
-                done = counted_trials(study)
-                best, _ = best_so_far(done)
-                bar.update(tasks[m], completed=len(done), best="-" if best is None else f"{best:.1f} us")
-
-            storage = tstorage.open_storage(spec.storage)
-            results = run_worker(spec, 0, progress)
-            for m, res in results.items():
-                stopped[m] = res.stopped_by
-                study = optuna.load_study(study_name=spec.study_name(device, m), storage=storage)
-                best, _ = best_so_far(counted_trials(study))
-                bar.update(tasks[m], completed=spec.trials if res.stopped_by == "trials" else bar.tasks[m].completed,
-                           best="-" if best is None else f"{best:.1f} us")
-    else:
-        gpus = visible_gpus() if spec.backend == "cuda" else []
-        if spec.backend == "cuda" and len(gpus) < workers:
-            raise HardwareError(f"--workers: {workers} workers need {workers} visible GPUs, found {len(gpus)}")
-        ctx = multiprocessing.get_context("spawn")
-        procs = []
-        spec_dict = dict(spec.__dict__)
-        for w in range(workers):
-            proc = ctx.Process(target=_worker_main, args=(spec_dict, w, gpus[w] if gpus else None))
-            proc.start()
-            procs.append(proc)
-        storage = tstorage.open_storage(spec.storage)
-        with Progress(TextColumn("M={task.fields[m]:>5}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
-                      console=console, disable=not show_progress) as bar:
-            tasks = {m: bar.add_task("", total=spec.trials, m=m, best="-") for m in spec.ms}
-            while True:
-                alive = any(p.is_alive() for p in procs)
-                for m in spec.ms:
-                    try:
-                        study = optuna.load_study(study_name=spec.study_name(device, m), storage=storage)
-                    except KeyError:
-                        continue
-                    done = [t for t in counted_trials(study) if t.state != optuna.trial.TrialState.RUNNING]
-                    best, _ = best_so_far(done)
-                    bar.update(tasks[m], completed=len(done), best="-" if best is None else f"{best:.1f} us")
-                if not alive:
-                    break
-                time.sleep(0.5)
-        bad = [p.exitcode for p in procs if p.exitcode != 0]
-        if bad:
-            raise HardwareError(f"autotune kernel: {len(bad)} worker process(es) failed (exit codes {bad})")
-
     storage = tstorage.open_storage(spec.storage)
-    results_out = []
-    for m in spec.ms:
-        study = optuna.load_study(study_name=spec.study_name(device, m), storage=storage)
-        results_out.append(summarize_study(study, m, stopped.get(m, "")))
+
+    def load(m: int) -> Any:
+        return optuna.load_study(study_name=spec.study_name(device, m), storage=storage)
+
+    def show(m: int, finished: Sequence[Any]) -> None:
+        best, _ = best_so_far(finished)
+        bar.update(tasks[m], completed=len(finished), best="-" if best is None else f"{best:.1f} us")
+
+    def refresh() -> None:  # every study's finished counted trials, from storage
+        for m in spec.ms:
+            try:
+                study = load(m)
+            except KeyError:  # no worker has created this study yet
+                continue
+            show(m, [t for t in counted_trials(study) if t.state != optuna.trial.TrialState.RUNNING])
+
+    bar = Progress(TextColumn("M={task.fields[m]:>5}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("best {task.fields[best]}"), TimeElapsedColumn(),
+                   console=console, disable=not show_progress)
+    stopped: dict[int, str] = {}
+    with bar:
+        tasks = {m: bar.add_task("", total=spec.trials, m=m, best="-") for m in spec.ms}
+        if workers == 1:
+            # One worker: the trials counted before this one plus this one are all the study's finished trials.
+            results = run_worker(spec, 0, lambda m, frozen, counted: show(m, [*counted, frozen]))
+            stopped = {m: res.stopped_by for m, res in results.items()}
+        else:
+            gpus = visible_gpus() if spec.backend == "cuda" else []
+            if spec.backend == "cuda" and len(gpus) < workers:
+                raise HardwareError(f"--workers: {workers} workers need {workers} visible GPUs, found {len(gpus)}")
+            ctx = multiprocessing.get_context("spawn")
+            spec_dict = dict(spec.__dict__)
+            procs = [ctx.Process(target=_worker_main, args=(spec_dict, w, gpus[w] if gpus else None))
+                     for w in range(workers)]
+            for proc in procs:
+                proc.start()
+            while any(p.is_alive() for p in procs):
+                refresh()
+                time.sleep(0.5)
+            bad = [p.exitcode for p in procs if p.exitcode != 0]
+            if bad:
+                raise HardwareError(f"autotune kernel: {len(bad)} worker process(es) failed (exit codes {bad})")
+        refresh()
+
+    results_out = [summarize_study(load(m), m, stopped.get(m, "")) for m in spec.ms]
     if save_dir is not None:
         save_results(spec, results_out, save_dir, device)
     return results_out
@@ -827,7 +817,6 @@ def save_results(spec: KernelTuneSpec, results: Sequence[MResult], save_dir: str
     from kernels import configs as kconfigs
 
     folder = Path(save_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     dtype_tag = None if spec.dtype in ("bf16", "fp16") else spec.dtype
     path = folder / kconfigs.config_file_name(spec.E, spec.N, device, dtype_tag)
     merged: dict[int, dict] = {}

@@ -26,9 +26,10 @@ co-location terms are linear in layer l's variables (``Cin[e,g] = sum_i T_(l-1)[
 time is left). With ``hierarchical`` (automatic when ``E * G`` exceeds :data:`FLAT_LIMIT` on several nodes)
 each layer is solved in two stages as in EPLB: experts (with replica counts and shares) to nodes, balancing
 nodes and minimising network crossings; then, per node, its experts to its GPUs (one small MILP per node).
-The time limit is shared out over the layers left (15% of a layer's share to the node stage, the rest to its
-GPU stages); layers it does not reach keep the warm start. Every layer's busiest GPU is capped at the warm
-start's (``M_warm(l)``): a flat solve carries it as a constraint and no solution above it is accepted.
+The time limit is shared out over the layers left (:data:`HIER_NODE_SHARE` of a layer's share to the node
+stage, the rest to its GPU stages); layers it does not reach keep the warm start. Every layer's busiest GPU is
+capped at the warm start's (``M_warm(l)``): a flat solve carries it as a constraint and no solution above it is
+accepted.
 
 Node stage (flat solves on several nodes, :func:`_cluster_start`): coordinate descent leaves experts on their
 node when two layers would have to move together, so before the sweeps replicas are clustered onto nodes by
@@ -74,9 +75,19 @@ from moesim.placement import Placement, slots_per_gpu
 
 SOLVERS = ("cbc", "highs")
 SPLITS = ("continuous", "even")
-FLAT_LIMIT = 4096  # E*G above which a multi-node instance is decomposed hierarchically
+
+# Search and time-budget constants. None of them is measured or taken from a source: they are tuning choices
+# (assumptions), kept because with them the benchmark's goals hold (docs/PLACEMENT.md, "Results"); the
+# reason for each value is beside it.
+FLAT_LIMIT = 4096  # E*G above which a multi-node instance is decomposed hierarchically: OLMoE on 16 GPUs
+#                    (64 * 16 = 1024) stays flat, DeepSeek-V3 on 32 GPUs (256 * 32 = 8192) is split
 MIN_SHARE = 0.01  # smallest share a slot may hold (a slot with no tokens would waste memory)
-NODE_CANDIDATES = 3  # hierarchical: nodes an expert may move to besides where it is
+NODE_CANDIDATES = 3  # hierarchical: nodes an expert may move to besides where it is (keeps the node MILP small)
+HOT_EXPERT_FACTOR = 2.0  # hierarchical: an expert above this many mean slot loads may go to any node (it will
+#                          be replicated, and its replicas should be free to spread)
+HIER_NODE_SHARE = 0.15  # hierarchical: share of a layer's time for its one node MILP; the rest for its N GPU MILPs
+SWEEP_SHARE = 0.95  # share of (time left / layers left) a layer's solve may use; the rest covers the Python work
+MIN_SOLVE_S = 0.2  # no subproblem (nor the node stage) is started with less time left than this
 
 
 @dataclass(frozen=True)
@@ -136,26 +147,32 @@ def share_matrix(phy2log_row: np.ndarray, shares_row: np.ndarray, num_experts: i
     return out
 
 
+def _crossings(T: np.ndarray, a: np.ndarray, b: np.ndarray, num_nodes: int) -> tuple[float, float]:
+    """Transitions ``T [E, E]`` from shares ``a [E, G]`` (one layer) to ``b [E, G]`` (the next) whose two experts
+    sit on different GPUs, and on different nodes: ``sum_ij T_ij (1 - sum_g a_ig b_jg)``, and the same per node."""
+    tot = float(T.sum())
+    E = a.shape[0]
+    an, bn = (m.reshape(E, num_nodes, -1).sum(-1) for m in (a, b))
+    co_gpu = float(np.einsum("ij,ig,jg->", T, a, b))
+    co_node = float(np.einsum("ij,in,jn->", T, an, bn))
+    return max(0.0, tot - co_gpu), max(0.0, tot - co_node)  # rounding can leave -1e-9 on one node
+
+
 def predicted_terms(placement: Placement, counts: np.ndarray, transitions: np.ndarray | None,
                     gpus_per_node: int, cost: CostModel, current: Placement | None = None) -> dict[str, float]:
     """The objective's terms for a whole placement: compute, cross-GPU/node tokens, moved replicas, total us."""
     counts = np.asarray(counts, dtype=np.float64)
-    num_layers, num_experts = counts.shape
-    G, S = placement.num_gpus, placement.slots_per_gpu
-    N = max(1, G // gpus_per_node)
+    num_layers = counts.shape[0]
+    N = max(1, placement.num_gpus // gpus_per_node)
     loads = placement.gpu_loads(counts)
     compute = float(cost.us_per_token * loads.max(axis=1).sum())
     gpu_tok = node_tok = 0.0
     if transitions is not None and num_layers > 1:
-        A = [share_matrix(placement.phy2log[l], placement.shares[l], num_experts, G, S) for l in range(num_layers)]
+        A = placement.expert_gpu_share()  # [L, E, G]
         for l in range(num_layers - 1):
-            T = np.asarray(transitions[l], dtype=np.float64)
-            tot = T.sum()
-            co_gpu = float(np.einsum("ij,ig,jg->", T, A[l], A[l + 1]))
-            An, Bn = (a.reshape(num_experts, N, -1).sum(-1) for a in (A[l], A[l + 1]))
-            co_node = float(np.einsum("ij,in,jn->", T, An, Bn))
-            gpu_tok += max(0.0, tot - co_gpu)  # rounding can leave -1e-9 on one node
-            node_tok += max(0.0, tot - co_node)
+            g_tok, n_tok = _crossings(np.asarray(transitions[l], dtype=np.float64), A[l], A[l + 1], N)
+            gpu_tok += g_tok
+            node_tok += n_tok
     moved = 0.0
     if current is not None:
         moved = float(moved_replicas(placement, current).sum())
@@ -326,6 +343,16 @@ def _solve_sub(sub: _Sub, solver: str, time_limit_s: float, gap_rel: float, thre
     return ys, xs, status, objective, bound
 
 
+def _timed_solve(sub: _Sub, layer: int, stage: str, size: int, solver: str, time_limit_s: float, gap_rel: float,
+                 threads: int, subs: list[SubResult]) -> tuple[np.ndarray | None, np.ndarray | None, SubResult]:
+    """:func:`_solve_sub`, timed and recorded in ``subs`` as a :class:`SubResult` of ``layer`` and ``stage``."""
+    ts = time.perf_counter()
+    y, x, status, obj, bound = _solve_sub(sub, solver, time_limit_s, gap_rel, threads)
+    r = SubResult(layer, stage, status, obj, bound, time.perf_counter() - ts, size)
+    subs.append(r)
+    return y, x, r
+
+
 _CBC_BOUND = re.compile(r"^Lower bound:\s*([-+0-9.eE]+)", re.MULTILINE)
 _CBC_POSSIBLE = re.compile(r"best possible ([-+0-9.eE]+)")
 _CBC_ROOT = re.compile(r"Cuts at root node changed objective from [-+0-9.eE]+ to ([-+0-9.eE]+)")
@@ -458,9 +485,10 @@ def improve_bins(w: np.ndarray, counts: np.ndarray, y: np.ndarray, max_rounds: i
     """Even out a packing ``y [n, B]`` (replicas of weight ``w[e] / counts[e]``) by swapping two replicas in
     different bins: first the swap that most lowers the sum of squared bin loads (a swap of weights ``a`` in bin
     i and ``b`` in bin j changes it by ``2d (load_i - load_j) + 2d^2``, ``d = b - a``), until none does; then
-    swaps out of the busiest bin that lower it. LPT leaves 1-2% on 40 replicas in 8 bins, and CBC often does not
-    improve on it within seconds. A swap never puts two replicas of an expert in one bin unless ``counts[e]``
-    exceeds the bins. Returns ``(y, x)`` as :func:`greedy_bins`."""
+    swaps out of the busiest bin that lower it. On the shipped OLMoE traces (EPLB's node sets on 2 x 8 GPUs: 40
+    replicas into 8 bins of 5, every layer and node) LPT leaves the busiest bin 0.3-4.9% above the mean, this
+    search 0.03-2.3%. A swap never puts two replicas of an expert in one bin unless ``counts[e]`` exceeds the bins.
+    Returns ``(y, x)`` as :func:`greedy_bins`."""
     y = np.array(y, dtype=np.float64, copy=True)
     n, B = y.shape
     wr = np.asarray(w, dtype=np.float64) / np.asarray(counts, dtype=np.float64)  # [n] weight of one replica
@@ -495,14 +523,6 @@ def improve_bins(w: np.ndarray, counts: np.ndarray, y: np.ndarray, max_rounds: i
     return y, y / np.maximum(y.sum(axis=1, keepdims=True), 1)
 
 
-def greedy_counts(w: np.ndarray, total: int) -> np.ndarray:
-    """Replica counts: one each, then extras to the highest load per replica (EPLB's rule)."""
-    k = np.ones(len(w), dtype=np.int64)
-    for _ in range(total - len(w)):
-        k[int(np.argmax(w / k))] += 1
-    return k
-
-
 # --------------------------------------------------------------------------------------------- driver
 def _layer_rows(y: np.ndarray, x: np.ndarray, share_scale: np.ndarray, experts: np.ndarray, slots: int
                 ) -> list[list[tuple[int, float]]]:
@@ -520,15 +540,33 @@ def _layer_rows(y: np.ndarray, x: np.ndarray, share_scale: np.ndarray, experts: 
     return out
 
 
-def _rows_to_arrays(rows: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
+def _rows_to_arrays(rows: list[list[tuple[int, float]]], num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's ``phy2log [P]`` and ``shares [P]`` from per-GPU slot lists, each expert's shares rescaled to sum
+    to 1."""
     phy = np.array([e for gpu in rows for e, _ in gpu], dtype=np.int64)
     sh = np.array([s for gpu in rows for _, s in gpu], dtype=np.float64)
-    return phy, sh
+    return phy, sh / np.bincount(phy, weights=sh, minlength=num_experts)[phy]
 
 
-def _normalise_shares(phy: np.ndarray, sh: np.ndarray, num_experts: int) -> np.ndarray:
-    tot = np.bincount(phy, weights=sh, minlength=num_experts)
-    return sh / tot[phy]
+def _row_max_load(w: np.ndarray, phy: np.ndarray, sh: np.ndarray, slots: int) -> float:
+    """Busiest GPU's tokens in one layer: ``w [E]`` tokens per expert, ``phy``/``sh [P]`` the layer's row."""
+    return float((w[phy] * sh).reshape(-1, slots).sum(axis=1).max())
+
+
+def _node_gpu_sub(iw: np.ndarray, k_items: np.ndarray, gpn: int, S: int, per_bin: int, even: bool, c_tok: float,
+                  *, benefit: np.ndarray | None = None, ycost: np.ndarray | None = None, const: float = 0.0,
+                  load_cap: float | None = None) -> _Sub:
+    """One node's replicas onto its ``gpn`` GPUs of ``S`` slots: items ``iw [n]`` (the node's tokens of each of its
+    experts) with ``k_items [n]`` replicas there, at most ``ceil(k / gpn)`` of one expert on a GPU. The warm start
+    is LPT (:func:`greedy_bins`) when it keeps to those bounds."""
+    n = len(iw)
+    ub = -(-k_items // gpn)
+    g = greedy_bins(iw, k_items, np.full(gpn, S))
+    warm = g if g is not None and np.all(g[0] <= np.minimum(per_bin, ub)[:, None]) else None
+    return _Sub(w=iw, slots=np.full(gpn, S), max_per_bin=per_bin, counts=k_items if even else None, ub=ub,
+                benefit=np.zeros((n, gpn)) if benefit is None else benefit,
+                ycost=np.zeros((n, gpn)) if ycost is None else ycost, c_tok=c_tok, const=const,
+                blocks=[np.arange(gpn)], allowed=np.ones((n, gpn), bool), load_cap=load_cap, warm=warm)
 
 
 def _placement_objective(phy: np.ndarray, sh: np.ndarray, counts: np.ndarray, T: np.ndarray | None, gpn: int,
@@ -537,13 +575,16 @@ def _placement_objective(phy: np.ndarray, sh: np.ndarray, counts: np.ndarray, T:
     return float(predicted_terms(p, counts, T, gpn, cost, current)["objective_us"])
 
 
-# node stage: share of the warm start's GPU-level headroom (busiest GPU minus mean) a node's mean GPU load may
-# use, stepped down for a layer whose replicas then do not pack onto the node's GPUs under the cap
+# Node stage (:func:`_cluster_start`), tuning choices like the constants above (assumptions, not measured):
+# share of the warm start's GPU-level headroom (busiest GPU minus mean) a node's mean GPU load may use. Half leaves
+# the other half to the packing of the node's replicas onto its GPUs; a layer that then does not pack under its cap
+# steps down to a quarter, then to none (node loads as even as the warm start's busiest GPU allows).
 CLUSTER_HEADROOM = (0.5, 0.25, 0.0)
-CLUSTER_RESTARTS = 4  # node stage: annealing runs (seeds 0..3); the one with the fewest crossings is kept
-CLUSTER_STEPS = 1000  # node stage: swaps proposed per slot and layer
-CLUSTER_PACK_S = 1.0  # node stage: most seconds for one node's packing MILP
-CLUSTER_SHARE = 0.2  # node stage: share of the time limit for clustering and packing (and again for repairs)
+CLUSTER_RESTARTS = 4  # annealing runs (seeds 0..3); the one with the fewest crossings is kept
+CLUSTER_STEPS = 1000  # swaps proposed per slot and layer (each slot gets about 2000 chances to move)
+CLUSTER_PACK_S = 1.0  # most seconds for one node's packing MILP
+CLUSTER_SHARE = 0.2  # share of the time limit for clustering and packing (and again, at most, for the repairs);
+#                      the sweeps, which refine every layer with the full objective, keep the rest
 
 
 def _cluster_start(counts: np.ndarray, T: np.ndarray, phy: np.ndarray, sh: np.ndarray, G: int, gpn: int, S: int,
@@ -594,24 +635,17 @@ def _cluster_start(counts: np.ndarray, T: np.ndarray, phy: np.ndarray, sh: np.nd
             for n in range(N):
                 experts_n, kn = np.unique(phy[l][nodes[l] == n], return_counts=True)
                 iw = counts[l, experts_n] * kn / k[experts_n]  # the node's tokens of each of its experts
-                g = greedy_bins(iw, kn, np.full(gpn, S))
-                warm_g = None
-                if g is not None and np.all(g[0] <= np.maximum(1, -(-kn // gpn))[:, None]):
-                    warm_g = improve_bins(iw, kn, g[0])
-                if warm_g is not None and float((iw @ warm_g[1]).max()) <= warm_max[l]:
-                    # the local search already meets the cap: no MILP needed (the sweeps refine the layer)
-                    rows_all += _layer_rows(warm_g[0], warm_g[1], kn / k[experts_n], experts_n, S)
-                    continue
-                sub = _Sub(w=iw, slots=np.full(gpn, S), max_per_bin=S, counts=kn, ub=-(-kn // gpn),
-                           benefit=np.zeros((len(experts_n), gpn)), ycost=np.zeros((len(experts_n), gpn)),
-                           c_tok=cost.us_per_token, const=0.0, blocks=[np.arange(gpn)],
-                           allowed=np.ones((len(experts_n), gpn), bool), load_cap=warm_max[l] * (1 + 1e-9),
-                           warm=warm_g)
-                ts = time.perf_counter()
-                pack_s = min(CLUSTER_PACK_S, max(0.1, (limit_s - (ts - t0)) / max(1, (L - l) * N - n)))
-                y, x, status, obj, bound = _solve_sub(sub, solver, pack_s, gap_rel, threads)
-                subs.append(SubResult(l, f"cluster[{n}]", status, obj, bound, time.perf_counter() - ts,
-                                      len(experts_n) * gpn))
+                sub = _node_gpu_sub(iw, kn, gpn, S, S, True, cost.us_per_token, load_cap=warm_max[l] * (1 + 1e-9))
+                if sub.warm is not None:
+                    sub.warm = improve_bins(iw, kn, sub.warm[0])
+                    if float((iw @ sub.warm[1]).max()) <= warm_max[l]:
+                        # the local search already meets the cap: no MILP needed (the sweeps refine the layer)
+                        rows_all += _layer_rows(sub.warm[0], sub.warm[1], kn / k[experts_n], experts_n, S)
+                        continue
+                pack_left = limit_s - (time.perf_counter() - t0)
+                pack_s = min(CLUSTER_PACK_S, max(0.1, pack_left / max(1, (L - l) * N - n)))
+                y, x, _ = _timed_solve(sub, l, f"cluster[{n}]", len(experts_n) * gpn, solver, pack_s, gap_rel, threads,
+                                       subs)
                 rows = [] if y is None else _layer_rows(y, x, kn / k[experts_n], experts_n, S)
                 if not rows:
                     rows_all = []
@@ -619,9 +653,8 @@ def _cluster_start(counts: np.ndarray, T: np.ndarray, phy: np.ndarray, sh: np.nd
                 rows_all += rows
             if not rows_all:
                 continue
-            p_new, s_new = _rows_to_arrays(rows_all)
-            s_new = _normalise_shares(p_new, s_new, E)
-            if float((counts[l] @ share_matrix(p_new, s_new, E, G, S)).max()) <= warm_max[l] * (1 + 1e-6):
+            p_new, s_new = _rows_to_arrays(rows_all, E)
+            if _row_max_load(counts[l], p_new, s_new, S) <= warm_max[l] * (1 + 1e-6):
                 p_out[l], s_out[l] = p_new, s_new
                 packed[l] = True
         if packed.any():
@@ -690,7 +723,7 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
         held_cur = [held_matrix(current, min(l, current.num_layers - 1)) for l in range(L)]
 
     # busiest GPU of every layer in the warm start: the load cap of every later solve of that layer
-    warm_max = [float((counts[l] @ share_matrix(phy[l], sh[l], E, G, S)).max()) for l in range(L)]
+    warm_max = [_row_max_load(counts[l], phy[l], sh[l], S) for l in range(L)]
 
     def budget_left() -> float:
         return time_limit_s - (time.perf_counter() - t0)
@@ -699,16 +732,11 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
         """t_l with the neighbours' current rows: compute + crossings to both neighbours + moves."""
         a = share_matrix(prow, srow, E, G, S)
         t = c_tok * float((counts[l] @ a).max())
-        an = a.reshape(E, N, gpn).sum(-1)
-        for nb, tr in ((l - 1, None if T is None or l == 0 else T[l - 1].T), (l + 1, None if T is None or
-                                                                              l == L - 1 else T[l])):
-            if tr is None:
-                continue
-            b = share_matrix(phy[nb], sh[nb], E, G, S)
-            bn = b.reshape(E, N, gpn).sum(-1)
-            tot = tr.sum()
-            t += cost.us_per_gpu_token * (tot - float(np.einsum("ij,ig,jg->", tr, a, b)))
-            t += cost.us_per_node_token * (tot - float(np.einsum("ij,in,jn->", tr, an, bn)))
+        if T is not None:
+            for nb, tr in ((l - 1, T[l - 1].T if l > 0 else None), (l + 1, T[l] if l < L - 1 else None)):
+                if tr is not None:
+                    g_tok, n_tok = _crossings(tr, a, share_matrix(phy[nb], sh[nb], E, G, S), N)
+                    t += cost.us_per_gpu_token * g_tok + cost.us_per_node_token * n_tok
         if held_cur is not None:
             t += cost.us_per_moved_replica * float((1.0 - held_cur[l][prow, np.arange(G * S) // S]).sum())
         return t
@@ -716,8 +744,7 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
     def accept(l: int, p_new: np.ndarray, s_new: np.ndarray) -> bool:
         """Coordinate descent never makes a layer worse than its current row (e.g. the warm start), neither
         in predicted time nor in its busiest GPU's load."""
-        new_max = float((counts[l] @ share_matrix(p_new, s_new, E, G, S)).max())
-        if new_max > warm_max[l] * (1 + 1e-6):
+        if _row_max_load(counts[l], p_new, s_new, S) > warm_max[l] * (1 + 1e-6):
             return False
         if layer_cost(l, p_new, s_new) <= layer_cost(l, phy[l], sh[l]) * (1 + 1e-9):
             phy[l], sh[l] = p_new, s_new
@@ -727,31 +754,26 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
     def layer_inputs(l: int) -> tuple[np.ndarray, ...]:
         """Layer l's subproblem data given the neighbours' current rows: ``cin [E, G]`` (co-location benefit of
         expert e's share on GPU g: transitions from the previous layer's experts on g and into the next layer's
-        experts on g), ``tr_mass [E]``, the objective's constant, the current row as ``warm_a``/``warm_y``
-        ``[E, G]``, the replica counts (even split) and the move cost ``ycost [E, G]``."""
-        cin = np.zeros((E, G))
+        experts on g), ``tr_mass [E]`` (transitions into and out of each expert; their sum is the objective's
+        constant), the current row as ``warm_a``/``warm_y`` ``[E, G]`` (shares, replicas), the replica counts
+        (even split) and the move cost ``ycost [E, G]``."""
+        cin, tr_mass = np.zeros((E, G)), np.zeros(E)
         if T is not None and l > 0:
             cin += T[l - 1].T @ share_matrix(phy[l - 1], sh[l - 1], E, G, S)
-        if T is not None and l < L - 1:
-            cin += T[l] @ share_matrix(phy[l + 1], sh[l + 1], E, G, S)
-        tot_tr = (T[l - 1].sum() if T is not None and l > 0 else 0.0) + \
-                 (T[l].sum() if T is not None and l < L - 1 else 0.0)
-        tr_mass = np.zeros(E)  # [E] transitions into and out of each expert of layer l
-        if T is not None and l > 0:
             tr_mass += T[l - 1].sum(axis=0)
         if T is not None and l < L - 1:
+            cin += T[l] @ share_matrix(phy[l + 1], sh[l + 1], E, G, S)
             tr_mass += T[l].sum(axis=1)
         warm_a = share_matrix(phy[l], sh[l], E, G, S)
-        warm_y = np.zeros((E, G))
-        np.add.at(warm_y, (phy[l], np.arange(G * S) // S), 1.0)
+        warm_y = share_matrix(phy[l], np.ones(G * S), E, G, S)
         kcounts = np.bincount(phy[l], minlength=E) if split == "even" else None
         ycost = np.zeros((E, G)) if held_cur is None else cost.us_per_moved_replica * (1.0 - held_cur[l])
-        return cin, tot_tr, tr_mass, warm_a, warm_y, kcounts, ycost
+        return cin, tr_mass, warm_a, warm_y, kcounts, ycost
 
     def flat_step(l: int, sub_limit: float, label: str) -> SubResult:
         """One flat MILP for layer l given its neighbours; its solution replaces the row if :func:`accept`."""
         nonlocal done
-        cin, tot_tr, _, warm_a, warm_y, kcounts, ycost = layer_inputs(l)
+        cin, tr_mass, warm_a, warm_y, kcounts, ycost = layer_inputs(l)
         cin_node = cin.reshape(E, N, gpn).sum(-1)
         benefit = cost.us_per_gpu_token * cin + cost.us_per_node_token * cin_node[:, node_of_gpu]
         per_bin = S if split == "even" else 1
@@ -760,28 +782,91 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
                    # EPLB's packing may put two replicas of one expert on a GPU: allow what the warm
                    # start has, so that it stays feasible
                    ub=None if kcounts is None else np.maximum(-(-kcounts // G), warm_y.max(axis=1).astype(np.int64)),
-                   ycost=ycost, c_tok=c_tok, const=(cost.us_per_gpu_token + cost.us_per_node_token) * tot_tr,
+                   ycost=ycost, c_tok=c_tok,
+                   const=(cost.us_per_gpu_token + cost.us_per_node_token) * float(tr_mass.sum()),
                    blocks=[np.arange(G)], allowed=np.ones((E, G), bool), load_cap=warm_max[l] * (1 + 1e-9),
                    warm=(warm_y, warm_a) if warm_ok else None)
-        ts = time.perf_counter()
-        y, x, status, obj, bound = _solve_sub(sub, solver, sub_limit, gap_rel, threads)
-        r = SubResult(l, "flat", status, obj, bound, time.perf_counter() - ts, E * G)
-        subs.append(r)
+        y, x, r = _timed_solve(sub, l, "flat", E * G, solver, sub_limit, gap_rel, threads, subs)
         done += 1
         if progress:
-            progress(done, total, f"layer {l + 1}/{L} {label}: {status}, gap {r.gap:.2%}")
+            progress(done, total, f"layer {l + 1}/{L} {label}: {r.status}, gap {r.gap:.2%}")
         rows = [] if y is None else _layer_rows(y, x, np.ones(E), np.arange(E), S)
         if rows:
-            p_new, s_new = _rows_to_arrays(rows)
-            accept(l, p_new, _normalise_shares(p_new, s_new, E))
+            accept(l, *_rows_to_arrays(rows, E))
             last[(l, "flat")] = r
         return r
+
+    def hier_step(l: int, sub_limit: float, label: str) -> None:
+        """Layer l in two stages given its neighbours: experts to nodes (one MILP), then per node its experts to
+        its GPUs (one small MILP each); the result replaces the row if :func:`accept`."""
+        nonlocal done
+        cin, tr_mass, warm_a, warm_y, kcounts, ycost = layer_inputs(l)
+        cin_node = cin.reshape(E, N, gpn).sum(-1)
+        # ---- stage 1, experts -> nodes
+        warm_yn = warm_y.reshape(E, N, gpn).sum(-1)
+        warm_an = warm_a.reshape(E, N, gpn).sum(-1)
+        held_node = None if held_cur is None else np.minimum(1.0, held_cur[l].reshape(E, N, gpn).sum(-1))
+        ycost_n = np.zeros((E, N)) if held_node is None else cost.us_per_moved_replica * (1.0 - held_node)
+        node_per_bin = gpn * S if split == "even" else gpn
+        # candidate nodes per expert (keeps the MILP small): where the warm start has it, the NODE_CANDIDATES
+        # nodes with the most co-location benefit, and every node for experts hot enough to need replicas
+        allowed_n = warm_yn > 0
+        top = np.argsort(-cin_node, axis=1, kind="stable")[:, :NODE_CANDIDATES]
+        allowed_n[np.arange(E)[:, None], top] = True
+        allowed_n[counts[l] > HOT_EXPERT_FACTOR * counts[l].sum() / (G * S)] = True
+        sub_n = _Sub(w=counts[l], slots=np.full(N, S * gpn), max_per_bin=node_per_bin, counts=kcounts,
+                     benefit=cost.us_per_node_token * cin_node, ycost=ycost_n, c_tok=c_tok,
+                     gpu_target=float(counts[l].sum()) / G, gpus_per_bin=gpn,
+                     const=cost.us_per_node_token * float(tr_mass.sum()), blocks=[np.arange(N)],
+                     allowed=allowed_n, load_cap=float((counts[l] @ warm_an).max()) * (1 + 1e-9),
+                     warm=(warm_yn, warm_an) if warm_yn.max() <= node_per_bin else None, min_share=0.0)
+        yn, xn, rn = _timed_solve(sub_n, l, "nodes", int(allowed_n.sum()), solver, HIER_NODE_SHARE * sub_limit,
+                                  gap_rel, threads, subs)
+        done += 1
+        if progress:
+            progress(done, total, f"layer {l + 1}/{L} {label} nodes: {rn.status}, gap {rn.gap:.2%}")
+        if yn is None:
+            return
+        # a replica the node stage gave (almost) no tokens still occupies a slot: give it MIN_SHARE
+        xn = np.where(yn > 0.5, np.maximum(xn, MIN_SHARE * yn), 0.0)
+        xn /= xn.sum(axis=1, keepdims=True)
+        # ---- stage 2, per node: its experts -> its GPUs
+        rows_all: list[list[tuple[int, float]]] = []
+        node_results: list[SubResult] = []
+        for n in range(N):
+            experts_n = np.nonzero(yn[:, n] > 0.5)[0]
+            gs = np.arange(n * gpn, (n + 1) * gpn)
+            xs = xn[experts_n, n]  # [n_items] the node's share of each of its experts
+            sub_g = _node_gpu_sub(counts[l, experts_n] * xs, yn[experts_n, n].astype(np.int64), gpn, S,
+                                  S if split == "even" else 1, split == "even", c_tok,
+                                  benefit=cost.us_per_gpu_token * cin[np.ix_(experts_n, gs)] * xs[:, None],
+                                  ycost=ycost[np.ix_(experts_n, gs)],
+                                  const=cost.us_per_gpu_token * float(tr_mass[experts_n] @ xs))
+            node_limit = max(0.05, min((1 - HIER_NODE_SHARE) * sub_limit / N, budget_left() - 0.1))
+            yg, xg, rg = _timed_solve(sub_g, l, f"gpus[{n}]", len(experts_n) * gpn, solver, node_limit, gap_rel,
+                                      threads, subs)
+            node_results.append(rg)
+            rows = [] if yg is None else _layer_rows(yg, xg, xs, experts_n, S)
+            if not rows:
+                rows_all = []
+                break
+            rows_all += rows
+        done += 1
+        if progress:
+            worst = max((r.gap for r in node_results), default=float("nan"))
+            progress(done, total, f"layer {l + 1}/{L} {label} GPUs: worst node gap {worst:.2%}")
+        if not rows_all:
+            return
+        accept(l, *_rows_to_arrays(rows_all, E))
+        last[(l, "nodes")] = rn
+        for n, rg in enumerate(node_results):
+            last[(l, f"gpus[{n}]")] = rg
 
     if cluster is None:
         cluster = not hierarchical and N > 1 and T is not None and L > 1
     clustered = False
-    # the node stage needs a few tenths of a second (annealing, packing) before any sweep can run
-    if cluster and not hierarchical and T is not None and N > 1 and L > 1 and CLUSTER_SHARE * time_limit_s >= 0.2:
+    if cluster and not hierarchical and T is not None and N > 1 and L > 1 and CLUSTER_SHARE * time_limit_s >= \
+            MIN_SOLVE_S:
         def whole(p_: np.ndarray, s_: np.ndarray) -> float:
             return _placement_objective(p_, s_, counts, T, gpn, cost, current, G, S, E)
 
@@ -796,7 +881,7 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
             repair = [l for l in range(L) if not packed[l]]
             total += len(repair)
             for i, l in enumerate(repair):
-                if budget_left() < 0.2:
+                if budget_left() < MIN_SOLVE_S:
                     break
                 flat_step(l, max(0.1, min(0.5 * budget_left(), CLUSTER_SHARE * time_limit_s) / (len(repair) - i)),
                           "node-clustering repair")
@@ -813,92 +898,12 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
     for sweep in range(max(1, sweeps)):
         for l in range(L):
             left = budget_left()
-            if left < 0.2:
+            if left < MIN_SOLVE_S:
                 stopped = True
                 break
             # the time left shared by the layers left in this sweep; a later sweep only uses what remains
-            sub_limit = max(0.1, 0.95 * left / (L - l))
-            if not hierarchical:
-                flat_step(l, sub_limit, f"sweep {sweep + 1}")
-                continue
-            cin, tot_tr, tr_mass, warm_a, warm_y, kcounts, ycost = layer_inputs(l)
-            cin_node = cin.reshape(E, N, gpn).sum(-1)
-
-            # ---- hierarchical: stage 1, experts -> nodes
-            warm_yn = warm_y.reshape(E, N, gpn).sum(-1)
-            warm_an = warm_a.reshape(E, N, gpn).sum(-1)
-            held_node = None if held_cur is None else np.minimum(1.0, held_cur[l].reshape(E, N, gpn).sum(-1))
-            ycost_n = np.zeros((E, N)) if held_node is None else cost.us_per_moved_replica * (1.0 - held_node)
-            node_per_bin = gpn * S if split == "even" else gpn
-            # candidate nodes per expert (keeps the MILP small): where the warm start has it, the NODE_CANDIDATES
-            # nodes with the most co-location benefit, and every node for experts hot enough to need replicas
-            allowed_n = warm_yn > 0
-            top = np.argsort(-cin_node, axis=1, kind="stable")[:, :NODE_CANDIDATES]
-            allowed_n[np.arange(E)[:, None], top] = True
-            allowed_n[counts[l] > 2.0 * counts[l].sum() / (G * S)] = True
-            sub_n = _Sub(w=counts[l], slots=np.full(N, S * gpn), max_per_bin=node_per_bin, counts=kcounts,
-                         benefit=cost.us_per_node_token * cin_node, ycost=ycost_n, c_tok=c_tok,
-                         gpu_target=float(counts[l].sum()) / G, gpus_per_bin=gpn,
-                         const=cost.us_per_node_token * tot_tr, blocks=[np.arange(N)],
-                         allowed=allowed_n, load_cap=float((counts[l] @ warm_an).max()) * (1 + 1e-9),
-                         warm=(warm_yn, warm_an) if warm_yn.max() <= node_per_bin else None, min_share=0.0)
-            ts = time.perf_counter()
-            yn, xn, status, obj, bound = _solve_sub(sub_n, solver, 0.15 * sub_limit, gap_rel, threads)
-            rn = SubResult(l, "nodes", status, obj, bound, time.perf_counter() - ts, int(allowed_n.sum()))
-            subs.append(rn)
-            done += 1
-            if progress:
-                progress(done, total, f"layer {l + 1}/{L} sweep {sweep + 1} nodes: {status}, gap {rn.gap:.2%}")
-            if yn is None:
-                continue
-            # a replica the node stage gave (almost) no tokens still occupies a slot: give it MIN_SHARE
-            xn = np.where(yn > 0.5, np.maximum(xn, MIN_SHARE * yn), 0.0)
-            xn /= xn.sum(axis=1, keepdims=True)
-            # ---- stage 2, per node: its experts -> its GPUs (one small MILP per node)
-            rows_all: list[list[tuple[int, float]]] = []
-            node_results: list[SubResult] = []
-            for n in range(N):
-                experts_n = np.nonzero(yn[:, n] > 0.5)[0]
-                gs = np.arange(n * gpn, (n + 1) * gpn)
-                iw = counts[l, experts_n] * xn[experts_n, n]
-                k_items = yn[experts_n, n].astype(np.int64)
-                per_bin = S if split == "even" else 1
-                g = greedy_bins(iw, k_items, np.full(gpn, S))
-                warm_g = None
-                if g is not None and np.all(g[0] <= np.minimum(per_bin, -(-k_items // gpn))[:, None]):
-                    warm_g = g
-                sub_g = _Sub(w=iw, slots=np.full(gpn, S), max_per_bin=per_bin,
-                             counts=k_items if split == "even" else None, ub=-(-k_items // gpn),
-                             benefit=cost.us_per_gpu_token * cin[np.ix_(experts_n, gs)] * xn[experts_n, n][:, None],
-                             ycost=ycost[np.ix_(experts_n, gs)], c_tok=c_tok,
-                             const=cost.us_per_gpu_token * float(tr_mass[experts_n] @ xn[experts_n, n]),
-                             blocks=[np.arange(gpn)], allowed=np.ones((len(experts_n), gpn), bool), load_cap=None,
-                             warm=warm_g)
-                ts = time.perf_counter()
-                node_limit = max(0.05, min(0.85 * sub_limit / N, budget_left() - 0.1))
-                yg, xg, status, obj, bound = _solve_sub(sub_g, solver, node_limit, gap_rel, threads)
-                rg = SubResult(l, f"gpus[{n}]", status, obj, bound, time.perf_counter() - ts, len(experts_n) * gpn)
-                subs.append(rg)
-                node_results.append(rg)
-                if yg is None:
-                    rows_all = []
-                    break
-                rows = _layer_rows(yg, xg, xn[experts_n, n], experts_n, S)
-                if not rows:
-                    rows_all = []
-                    break
-                rows_all += rows
-            done += 1
-            if progress:
-                worst = max((r.gap for r in node_results), default=float("nan"))
-                progress(done, total, f"layer {l + 1}/{L} sweep {sweep + 1} GPUs: worst node gap {worst:.2%}")
-            if not rows_all:
-                continue
-            p_new, s_new = _rows_to_arrays(rows_all)
-            accept(l, p_new, _normalise_shares(p_new, s_new, E))
-            last[(l, "nodes")] = rn
-            for n, rg in enumerate(node_results):
-                last[(l, f"gpus[{n}]")] = rg
+            sub_limit = max(0.1, SWEEP_SHARE * left / (L - l))
+            (hier_step if hierarchical else flat_step)(l, sub_limit, f"sweep {sweep + 1}")
         if stopped:
             break
 

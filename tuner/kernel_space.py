@@ -11,10 +11,12 @@ memory are removed. Triton's pipeliner keeps ``num_stages`` copies of the A tile
 
     smem_bytes = num_stages * (BLOCK_SIZE_M * BLOCK_SIZE_K + BLOCK_SIZE_K * BLOCK_SIZE_N) * dtype_bytes
 
-must not exceed the per-block opt-in limit of the GPU (``GPUSpec.smem_per_block_kb``; 227 KB on Hopper,
-163 KB on A100). This is an upper bound on what Triton allocates (it may reuse one buffer), so the filter
-only removes configs that certainly fail; a config that passes and still fails to compile or launch is
-recorded as a failed trial by the tuner, never a crash. On an H100 with bf16 the filter keeps 1248 of 1920.
+must not exceed the per-block opt-in limit of the GPU (``GPUSpec.smem_per_block_kb`` from the GPU profile:
+227 KB on Hopper, 163 KB on A100, per NVIDIA's Hopper and Ampere tuning guides, docs/DATA.md). This is an
+upper bound on what Triton allocates (it may reuse one buffer), so the filter only removes configs that
+certainly fail; a config that passes and still fails to compile or launch is recorded as a failed trial by
+the tuner, never a crash. At 227 KB with bf16 the filter keeps 1248 of 1920
+(tests/tuner/test_kernel_space.py).
 
 Public API: ``PARAM_CHOICES``, ``full_grid()``, ``smem_bytes(config, dtype_bytes)``,
 ``is_feasible(config, smem_limit_kb, dtype_bytes)``, ``feasible_grid(smem_limit_kb, dtype_bytes)``,
@@ -42,8 +44,9 @@ PARAM_NAMES: tuple[str, ...] = tuple(PARAM_CHOICES)
 # Bytes per element of the activations/weights the kernel streams through shared memory.
 DTYPE_BYTES: dict[str, float] = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
 
-# Hopper's per-block opt-in shared memory (232448 bytes); used only when no GPU profile says otherwise.
-HOPPER_SMEM_PER_BLOCK_KB = 227.0
+# The GPU profile whose limit applies when neither a profile nor a CUDA device is named (the interpreter
+# backend): the reference GPU of the benchmarks.
+DEFAULT_GPU = "h100-sxm"
 
 Config = dict[str, int]
 
@@ -119,19 +122,12 @@ def feasible_grid(smem_limit_kb: float, dtype_bytes: float = 2) -> list[Config]:
     return grid
 
 
-def space_summary(smem_limit_kb: float, dtype_bytes: float = 2) -> dict[str, object]:
-    """Counts for messages and docs: grid size, feasible size, and the limit used."""
-    total = len(full_grid())
-    feasible = sum(is_feasible(c, smem_limit_kb, dtype_bytes) for c in full_grid())
-    return {"grid": total, "feasible": feasible, "smem_limit_kb": smem_limit_kb, "dtype_bytes": dtype_bytes}
-
-
 def smem_limit_kb_for(gpu_slug: str | None = None, device_props: object | None = None) -> tuple[float, str]:
     """The per-block shared-memory limit to filter with, and where it came from.
 
     Order: the GPU profile named by ``gpu_slug`` (``GPUSpec.smem_per_block_kb``), then the CUDA device's own
     ``shared_memory_per_block_optin`` (bytes) when ``device_props`` (``torch.cuda.get_device_properties``)
-    is given, then Hopper's 227 KB.
+    is given, then the :data:`DEFAULT_GPU` profile.
     """
     if gpu_slug:
         from moesim.specs import load_gpu
@@ -141,7 +137,8 @@ def smem_limit_kb_for(gpu_slug: str | None = None, device_props: object | None =
     optin = getattr(device_props, "shared_memory_per_block_optin", None) if device_props is not None else None
     if optin:
         return float(optin) / 1024, "CUDA device properties"
-    return HOPPER_SMEM_PER_BLOCK_KB, "Hopper default (227 KB)"
+    kb, _ = smem_limit_kb_for(DEFAULT_GPU)
+    return kb, f"GPU profile {DEFAULT_GPU} (default)"
 
 
 def gpu_slug_for_device(device_name: str) -> str | None:
@@ -149,17 +146,11 @@ def gpu_slug_for_device(device_name: str) -> str | None:
 
     Returns None when no shipped profile matches, so callers fall back to the device's own limit.
     """
-    try:
-        from moesim.specs import list_gpus
-    except ImportError:  # specs not present (partial checkout)
-        return None
+    from moesim.specs import list_gpus
+
     name = device_name.lower().replace("_", " ")
-    slugs = list_gpus()
-    candidates = []
-    for slug in slugs:
-        family = slug.split("-")[0]  # "h100-sxm" -> "h100"
-        if family and family in name:
-            candidates.append(slug)
+    # family: "h100-sxm" -> "h100"
+    candidates = [slug for slug in list_gpus() if slug.split("-")[0] in name]
     if not candidates:
         return None
     # Prefer the SXM part when the name does not say PCIe/NVL (H100 80GB HBM3 is the SXM board).

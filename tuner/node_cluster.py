@@ -7,8 +7,9 @@ MoETuner (arXiv 2502.06643) places experts in two stages: first it clusters expe
 other onto the same node, then it balances within nodes. The per-layer MILP of :mod:`tuner.ilp` alone is a
 coordinate descent: every layer is re-solved given its neighbours, so a layer only moves an expert across nodes
 if that pays off *with the neighbours where they are*, and two layers that would both have to move stay put
-(on the shipped OLMoE traces it stops near 17-19% fewer cross-node bytes than EPLB). This stage searches all
-layers at once for the node part only, which is small (a replica's node, not its GPU).
+(on the shipped OLMoE traces on 16 GPUs it stopped at 16.8-20.6% fewer cross-node bytes than EPLB: the
+benchmark run before this stage existed, docs/PLACEMENT.md "Results"). This stage searches all layers at once
+for the node part only, which is small (a replica's node, not its GPU).
 
 The quantity minimised is the cross-node term of the MILP objective (``tuner.ilp`` module docstring)::
 
@@ -70,8 +71,9 @@ def cluster_nodes(counts: np.ndarray, transitions: np.ndarray, phy2log: np.ndarr
         slot_node: ``[L, P]`` starting node of every slot (every node's slot count is kept).
         node_cap: ``[L]`` the load (tokens) a node may reach.
         steps: swaps proposed; temperature: the starting temperature as a fraction of the mean transitions per
-            slot (``T_l.sum() / P``); time_limit_s: stop annealing after this long (the greedy pass that
-            follows stops at twice this).
+            slot (``T_l.sum() / P``); the default 0.05 is a tuning choice (an assumption, not measured): at the
+            start a swap that loses 5% of a slot's mean transitions is taken with probability 1/e;
+            time_limit_s: stop annealing after this long (the greedy pass that follows stops at twice this).
     Returns:
         ``[L, P]`` node of every slot.
     """

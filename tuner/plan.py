@@ -10,7 +10,9 @@ Rows compared (``PlanResult.rows``): ``method``, ``max_mean_load`` (busiest GPU'
 layer), ``cross_gpu_bytes`` / ``cross_node_bytes`` (per step, over the recorded layer pairs: a transition whose
 two experts sit on different GPUs / nodes moves the token's hidden state, dispatch plus combine, bf16),
 ``layer_latency_us`` (mean over the recorded layers of the simulated MoE-layer latency of the tail GPU),
-``solve_s`` and ``gap`` (ILP only).
+``solve_s`` and ``gap`` (ILP only). Rows also carry ``predicted_us`` (the MILP objective of the placement) and
+``mean_gpu_latency_us`` (the same mean over layers of the *mean* GPU's simulated latency, what the placement would
+take with its work spread perfectly evenly; the benchmark's balanced floor), so no caller simulates a plan again.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ if TYPE_CHECKING:
 
 ROW_KEYS = ("method", "max_mean_load", "cross_gpu_bytes", "cross_node_bytes", "layer_latency_us", "solve_s", "gap")
 
-# Replica moves are a one-off cost; spread it over this many steps to compare with per-step time (an assumption:
-# EPLB-style rebalancing runs every few minutes, i.e. thousands of steps).
+# Replica moves are a one-off cost; spread it over this many steps to compare with per-step time. SGLang's
+# dynamic EPLB rebalances every ``--eplb-rebalance-num-iterations`` forward passes, default 1000
+# (``ServerArgs.eplb_rebalance_num_iterations``, python/sglang/srt/server_args.py), so a placement is assumed to
+# stay deployed that long; a longer-lived plan makes moves cheaper (pass ``amortise_steps``).
 DEFAULT_AMORTISE_STEPS = 1000
 
 
@@ -59,7 +63,10 @@ def cost_model(model: ModelSpec, cluster: ClusterSpec, tokens_per_gpu: int, slot
     """Linear coefficients of the MILP objective (see ``tuner.ilp``), in microseconds.
 
     - ``us_per_token`` = d fused_moe_us / d tokens, a central difference at the mean GPU load
-      ``T * k`` spread over ``S`` slots (``moesim.compute.fused_moe_us``, the simulator's own model);
+      ``T * k`` spread over ``S`` slots (``moesim.compute.fused_moe_us``, the simulator's own model). The step,
+      +-10% of the mean, is a choice (an assumption): the roofline is piecewise (``BLOCK_SIZE_M`` padding, the
+      compute/memory kink), and at the default 4096 tokens per GPU 10% of a slot's load (hundreds of tokens)
+      spans several 64-token padding steps, so the slope is the trend, not one step's jump;
     - ``us_per_gpu_token`` = ``2 * hidden * 2 B / (G * intra_bw)``: one crossing's bytes over the aggregate
       intra-node bandwidth (``levels[0].bw_gb_s`` per GPU);
     - ``us_per_node_token`` = the same over the network (``levels[1].bw_gb_s`` per GPU), 0 on one node;
@@ -86,6 +93,16 @@ def cost_model(model: ModelSpec, cluster: ClusterSpec, tokens_per_gpu: int, slot
                      us_per_moved_replica=c_move, bytes_per_token=bpt)
 
 
+def _eplb(model: ModelSpec, cluster: ClusterSpec, counts: np.ndarray, redundant_experts: int, origin: str
+          ) -> Placement:
+    """The EPLB-equivalent placement with the model's expert groups and the cluster's nodes (as SGLang calls
+    EPLB), checked against GPU memory (``PlacementError``)."""
+    p = eplb_placement(counts, int(cluster.num_gpus), redundant_experts, num_groups=max(1, int(model.n_group)),
+                       num_nodes=int(cluster.num_nodes))
+    check_memory(p, model, cluster.gpu, origin=origin)
+    return p
+
+
 @dataclass
 class PlanResult:
     rows: list[dict[str, Any]]
@@ -99,22 +116,22 @@ class PlanResult:
 def evaluate(placement: Placement, model: ModelSpec, cluster: ClusterSpec, trace: RoutingTrace,
              counts: np.ndarray, transitions: np.ndarray | None, cost: CostModel, tokens_per_gpu: int,
              method: str, solve_s: float = 0.0, gap: float | None = None) -> dict[str, Any]:
-    """One comparison row: load balance, traffic bytes, simulated layer latency."""
+    """One comparison row (see the module docstring), from one simulation of ``placement``."""
     from moesim.simulate import SimOptions, simulate
 
     loads = placement.gpu_loads(counts)
     terms = predicted_terms(placement, counts, transitions, int(cluster.gpus_per_node), cost)
     step = simulate(model, cluster, trace, placement, SimOptions(tokens_per_gpu=tokens_per_gpu, check_memory=False))
-    lat = float(np.mean([la.latency_us for la in step.layers]))
     return {
         "method": method,
         "max_mean_load": float((loads.max(axis=1) / loads.mean(axis=1)).max()),
         "cross_gpu_bytes": terms["cross_gpu_tokens"] * cost.bytes_per_token,
         "cross_node_bytes": terms["cross_node_tokens"] * cost.bytes_per_token,
-        "layer_latency_us": lat,
+        "layer_latency_us": float(np.mean([la.latency_us for la in step.layers])),
         "solve_s": float(solve_s),
         "gap": None if gap is None or not np.isfinite(gap) else float(gap),
         "predicted_us": terms["objective_us"],
+        "mean_gpu_latency_us": float(np.mean([np.mean(la.gpu_latency_us) for la in step.layers])),
     }
 
 
@@ -147,10 +164,7 @@ def plan(model: ModelSpec, cluster: ClusterSpec, trace: RoutingTrace, *, redunda
         placements["round-robin"] = round_robin(E, G, L)
     else:
         notes.append(f"contiguous and round-robin need E % G == 0 ({E} experts, {G} GPUs): skipped")
-    n_group = max(1, int(getattr(model, "n_group", 1) or 1))
-    eplb = eplb_placement(counts, G, redundant_experts, num_groups=n_group, num_nodes=int(cluster.num_nodes))
-    placements["eplb"] = eplb
-    check_memory(eplb, model, cluster.gpu, origin="plan")
+    placements["eplb"] = _eplb(model, cluster, counts, redundant_experts, "plan")
 
     if current is not None:
         if current.num_physical != G * S or current.num_experts != E:
@@ -161,10 +175,14 @@ def plan(model: ModelSpec, cluster: ClusterSpec, trace: RoutingTrace, *, redunda
 
     # warm start: the heuristic with the right slot count and the lowest predicted objective
     candidates = {k: p for k, p in placements.items() if p.slots_per_gpu == S}
-    warm_name = min(candidates, key=lambda k: predicted_terms(candidates[k], counts, transitions,
-                                                              int(cluster.gpus_per_node), cost, current)["objective_us"])
+    gpn = int(cluster.gpus_per_node)
+
+    def predicted_us(name: str) -> float:
+        return predicted_terms(candidates[name], counts, transitions, gpn, cost, current)["objective_us"]
+
+    warm_name = min(candidates, key=predicted_us)
     t0 = time.perf_counter()
-    result = solve_ilp(counts, transitions, G, int(cluster.gpus_per_node), redundant_experts, cost,
+    result = solve_ilp(counts, transitions, G, gpn, redundant_experts, cost,
                        warm_start=candidates[warm_name], solver=solver, time_limit_s=time_limit_s, split=split,
                        hierarchical=hierarchical, current=current, sweeps=sweeps, progress=progress)
     solve_s = time.perf_counter() - t0
@@ -175,13 +193,8 @@ def plan(model: ModelSpec, cluster: ClusterSpec, trace: RoutingTrace, *, redunda
         notes.append(f"time limit reached: some layers keep the {warm_name} warm start")
     placements["ilp"] = result.placement
 
-    rows = []
-    for name, p in placements.items():
-        if name == "ilp":
-            rows.append(evaluate(p, model, cluster, trace, counts, transitions, cost, tokens_per_gpu, "ilp",
-                                 solve_s, result.gap))
-        else:
-            rows.append(evaluate(p, model, cluster, trace, counts, transitions, cost, tokens_per_gpu, name))
+    rows = [evaluate(p, model, cluster, trace, counts, transitions, cost, tokens_per_gpu, name,
+                     *((solve_s, result.gap) if name == "ilp" else ())) for name, p in placements.items()]
     ilp_row = rows[-1]
     predicted = {k: ilp_row[k] for k in ROW_KEYS if k != "method"}
     predicted.update({"objective_us": result.objective_us, "status": result.status,
@@ -217,9 +230,7 @@ def place(method: str, model: ModelSpec, cluster: ClusterSpec, trace: RoutingTra
     trace.check_model(model, getattr(trace, "source", "") or "trace")
     S = slots_per_gpu(E, redundant_experts, G, origin="placement")
     counts, transitions = scaled_routing(trace, G, tokens_per_gpu)
-    n_group = max(1, int(getattr(model, "n_group", 1) or 1))
-    eplb = eplb_placement(counts, G, redundant_experts, num_groups=n_group, num_nodes=int(cluster.num_nodes))
-    check_memory(eplb, model, cluster.gpu, origin="placement")
+    eplb = _eplb(model, cluster, counts, redundant_experts, "placement")
     if method == "eplb":
         return eplb
     cost = cost_model(model, cluster, tokens_per_gpu, S)

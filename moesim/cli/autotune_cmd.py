@@ -74,8 +74,9 @@ def register(app: typer.Typer) -> None:
                                         "(default: the first recorded)."),
         routing: str = typer.Option("uniform", "--routing", help="Without --trace: uniform or "
                                     "dirichlet:ALPHA (small ALPHA = skewed)."),
-        warmup: int = typer.Option(5, "--warmup", help="Graph replays before timing."),
-        repeats: int = typer.Option(20, "--repeats", help="Timed graph replays (median; fresh routing each)."),
+        warmup: int = typer.Option(5, "--warmup", help="Eager calls before the CUDA graph is captured."),
+        repeats: int = typer.Option(20, "--repeats", help="Timed graph replays of 10 calls each (median; fresh "
+                                    "routing every call)."),
         storage: str = typer.Option(None, "--storage", help="Optuna storage URL (default: journal file in "
                                     "the cache dir)."),
         workers: int = typer.Option(1, "--workers", help="Worker processes, one per visible GPU, sharing the "

@@ -54,9 +54,11 @@ def plan_cmd(
     time_limit: float = typer.Option(60.0, "--time-limit", help="seconds for the whole MILP solve"),
     current: Path | None = typer.Option(None, "--current", help="placement YAML now deployed (adds a move cost)"),
     hierarchical: bool = typer.Option(False, "--hierarchical", help="experts to nodes first, then to GPUs"),
-    split: str = typer.Option("even", "--split", help="replica shares: even (as SGLang and vLLM dispatch) | continuous"),
+    split: str = typer.Option("even", "--split",
+                              help="replica shares: even (as SGLang and vLLM dispatch) | continuous"),
     tokens_per_gpu: int = typer.Option(4096, "--tokens-per-gpu", help="tokens on each GPU per layer"),
-    sglang: Path | None = typer.Option(None, "--sglang", help="also write SGLang's --init-expert-location file (.json)"),
+    sglang: Path | None = typer.Option(None, "--sglang",
+                                       help="also write SGLang's --init-expert-location file (.json)"),
     as_json: bool = typer.Option(False, "--json", help="print the comparison rows as JSON"),
 ) -> None:
     """Place experts on GPUs (MILP, with replicas) and compare with contiguous, round-robin and EPLB."""
@@ -69,10 +71,11 @@ def plan_cmd(
     from moesim.placement import load_placement, save_placement
     from moesim.specs import load_cluster, load_model
     from moesim.trace import resolve_trace
+    from tuner.ilp import SOLVERS
     from tuner.plan import ROW_KEYS, plan
 
-    if solver not in ("cbc", "highs"):
-        raise SpecError(f"plan: --solver: must be cbc or highs, got {solver!r}")
+    if solver not in SOLVERS:  # checked again by the solver, but only after the baselines: fail before them
+        raise SpecError(f"plan: --solver: must be {' or '.join(SOLVERS)}, got {solver!r}")
     if not time_limit > 0:
         raise SpecError(f"plan: --time-limit: must be > 0, got {time_limit}")
     if not output.parent.exists():

@@ -12,11 +12,6 @@ from moesim.errors import SpecError
 
 EXAMPLE = "moesim simulate --model deepseek-v3 --cluster h100-8x8-ib400 --synthetic zipf:1.2 --json"
 
-# Synthetic traces are counts-only; this many tokens give a routing distribution whose sampling noise is
-# well below the skew being modelled (per-expert relative error ~ 1/sqrt(tokens * k / E)).
-MAX_SYNTHETIC_TOKENS = 1 << 18
-
-
 
 def load_inputs(
     model: str, cluster: str, trace: str | None, synthetic: str | None, tokens_per_gpu: int, seed: int = 0
@@ -24,6 +19,7 @@ def load_inputs(
     """Model, cluster and routing trace as the command line names them."""
     from moesim import trace as tr
     from moesim.specs import load_cluster, load_model
+    from moesim.synthetic import step_synthetic_tokens
 
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster)
@@ -35,7 +31,7 @@ def load_inputs(
         routing.check_model(model_spec, str(path))
     else:
         params = tr.parse_synthetic(synthetic or "zipf:1.2")
-        num_tokens = min(tokens_per_gpu * cluster_spec.num_gpus, MAX_SYNTHETIC_TOKENS)
+        num_tokens = step_synthetic_tokens(tokens_per_gpu, cluster_spec.num_gpus)
         params = dict(params)
         params.setdefault("seed", seed)
         params["with_topk_ids"] = False
@@ -48,11 +44,8 @@ def _bar(step: Any, width: int = 60) -> Any:
     from rich.text import Text
 
     phases = step.phase_us()
-    scale = step.moe_us / phases["latency_us"] if phases["latency_us"] > 0 else 0.0
-    moe_parts = {
-        k: phases[f"{k}_us"] * scale for k in ("router", "permute", "dispatch", "compute", "combine")
-    }
-    # with overlap the MoE phases add up to more than the MoE time: show them in proportion
+    moe_parts = {k: phases[f"{k}_us"] for k in ("router", "permute", "dispatch", "compute", "combine")}
+    # with overlap the MoE phases add up to more than the MoE time: show them in proportion to it
     moe_sum = sum(moe_parts.values())
     if moe_sum > 0:
         moe_parts = {k: v * step.moe_us / moe_sum for k, v in moe_parts.items()}
@@ -184,14 +177,11 @@ def simulate_cmd(
     model_spec, cluster_spec, routing = load_inputs(model, cluster, trace, synthetic, tokens_per_gpu, seed)
     pl = None
     if placement is not None:
-        from moesim import placement as placement_mod
+        from moesim.placement import load_placement
 
-        loader = getattr(placement_mod, "load_placement", None)
-        if loader is None:
-            raise SpecError(f"{placement}: placement: this build cannot read placement files yet")
         if not placement.exists():
             raise SpecError(f"{placement}: placement: no such file")
-        pl = loader(placement)
+        pl = load_placement(placement)
     cal = None
     if calibration is not None:
         from moesim.calibration import load_calibration

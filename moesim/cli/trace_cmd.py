@@ -12,7 +12,10 @@ INSPECT_EXAMPLE = "moesim trace inspect profiles/traces/olmoe_c4.npz --json"
 CONVERT_EXAMPLE = "moesim trace convert expert_distribution_recorder_1.pt dsv3.npz --model deepseek-v3"
 SYNTH_EXAMPLE = "moesim trace synth --model deepseek-v3 --tokens 524288 --skew zipf:1.2 -o dsv3_zipf.npz"
 SUCCESSORS = 8  # "top-8 successors": concentration measure of the issue, independent of the model's top-k
-
+# `trace synth` keeps per-token ids by default up to this many (tokens x layers x top_k). A limit we chose, not a
+# measured one: 5e7 int32 ids are 200 MB, and drawing them at DeepSeek-V3 shape (58 layers, top-8, about 0.27 ms
+# per token measured on a shared 2-core machine, see moesim/synthetic.py) takes about 30 s.
+MAX_DEFAULT_TOPK_IDS = 50_000_000
 
 
 def _load_model(slug: str | None) -> Any:
@@ -134,7 +137,7 @@ def register(app: typer.Typer) -> None:
         affinity: float = typer.Option(None, "--affinity", help="Cross-layer affinity in [0, 1] (default 0)."),
         seed: int = typer.Option(None, "--seed", help="Random seed (default 0)."),
         topk_ids: bool = typer.Option(None, "--topk-ids/--counts-only", help="Keep per-token ids (default: "
-                                      "only when tokens x layers x top_k <= 5e7)."),
+                                      f"only when tokens x layers x top_k <= {MAX_DEFAULT_TOPK_IDS:,})."),
         out: Path = typer.Option(..., "-o", "--output", help="Output .npz (or .json)."),
     ) -> None:
         from moesim.trace import parse_synthetic, save_trace, synthetic_trace
@@ -146,7 +149,7 @@ def register(app: typer.Typer) -> None:
         if seed is not None:
             params["seed"] = seed
         if topk_ids is None:
-            topk_ids = tokens * spec.num_moe_layers * spec.top_k <= 50_000_000
+            topk_ids = tokens * spec.num_moe_layers * spec.top_k <= MAX_DEFAULT_TOPK_IDS
         trace = synthetic_trace(spec, tokens, with_topk_ids=topk_ids, **params)
         save_trace(trace, out)
         print(f"wrote {out}: {trace.source}")

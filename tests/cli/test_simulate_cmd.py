@@ -8,6 +8,10 @@ import sys
 
 import pytest
 
+from moesim.simulate import LayerResult
+
+DSV3 = ("--model", "deepseek-v3", "--cluster", "h100-8x8-ib400")
+
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -21,36 +25,19 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 def test_done_when_command_json() -> None:
     """The issue's done-when command."""
-    proc = run("--model", "deepseek-v3", "--cluster", "h100-8x8-ib400", "--synthetic", "zipf:1.2", "--json")
+    proc = run(*DSV3, "--synthetic", "zipf:1.2", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["step_latency_us"] > 0
     assert 0 < doc["alltoall_share"] < doc["moe_share"] < 1
     assert len(doc["layers"]) == 58
-    keys = {
-        "layer",
-        "latency_us",
-        "router_us",
-        "permute_us",
-        "dispatch_us",
-        "compute_us",
-        "combine_us",
-        "max_gpu_tokens",
-        "mean_gpu_tokens",
-        "dropped_fraction",
-        "nvlink_bytes",
-        "network_bytes",
-    }
-    assert keys <= set(doc["layers"][0])
+    assert set(LayerResult.JSON_FIELDS) <= set(doc["layers"][0])  # the contract keys: tests/moesim/test_simulate.py
     assert doc["layers"][0]["layer"] == 3  # DeepSeek-V3's first MoE layer
 
 
 def test_all_options_and_table() -> None:
     proc = run(
-        "--model",
-        "deepseek-v3",
-        "--cluster",
-        "h100-8x8-ib400",
+        *DSV3,
         "--synthetic",
         "zipf:1.2",
         "--tokens-per-gpu",
@@ -89,36 +76,9 @@ def test_shipped_trace_by_slug() -> None:
     "args,needle",
     [
         (["--model", "nope", "--cluster", "h100-8x8-ib400"], "nope"),
-        (
-            [
-                "--model",
-                "deepseek-v3",
-                "--cluster",
-                "h100-8x8-ib400",
-                "--drop-policy",
-                "random",
-                "--capacity-factor",
-                "1",
-            ],
-            "drop_policy",
-        ),
-        (
-            ["--model", "deepseek-v3", "--cluster", "h100-8x8-ib400", "--trace", "no_such_trace"],
-            "no_such_trace",
-        ),
-        (
-            [
-                "--model",
-                "deepseek-v3",
-                "--cluster",
-                "h100-8x8-ib400",
-                "--synthetic",
-                "zipf:1.2",
-                "--dispatch-dtype",
-                "fp4",
-            ],
-            "dispatch_dtype",
-        ),
+        ([*DSV3, "--drop-policy", "random", "--capacity-factor", "1"], "drop_policy"),
+        ([*DSV3, "--trace", "no_such_trace"], "no_such_trace"),
+        ([*DSV3, "--synthetic", "zipf:1.2", "--dispatch-dtype", "fp4"], "dispatch_dtype"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, needle) -> None:
@@ -138,7 +98,7 @@ def test_trace_for_another_model_exit_2() -> None:
     shipped = sorted((Path(profiles.__file__).parent / "traces").glob("olmoe_*.npz"))
     if not shipped:
         pytest.skip("no shipped OLMoE trace yet")
-    proc = run("--model", "deepseek-v3", "--cluster", "h100-8x8-ib400", "--trace", str(shipped[0]))
+    proc = run(*DSV3, "--trace", str(shipped[0]))
     assert proc.returncode == 2
     assert proc.stderr.startswith("moesim: error:")
 

@@ -52,8 +52,9 @@ def test_align_expert_map_and_dropped_ids(device, method):
     check_contract(ids, B, 3, emap, out)
     sorted_ids = out[0].cpu()
     real = sorted_ids[sorted_ids < M * k].long()
-    assert set(real.tolist()) == set(torch.nonzero((ids.reshape(-1) >= 0)
-                                                   & (emap[ids.reshape(-1).clamp(min=0).long()] >= 0)).flatten().tolist())
+    flat = ids.reshape(-1)
+    held = (flat >= 0) & (emap[flat.clamp(min=0).long()] >= 0)
+    assert set(real.tolist()) == set(torch.nonzero(held).flatten().tolist())
 
 
 def test_triton_equals_torch_skewed(device):

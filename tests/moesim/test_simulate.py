@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 from moesim.errors import PlacementError, SpecError, TraceError
 from moesim.placement import Placement, contiguous
-from moesim.simulate import SimOptions, default_placement, simulate, simulate_layer
+from moesim.simulate import LayerResult, SimOptions, default_placement, simulate, simulate_layer
 
-JSON_LAYER_KEYS = {
+# The per-layer JSON contract, spelled out on purpose: a test that only read LayerResult.JSON_FIELDS could
+# not notice a contract key dropped from it. Other tests (tests/cli) use LayerResult.JSON_FIELDS.
+CONTRACT_LAYER_KEYS = {
     "layer",
     "latency_us",
     "router_us",
@@ -70,8 +72,9 @@ def test_json_contract(dsv3, cluster, zipf_trace) -> None:
     for key in ("step_latency_us", "moe_share", "alltoall_share", "layers"):
         assert key in doc
     assert len(doc["layers"]) == len(zipf_trace.layers)
+    assert CONTRACT_LAYER_KEYS <= set(LayerResult.JSON_FIELDS)
     for layer in doc["layers"]:
-        assert JSON_LAYER_KEYS <= set(layer)
+        assert set(LayerResult.JSON_FIELDS) <= set(layer)
         assert layer["latency_us"] >= layer["compute_us"] > 0
     assert 0 < doc["alltoall_share"] < doc["moe_share"] < 1
     assert doc["step_latency_us"] > sum(la["latency_us"] for la in doc["layers"])  # + attention, dense, head

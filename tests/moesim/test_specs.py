@@ -76,6 +76,12 @@ def test_every_cluster_loads(slug: str) -> None:
         assert np.all(np.diff(eff) >= 0) and 0 < eff.min() and eff.max() <= 1  # rises with message size
 
 
+def _shape(slug: str) -> tuple[int, int, int, int, int]:
+    """(num_layers, hidden_size, moe_intermediate_size, num_experts, top_k) of a shipped model."""
+    m = load_model(slug)
+    return (m.num_layers, m.hidden_size, m.moe_intermediate_size, m.num_experts, m.top_k)
+
+
 def test_published_model_numbers() -> None:
     v3 = load_model("deepseek-v3")
     assert (v3.num_layers, v3.num_moe_layers, v3.moe_layers[0], v3.moe_layers[-1]) == (61, 58, 3, 60)
@@ -83,30 +89,9 @@ def test_published_model_numbers() -> None:
     assert (v3.num_experts, v3.top_k, v3.num_shared_experts, v3.n_group, v3.topk_group) == (256, 8, 1, 8, 4)
     assert v3.score_function == "sigmoid"
     assert v3.expert_weight_bytes(1) == 3 * 7168 * 2048
-    mx = load_model("mixtral-8x7b")
-    assert (mx.num_layers, mx.hidden_size, mx.moe_intermediate_size, mx.num_experts, mx.top_k) == (
-        32,
-        4096,
-        14336,
-        8,
-        2,
-    )
-    ol = load_model("olmoe-1b-7b")
-    assert (ol.num_layers, ol.hidden_size, ol.moe_intermediate_size, ol.num_experts, ol.top_k) == (
-        16,
-        2048,
-        1024,
-        64,
-        8,
-    )
-    qw = load_model("qwen3-30b-a3b")
-    assert (qw.num_layers, qw.hidden_size, qw.moe_intermediate_size, qw.num_experts, qw.top_k) == (
-        48,
-        2048,
-        768,
-        128,
-        8,
-    )
+    assert _shape("mixtral-8x7b") == (32, 4096, 14336, 8, 2)
+    assert _shape("olmoe-1b-7b") == (16, 2048, 1024, 64, 8)
+    assert _shape("qwen3-30b-a3b") == (48, 2048, 768, 128, 8)
     lite = load_model("deepseek-v2-lite")
     assert lite.moe_layers == tuple(range(1, 27)) and lite.shared_expert_intermediate_size == 2 * 1408
     sw = load_model("switch-base-128")
@@ -115,8 +100,7 @@ def test_published_model_numbers() -> None:
 
 
 def test_published_gpu_and_cluster_numbers() -> None:
-    ref_path = Path(__file__).resolve().parents[2] / "profiles" / "reference" / "published_numbers.yaml"
-    ref = yaml.safe_load(ref_path.read_text())
+    ref = yaml.safe_load((profiles_dir() / "reference" / "published_numbers.yaml").read_text())
     h100 = load_gpu("h100-sxm")
     assert (h100.bf16_tflops, h100.hbm_bw_gb_s, h100.nvlink_bw_gb_s, h100.sm_count) == (989.4, 3350, 450, 132)
     assert load_gpu("h800-sxm").nvlink_bw_gb_s == 200

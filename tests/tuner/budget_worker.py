@@ -11,6 +11,9 @@ import argparse
 import math
 import time
 
+# The shared-memory filter the workers apply (KB per block): the h100-sxm profile's limit.
+SMEM_LIMIT_KB = 227
+
 
 def objective(config: dict) -> float:
     # Smooth bowl with its minimum at BM=64, BN=128, BK=128, G=16, 4 warps, 4 stages (us).
@@ -49,7 +52,7 @@ def main() -> None:
         time.sleep(args.sleep)
         return objective(config)
 
-    res = tune_loop(study, evaluate, args.trials, None, lambda c: kernel_space.is_feasible(c, 227), lock)
+    res = tune_loop(study, evaluate, args.trials, None, lambda c: kernel_space.is_feasible(c, SMEM_LIMIT_KB), lock)
     print(f"measured={res.measured} pruned={res.pruned} stopped_by={res.stopped_by}", flush=True)
 
 

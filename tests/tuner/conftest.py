@@ -50,6 +50,7 @@ def check_exact_budget(storage_url: str, study: str, trials: int, outs: list[str
     """
     import optuna
 
+    from tests.tuner.budget_worker import SMEM_LIMIT_KB
     from tuner import kernel_space, storage
     from tuner.autotune_kernel import counted_trials
 
@@ -69,7 +70,7 @@ def check_exact_budget(storage_url: str, study: str, trials: int, outs: list[str
     assert measured == trials
     for t in st.get_trials(states=(optuna.trial.TrialState.PRUNED,)):
         if not t.user_attrs.get("counted"):
-            assert not kernel_space.is_feasible(t.params, 227)
+            assert not kernel_space.is_feasible(t.params, SMEM_LIMIT_KB)
 
 
 @pytest.fixture()
