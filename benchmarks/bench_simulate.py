@@ -18,10 +18,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy loads its BLAS
 
 import argparse
-import dataclasses
 import statistics
 import time
-from typing import Any
 
 GPUS = (8, 64, 256, 1024)
 TOKENS = (1024, 8192, 65536)
@@ -31,15 +29,6 @@ GOAL_MS = 100.0
 TRACE_TOKENS = 1 << 17
 
 
-def with_nodes(cluster: Any, num_nodes: int) -> Any:
-    """The same cluster with another node count (one node: the intra-node level only)."""
-    levels = tuple(cluster.levels)
-    if num_nodes == 1:
-        return dataclasses.replace(
-            cluster, slug=f"{cluster.slug}@1node", levels=levels[:1], nic=None, fabric=None
-        )
-    inter = dataclasses.replace(levels[1], size=num_nodes)
-    return dataclasses.replace(cluster, slug=f"{cluster.slug}@{num_nodes}nodes", levels=(levels[0], inter))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     trace = synthetic_trace(model, TRACE_TOKENS, skew="zipf", alpha=1.2, seed=0, with_topk_ids=False)
     rows = []
     for num_gpus in GPUS:
-        cluster = with_nodes(base, max(1, num_gpus // base.gpus_per_node))
+        cluster = base.with_nodes(max(1, num_gpus // base.gpus_per_node))
         assert cluster.num_gpus == num_gpus, (cluster.num_gpus, num_gpus)
         for tokens in TOKENS:
             options = SimOptions(tokens_per_gpu=tokens, check_memory=False)

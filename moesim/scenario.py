@@ -37,10 +37,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from moesim.capacity import DROP_POLICIES
 from moesim.errors import field_error
 
 PLACEMENT_METHODS = ("contiguous", "round_robin", "eplb", "ilp")
-DROP_POLICIES = ("probs", "position", "reroute")
+
 DTYPES = ("bf16", "fp8")
 ALLTOALL_SCHEMES = ("flat", "hierarchical")
 OBJECTIVES = {"step_latency_us": "min", "tokens_per_s_per_gpu": "max"}

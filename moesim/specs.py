@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,15 @@ class ClusterSpec:
     @property
     def num_gpus(self) -> int:
         return self.gpus_per_node * self.num_nodes
+
+    def with_nodes(self, num_nodes: int) -> ClusterSpec:
+        """The same cluster with another node count; one node keeps only the intra-node level."""
+        if num_nodes == 1:
+            return replace(self, slug=f"{self.slug}@1node", levels=self.levels[:1], nic=None, fabric=None)
+        if len(self.levels) < 2:
+            raise field_error(self.slug, "levels", f"{num_nodes} nodes asked of a single-node cluster")
+        inter = replace(self.levels[1], size=num_nodes)
+        return replace(self, slug=f"{self.slug}@{num_nodes}nodes", levels=(self.levels[0], inter))
 
     def efficiency(self, level: int, message_bytes: float | np.ndarray) -> float | np.ndarray:
         """Fraction of ``levels[level].bw_gb_s`` reached at a message size, interpolated linearly in

@@ -36,18 +36,6 @@ def published() -> dict:
     return yaml.safe_load(REFERENCE.read_text())
 
 
-def with_nodes(cluster, num_nodes: int):
-    """The same cluster with another node count (one node: the intra-node level only)."""
-    levels = tuple(cluster.levels)
-    if num_nodes == 1:
-        return dataclasses.replace(
-            cluster, slug=f"{cluster.slug}@1node", levels=levels[:1], nic=None, fabric=None
-        )
-    return dataclasses.replace(
-        cluster,
-        slug=f"{cluster.slug}@{num_nodes}nodes",
-        levels=(levels[0], dataclasses.replace(levels[1], size=num_nodes)),
-    )
 
 
 def load_cluster_nodes(candidates: list[str], fallback: str, num_nodes: int):
@@ -61,7 +49,7 @@ def load_cluster_nodes(candidates: list[str], fallback: str, num_nodes: int):
             continue
         if cluster.num_nodes == num_nodes:
             return cluster
-    return with_nodes(load_cluster(fallback), num_nodes)
+    return load_cluster(fallback).with_nodes(num_nodes)
 
 
 def h800_cluster(ep_size: int):

@@ -53,17 +53,6 @@ def zipf_trace(dsv3):
     return synthetic_trace(dsv3, 1 << 15, skew="zipf", alpha=1.2, seed=0, with_topk_ids=False)
 
 
-def with_nodes(cluster, num_nodes: int):
-    levels = tuple(cluster.levels)
-    if num_nodes == 1:
-        return dataclasses.replace(
-            cluster, slug=f"{cluster.slug}@1node", levels=levels[:1], nic=None, fabric=None
-        )
-    return dataclasses.replace(
-        cluster,
-        slug=f"{cluster.slug}@{num_nodes}nodes",
-        levels=(levels[0], dataclasses.replace(levels[1], size=num_nodes)),
-    )
 
 
 def test_json_contract(dsv3, cluster, zipf_trace) -> None:
@@ -118,7 +107,7 @@ def test_more_gpus_never_increase_per_gpu_compute(dsv3, cluster, seed, nodes, to
     total = total_per_node * nodes * gpn
     results = []
     for n in (nodes, 2 * nodes):
-        c = with_nodes(cluster, n)
+        c = cluster.with_nodes(n)
         g = c.num_gpus
         opts = SimOptions(tokens_per_gpu=total // g)
         results.append(simulate_layer(dsv3, c, counts, contiguous(dsv3.num_experts, g, 1), opts))
@@ -218,7 +207,7 @@ def test_bad_placement(dsv3, cluster, zipf_trace) -> None:
 
 def test_cluster_too_small(dsv3, cluster, zipf_trace) -> None:
     with pytest.raises(SpecError, match="too few"):
-        simulate(dsv3, with_nodes(cluster, 1), zipf_trace, None, SimOptions())
+        simulate(dsv3, cluster.with_nodes(1), zipf_trace, None, SimOptions())
 
 
 def test_trace_of_another_model(dsv3, cluster) -> None:
