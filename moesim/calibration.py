@@ -39,9 +39,14 @@ is required except ``gemm.shapes``; unknown fields are errors; each table has at
 efficiencies as knots, finite strictly increasing ``log2`` knots, efficiencies in ``(0, 1]``. Every problem is a
 :class:`moesim.errors.SpecError` with the one-line message ``FILE: FIELD: PROBLEM``.
 
-:func:`fit_calibration` turns measured records (``profiles/measured/`` JSONL, see docs/ARCHITECTURE.md) into a
-calibration. **No calibration ships yet**: the measurement campaign (issue 7) needs a GPU and has not been run,
-so ``profiles/measured/`` holds no ``calibration.json`` and the simulator uses the GPU profiles' constants.
+:func:`fit_calibration` turns GEMM/copy records (``profiles/measured/`` JSONL) into schema-1 curves. Schema 2
+(written by ``moesim calibrate``, :mod:`moesim.measured_fit`) adds the fitted kernel models: ``fused_moe``
+(:class:`moesim.fused_moe.FusedMoEParams`), ``deepep_normal``, ``deepep_ll`` and ``nccl``
+(:mod:`moesim.collectives`), the GPU profile they were fitted against (``gpu``), the provenance of every table
+(``tables``) and the held-out error (``held_out``); there ``gemm``/``hbm`` are optional, and without them the
+GEMMs outside the fused MoE keep the GPU profile's constants. Shipped calibrations live in
+``profiles/measured/<gpu slug>/calibration.json`` (:func:`shipped_calibration_path`) and are the default of
+every simulating command (:func:`resolve_calibration`).
 """
 
 from __future__ import annotations
@@ -75,7 +80,8 @@ __all__ = [
     "save_calibration",
 ]
 
-SCHEMA = 1
+SCHEMA = 2
+SCHEMAS = (1, 2)
 CALIBRATION_FILE = "calibration.json"
 # A shape table stands in for another GEMM shape when their weight sizes n*k are within a factor 2**2 = 4:
 # a GEMM's efficiency at fixed m depends mostly on its tile count (~ n), and an expert's two GEMMs (2I x H and
@@ -119,13 +125,23 @@ class Calibration:
     fitted: str  # ISO date of the fit
     dtype: str  # dtype of the GEMM records; efficiencies are fractions of that dtype's peak
     launch_overhead_us: float  # per kernel launch, us
-    gemm_fallback: Curve  # efficiency vs log2(m), pooled over all shapes
-    hbm: Curve  # efficiency vs log2(bytes moved, read + write)
+    gemm_fallback: Curve | None  # efficiency vs log2(m), pooled over all shapes (None: the GPU's constant)
+    hbm: Curve | None  # efficiency vs log2(bytes moved, read + write) (None: the GPU's constant)
     gemm_shapes: tuple[tuple[int, int, Curve], ...] = field(default=())  # (n, k, efficiency vs log2(m))
+    # schema 2: fitted kernel models (moesim.fused_moe, moesim.collectives); None where not fitted
+    gpu: str | None = None  # GPU profile slug the fit used (its datasheet peaks are the models' units)
+    fused_moe: Any = None  # moesim.fused_moe.FusedMoEParams
+    deepep_normal: Any = None  # moesim.collectives.DeepEPNormalParams
+    deepep_ll: Any = None  # moesim.collectives.DeepEPLowLatencyParams
+    nccl: Any = None  # moesim.collectives.NCCLParams
+    tables: tuple[dict[str, Any], ...] = field(default=())  # provenance of each measured table fitted
+    held_out: dict[str, Any] = field(default_factory=dict)  # error of the fit on rows it never saw, by family
 
     def gemm_curve(self, n: int, k: int) -> Curve:
         """The curve for weight shape ``(n, k)``: its own, else the nearest in ``log2(n k)`` within
         :data:`SHAPE_MATCH_LOG2` (ties: nearest ``log2(n / k)``), else the fallback."""
+        if self.gemm_fallback is None:
+            raise ValueError("this calibration has no GEMM curves")
         if not self.gemm_shapes or n <= 0 or k <= 0:
             return self.gemm_fallback
         size, aspect = math.log2(n) + math.log2(k), math.log2(n) - math.log2(k)
@@ -144,7 +160,22 @@ class Calibration:
 
     def hbm_efficiency(self, nbytes: np.ndarray | float) -> np.ndarray:
         """Fraction of the peak HBM GB/s reached when moving ``nbytes`` (read + write), elementwise, ``(0, 1]``."""
+        if self.hbm is None:
+            raise ValueError("this calibration has no HBM curve")
         return self.hbm(nbytes)
+
+    @property
+    def has_curves(self) -> bool:
+        """Whether GEMM/HBM efficiency curves are present (else compute.py keeps the GPU's constants)."""
+        return self.gemm_fallback is not None and self.hbm is not None
+
+    @property
+    def describe(self) -> str:
+        """One line naming what the calibration is: for the CLI's "calibration: ..." notice."""
+        parts = [p for p in ("fused_moe", "deepep_normal", "deepep_ll", "nccl") if getattr(self, p) is not None]
+        if self.has_curves:
+            parts.insert(0, "gemm/hbm curves")
+        return f"{self.device_name}, fitted {self.fitted} ({', '.join(parts) or 'empty'})"
 
 
 # --------------------------------------------------------------------------------------------- file format
@@ -208,13 +239,26 @@ def _positive_int(source: str, key: str, value: Any) -> int:
     return value
 
 
+SCHEMA2_SECTIONS = ("gpu", "fused_moe", "deepep_normal", "deepep_ll", "nccl", "tables", "held_out")
+
+
 def calibration_from_dict(doc: Any, source: str = "calibration") -> Calibration:
-    """Parse and validate a calibration document; ``SpecError`` ``SOURCE: FIELD: PROBLEM`` on any problem."""
+    """Parse and validate a calibration document; ``SpecError`` ``SOURCE: FIELD: PROBLEM`` on any problem.
+
+    Schema 1 requires ``gemm`` and ``hbm``; schema 2 makes them optional and adds the fitted kernel models
+    (``fused_moe``, ``deepep_normal``, ``deepep_ll``, ``nccl``), ``gpu``, ``tables`` and ``held_out``.
+    """
     doc = _mapping(source, "calibration", doc)
-    top = ("schema", "device_name", "source", "fitted", "dtype", "launch_overhead_us", "gemm", "hbm")
-    _check_keys(source, "", doc, top)
-    if doc["schema"] != SCHEMA:
-        raise _err(source, "schema", f"expected {SCHEMA}, got {doc['schema']!r}")
+    if "schema" not in doc:
+        raise _err(source, "schema", "missing")
+    if doc["schema"] not in SCHEMAS:
+        raise _err(source, "schema", f"expected one of {', '.join(map(str, SCHEMAS))}, got {doc['schema']!r}")
+    schema = doc["schema"]
+    top = ("schema", "device_name", "source", "fitted", "dtype", "launch_overhead_us")
+    if schema == 1:
+        _check_keys(source, "", doc, (*top, "gemm", "hbm"))
+    else:
+        _check_keys(source, "", doc, top, ("gemm", "hbm", *SCHEMA2_SECTIONS))
     device_name = _string(source, "device_name", doc["device_name"])
     records = _string(source, "source", doc["source"])
     fitted = _string(source, "fitted", doc["fitted"])
@@ -230,26 +274,54 @@ def calibration_from_dict(doc: Any, source: str = "calibration") -> Calibration:
         raise _err(source, "launch_overhead_us", f"expected a finite number, got {launch!r}")
     if launch < 0:
         raise _err(source, "launch_overhead_us", f"must be >= 0, got {launch:g}")
-    gemm = _mapping(source, "gemm", doc["gemm"])
-    _check_keys(source, "gemm.", gemm, ("fallback",), ("shapes",))
-    fallback = _curve(source, "gemm.fallback.", gemm["fallback"], "log2_m")
-    shapes_doc = gemm.get("shapes") or []
-    if not isinstance(shapes_doc, list):
-        raise _err(source, "gemm.shapes", f"expected a list, got {shapes_doc!r}")
-    shapes: list[tuple[int, int, Curve]] = []
-    seen: set[tuple[int, int]] = set()
-    for i, s in enumerate(shapes_doc):
-        prefix = f"gemm.shapes[{i}]."
-        s = _mapping(source, prefix.rstrip("."), s)
-        _check_keys(source, prefix, s, ("n", "k", "log2_m", "efficiency"))
-        n = _positive_int(source, f"{prefix}n", s["n"])
-        k = _positive_int(source, f"{prefix}k", s["k"])
-        if (n, k) in seen:
-            raise _err(source, prefix.rstrip("."), f"duplicate shape n={n}, k={k}")
-        seen.add((n, k))
-        curve = _curve(source, prefix, {"log2_m": s["log2_m"], "efficiency": s["efficiency"]}, "log2_m")
-        shapes.append((n, k, curve))
-    hbm = _curve(source, "hbm.", doc["hbm"], "log2_bytes")
+    fallback, shapes, hbm = None, [], None
+    if doc.get("gemm") is not None:
+        gemm = _mapping(source, "gemm", doc["gemm"])
+        _check_keys(source, "gemm.", gemm, ("fallback",), ("shapes",))
+        fallback = _curve(source, "gemm.fallback.", gemm["fallback"], "log2_m")
+        shapes_doc = gemm.get("shapes") or []
+        if not isinstance(shapes_doc, list):
+            raise _err(source, "gemm.shapes", f"expected a list, got {shapes_doc!r}")
+        seen: set[tuple[int, int]] = set()
+        for i, s in enumerate(shapes_doc):
+            prefix = f"gemm.shapes[{i}]."
+            s = _mapping(source, prefix.rstrip("."), s)
+            _check_keys(source, prefix, s, ("n", "k", "log2_m", "efficiency"))
+            n = _positive_int(source, f"{prefix}n", s["n"])
+            k = _positive_int(source, f"{prefix}k", s["k"])
+            if (n, k) in seen:
+                raise _err(source, prefix.rstrip("."), f"duplicate shape n={n}, k={k}")
+            seen.add((n, k))
+            curve = _curve(source, prefix, {"log2_m": s["log2_m"], "efficiency": s["efficiency"]}, "log2_m")
+            shapes.append((n, k, curve))
+    if doc.get("hbm") is not None:
+        hbm = _curve(source, "hbm.", doc["hbm"], "log2_bytes")
+    if (fallback is None) != (hbm is None):
+        raise _err(source, "gemm" if fallback is None else "hbm", "gemm and hbm curves come together")
+    extra: dict[str, Any] = {}
+    if schema == 2:
+        from moesim import collectives
+        from moesim.fused_moe import FusedMoEParams
+
+        if doc.get("gpu") is not None:
+            extra["gpu"] = _string(source, "gpu", doc["gpu"])
+        parsers = {
+            "fused_moe": lambda d: FusedMoEParams.from_dict(d, source, "fused_moe."),
+            "deepep_normal": lambda d: collectives.deepep_normal_from_dict(d, source, "deepep_normal."),
+            "deepep_ll": lambda d: collectives.deepep_ll_from_dict(d, source, "deepep_ll."),
+            "nccl": lambda d: collectives.nccl_from_dict(d, source, "nccl."),
+        }
+        for name, parse in parsers.items():
+            if doc.get(name) is not None:
+                extra[name] = parse(doc[name])
+        tables = doc.get("tables") or []
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise _err(source, "tables", f"expected a list of mappings, got {tables!r}")
+        extra["tables"] = tuple(tables)
+        held_out = doc.get("held_out") or {}
+        extra["held_out"] = dict(_mapping(source, "held_out", held_out))
+        if fallback is None and "fused_moe" not in extra:
+            raise _err(source, "fused_moe", "missing (a calibration without GEMM curves needs the fused_moe model)")
     return Calibration(
         device_name=device_name,
         source=records,
@@ -259,27 +331,43 @@ def calibration_from_dict(doc: Any, source: str = "calibration") -> Calibration:
         gemm_fallback=fallback,
         hbm=hbm,
         gemm_shapes=tuple(shapes),
+        **extra,
     )
 
 
 def calibration_to_dict(cal: Calibration) -> dict[str, Any]:
-    """The ``calibration.json`` document of ``cal`` (inverse of :func:`calibration_from_dict`)."""
-    return {
-        "schema": SCHEMA,
+    """The ``calibration.json`` document of ``cal`` (inverse of :func:`calibration_from_dict`): schema 1 when
+    it holds only curves, else schema 2."""
+    models = {n: getattr(cal, n) for n in ("fused_moe", "deepep_normal", "deepep_ll", "nccl")}
+    schema = 2 if any(v is not None for v in models.values()) or cal.gpu or cal.tables else 1
+    doc: dict[str, Any] = {
+        "schema": schema,
         "device_name": cal.device_name,
         "source": cal.source,
         "fitted": cal.fitted,
         "dtype": cal.dtype,
         "launch_overhead_us": cal.launch_overhead_us,
-        "gemm": {
+    }
+    if cal.gemm_fallback is not None and cal.hbm is not None:
+        doc["gemm"] = {
             "fallback": {"log2_m": list(cal.gemm_fallback.log2_x), "efficiency": list(cal.gemm_fallback.efficiency)},
             "shapes": [
                 {"n": n, "k": k, "log2_m": list(c.log2_x), "efficiency": list(c.efficiency)}
                 for n, k, c in cal.gemm_shapes
             ],
-        },
-        "hbm": {"log2_bytes": list(cal.hbm.log2_x), "efficiency": list(cal.hbm.efficiency)},
-    }
+        }
+        doc["hbm"] = {"log2_bytes": list(cal.hbm.log2_x), "efficiency": list(cal.hbm.efficiency)}
+    if schema == 2:
+        from moesim.collectives import collectives_to_dict
+
+        if cal.gpu:
+            doc["gpu"] = cal.gpu
+        for name, value in models.items():
+            if value is not None:
+                doc[name] = value.to_dict() if name == "fused_moe" else collectives_to_dict(value)
+        doc["tables"] = list(cal.tables)
+        doc["held_out"] = cal.held_out
+    return doc
 
 
 def _resolve(path: str | os.PathLike) -> Path:
@@ -463,3 +551,36 @@ def fit_calibration(
     )
     calibration_from_dict(calibration_to_dict(cal), source)  # the same rules as a file read back
     return cal
+
+
+# --------------------------------------------------------------------------------------------- defaults
+CALIBRATION_CHOICES = ("auto", "none")
+
+
+def shipped_calibration_path(gpu_slug: str) -> Path:
+    """Where the shipped calibration of a GPU profile lives: ``profiles/measured/<slug>/calibration.json``."""
+    from moesim.specs import profiles_dir
+
+    return profiles_dir() / "measured" / gpu_slug / CALIBRATION_FILE
+
+
+def resolve_calibration(spec: str | None, gpu_slug: str) -> Calibration | None:
+    """The calibration a command runs with.
+
+    ``"auto"`` (or None): the GPU's shipped calibration when there is one, else None (the GPU profile's
+    constants); ``"none"``: None; anything else: :func:`load_calibration` of it (``SpecError`` on problems).
+    """
+    if spec is None or spec == "auto":
+        path = shipped_calibration_path(gpu_slug)
+        return load_calibration(path) if path.is_file() else None
+    if spec == "none":
+        return None
+    return load_calibration(spec)
+
+
+def describe_calibration(cal: Calibration | None, spec: str | None) -> str:
+    """The one line commands print about the calibration they used."""
+    if cal is None:
+        why = "--calibration none" if spec == "none" else "no shipped calibration for this GPU"
+        return f"calibration: none ({why}; the GPU profile's constants)"
+    return f"calibration: {cal.describe}"

@@ -47,14 +47,23 @@ def launch_overhead_us(calibration: Any | None) -> float:
     return float(calibration.launch_overhead_us)
 
 
-def gemm_efficiency(
-    gpu: GPUSpec, m: np.ndarray, n: int, k: int, calibration: Any | None = None
-) -> np.ndarray:
+def has_curves(calibration: Any | None) -> bool:
+    """Whether ``calibration`` carries GEMM/HBM efficiency curves (a schema-2 file may hold only kernel
+    models; then the GPU profile's constants stay in force for the GEMMs outside the fused MoE)."""
+    return calibration is not None and bool(getattr(calibration, "has_curves", True))
+
+
+def fused_moe_params(calibration: Any | None) -> Any | None:
+    """The calibration's fitted fused-MoE kernel model (:class:`moesim.fused_moe.FusedMoEParams`), or None."""
+    return getattr(calibration, "fused_moe", None) if calibration is not None else None
+
+
+def gemm_efficiency(gpu: GPUSpec, m: np.ndarray, n: int, k: int, calibration: Any | None = None) -> np.ndarray:
     """Fraction of peak FLOP/s reached by one ``m x n x k`` GEMM (dimensionless, (0, 1]; a calibration's
     value is clipped as :class:`moesim.calibration.Curve` clips it, so duck-typed calibrations obey the same
     bounds)."""
     m = np.asarray(m, dtype=np.float64)
-    if calibration is None:
+    if not has_curves(calibration):
         return np.full(m.shape, float(gpu.gemm_efficiency))
     eff = np.asarray(calibration.gemm_efficiency(np.maximum(m, 1.0), n, k), dtype=np.float64)
     return np.clip(np.broadcast_to(eff, m.shape), MIN_EFFICIENCY, 1.0)
@@ -64,7 +73,7 @@ def hbm_efficiency(gpu: GPUSpec, nbytes: np.ndarray, calibration: Any | None = N
     """Fraction of HBM bandwidth reached when streaming ``nbytes`` (dimensionless, (0, 1]; clipped like
     :func:`gemm_efficiency`)."""
     nbytes = np.asarray(nbytes, dtype=np.float64)
-    if calibration is None:
+    if not has_curves(calibration):
         return np.full(nbytes.shape, float(gpu.hbm_efficiency))
     eff = np.asarray(calibration.hbm_efficiency(np.maximum(nbytes, 1.0)), dtype=np.float64)
     return np.clip(np.broadcast_to(eff, nbytes.shape), MIN_EFFICIENCY, 1.0)
@@ -145,8 +154,20 @@ def fused_moe_us(
     dtype_bytes: float = 2,
     block_size_m: int = 64,
     calibration: Any | None = None,
+    *,
+    num_experts: int | None = None,
+    gated: bool = True,
+    ep_mode: str = "dispatched",
+    walked_rows: np.ndarray | float | None = None,
+    expert_map: bool = False,
 ) -> np.ndarray:
     """Both GEMMs of a fused MoE layer over the local experts (us), as vLLM's ``fused_moe`` runs them.
+
+    With a calibration that holds a fitted fused-MoE model, this is
+    :func:`moesim.fused_moe.fused_moe_kernel_us` (the whole forward: fixed costs, both GEMMs, activation and
+    top-k sum, the EP mode's walked rows; ``block_size_m`` is then the kernel's own choice). Otherwise the
+    roofline below, where in ``allgather`` EP mode the activation and top-k sum traffic covers
+    ``walked_rows``.
 
     Args:
         tokens_per_expert: ``[..., E_local]`` token-expert assignments per local expert (unpadded).
@@ -163,13 +184,31 @@ def fused_moe_us(
           + hbm(m * H * 2 * (1 + 1/top_k))    # weighted sum of the k outputs per token
     """
     m = np.asarray(tokens_per_expert, dtype=np.float64)
+    params = fused_moe_params(calibration)
+    if params is not None:
+        from moesim.fused_moe import fused_moe_kernel_us
+
+        return fused_moe_kernel_us(
+            gpu,
+            m,
+            hidden,
+            intermediate,
+            top_k,
+            num_experts if num_experts is not None else m.shape[-1],
+            params,
+            gated=gated,
+            weight_bytes=dtype_bytes,
+            ep_mode=ep_mode,
+            walked_rows=walked_rows,
+            expert_map=expert_map,
+        )
     padded = pad_to_block(m, block_size_m)
-    t = grouped_gemm_us(gpu, padded, 2 * intermediate, hidden, dtype_bytes, calibration)
+    t = grouped_gemm_us(gpu, padded, (2 if gated else 1) * intermediate, hidden, dtype_bytes, calibration)
     t = t + grouped_gemm_us(gpu, padded, hidden, intermediate, dtype_bytes, calibration)
     rows = m.sum(axis=-1)
-    act = rows * (2.0 * intermediate * 2 + intermediate * 2) + rows * hidden * 2.0 * (
-        1.0 + 1.0 / max(top_k, 1)
-    )
+    if ep_mode == "allgather" and walked_rows is not None:
+        rows = np.maximum(rows, np.asarray(walked_rows, dtype=np.float64))
+    act = rows * (2.0 * intermediate * 2 + intermediate * 2) + rows * hidden * 2.0 * (1.0 + 1.0 / max(top_k, 1))
     t = t + np.where(rows > 0, memory_us(gpu, act, calibration) + launch_overhead_us(calibration), 0.0)
     return t
 

@@ -44,6 +44,7 @@ PLACEMENT_METHODS = ("contiguous", "round_robin", "eplb", "ilp")
 
 DTYPES = ("bf16", "fp8")
 ALLTOALL_SCHEMES = ("flat", "hierarchical")
+EP_MODES = ("dispatched", "allgather")
 OBJECTIVES = {"step_latency_us": "min", "tokens_per_s_per_gpu": "max"}
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -60,6 +61,8 @@ _SHORT = {
     "alltoall": "a2a",
     "trace_seed": "seed",
     "weight_dtype": "weights",
+    "ep_mode": "ep",
+    "calibration": "cal",
 }
 
 
@@ -94,6 +97,8 @@ class Scenario:
     alltoall: str = "flat"
     dedup: bool = True
     weight_dtype: str = "bf16"
+    ep_mode: str = "dispatched"
+    calibration: str = "auto"  # auto (the GPU's shipped calibration) | none | a calibration.json
     axis_values: tuple[tuple[str, Any], ...] = field(default=(), compare=False)  # what the sweep set
 
     @property
@@ -102,7 +107,7 @@ class Scenario:
 
     @property
     def synthetic_spec(self) -> str:
-        return self.trace[len(SYNTHETIC_PREFIX):]
+        return self.trace[len(SYNTHETIC_PREFIX) :]
 
     def settings(self) -> dict[str, Any]:
         """Every field but ``name`` and ``axis_values``: what determines the result."""
@@ -113,6 +118,7 @@ class Scenario:
 
         Slugs (``deepseek-v3``) are left alone: ``moesim.specs`` resolves them.
         """
+
         def fix(value: str) -> str:
             if _looks_like_path(value):
                 p = Path(value).expanduser()
@@ -206,7 +212,7 @@ def _check_value(src: str, where: str, name: str, value: Any) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise bad(f"must be a non-empty string, got {value!r}")
         value = value.strip()
-        if name == "trace" and value.startswith(SYNTHETIC_PREFIX) and not value[len(SYNTHETIC_PREFIX):]:
+        if name == "trace" and value.startswith(SYNTHETIC_PREFIX) and not value[len(SYNTHETIC_PREFIX) :]:
             raise bad("synthetic trace needs a spec, e.g. synthetic:zipf:1.2")
         return value
     if name == "trace_tokens":
@@ -245,6 +251,12 @@ def _check_value(src: str, where: str, name: str, value: Any) -> Any:
         return as_choice(DTYPES)
     if name == "alltoall":
         return as_choice(ALLTOALL_SCHEMES)
+    if name == "ep_mode":
+        return as_choice(EP_MODES)
+    if name == "calibration":
+        if not isinstance(value, str) or not value:
+            raise bad(f"must be auto, none or a calibration.json path, got {value!r}")
+        return value
     if name == "dedup":
         if not isinstance(value, bool):
             raise bad(f"must be true or false, got {value!r}")

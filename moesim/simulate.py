@@ -46,6 +46,7 @@ from moesim.dispatch import (
     make_alltoall,
 )
 from moesim.errors import PlacementError, SpecError, TraceError, field_error
+from moesim.fused_moe import EP_MODES
 from moesim.overlap import make_overlap
 from moesim.permute import permute_us
 from moesim.placement import Placement, check_memory, check_model, contiguous
@@ -74,6 +75,7 @@ class SimOptions:
     weight_dtype: str = "bf16"  # expert, dense and attention weights: "bf16" | "fp8"
     seq_len: int = 4096  # sequence length behind the attention roofline (dense.py)
     check_memory: bool = True  # refuse placements whose expert weights overflow the planner's HBM budget
+    ep_mode: str = "dispatched"  # "dispatched" (all-to-all: local rows only) | "allgather" (every GPU walks all rows)
 
     def validate(self) -> None:
         """One-line ``SpecError`` naming the first bad option (in field order)."""
@@ -83,6 +85,7 @@ class SimOptions:
             "combine_dtype": DTYPES,
             "alltoall": ALLTOALL,
             "weight_dtype": WEIGHT_DTYPES,
+            "ep_mode": EP_MODES,
         }
         for f in fields(self):
             name, value = f.name, getattr(self, f.name)
@@ -186,9 +189,7 @@ class StepResult:
             "lm_head_us": self.lm_head_us,
             "alltoall_us": self.alltoall_us,
             "phase_us": self.phase_us(),
-            "dropped_fraction": float(np.mean([la.dropped_fraction for la in self.layers]))
-            if self.layers
-            else 0.0,
+            "dropped_fraction": float(np.mean([la.dropped_fraction for la in self.layers])) if self.layers else 0.0,
             "layers": [layer.to_dict(per_gpu) for layer in self.layers],
         }
 
@@ -272,8 +273,7 @@ def check_placement(placement: Placement, model: ModelSpec, num_gpus: int, origi
     if bad.size:
         layer, expert = (int(v) for v in bad[0])
         raise PlacementError(
-            f"{origin}: layer row {layer}: expert {expert}: replica shares sum to "
-            f"{total[layer, expert]:.4g}, not 1"
+            f"{origin}: layer row {layer}: expert {expert}: replica shares sum to {total[layer, expert]:.4g}, not 1"
         )
 
 
@@ -344,9 +344,7 @@ def _simulate_arrays(
     # capacity: Megatron applies it per source rank on its T tokens; with every source sharing the
     # distribution that is the global count against G * capacity(T)
     if options.capacity_factor is not None:
-        cap = num_gpus * capacity_per_expert(
-            options.tokens_per_gpu, top_k, num_experts, options.capacity_factor
-        )
+        cap = num_gpus * capacity_per_expert(options.tokens_per_gpu, top_k, num_experts, options.capacity_factor)
         slot_gpu_l = np.broadcast_to(np.arange(phy2log.shape[1]) // slots_per_gpu, phy2log.shape)
         # primary GPU of each expert: the GPU of its first slot (slots are numbered GPU by GPU)
         expert_gpu = np.full((num_layers, num_experts), np.iinfo(np.int64).max, dtype=np.int64)
@@ -388,17 +386,27 @@ def _simulate_arrays(
             options.dedup,
         )
 
-    u_gpu = deliveries(slot_gpu, num_gpus)
-    if options.alltoall == "hierarchical" and links.multi_node:
-        u_node = deliveries(slot_gpu // links.gpus_per_node, links.num_nodes)
+    if options.ep_mode == "allgather":
+        # every token goes to every GPU (all-gather), and its output comes back from each (reduce-scatter)
+        u_gpu = np.ones((num_layers, num_gpus))
+        u_node = np.ones((num_layers, links.num_nodes)) if links.multi_node else np.zeros((num_layers, 1))
+        if not (options.alltoall == "hierarchical" and links.multi_node):
+            u_node = np.zeros((num_layers, links.num_nodes))
     else:
-        u_node = np.zeros((num_layers, links.num_nodes))
+        u_gpu = deliveries(slot_gpu, num_gpus)
+        if options.alltoall == "hierarchical" and links.multi_node:
+            u_node = deliveries(slot_gpu // links.gpus_per_node, links.num_nodes)
+        else:
+            u_node = np.zeros((num_layers, links.num_nodes))
 
     # expert compute
     slot_tokens = (assignments * slot_mass).reshape(num_layers, num_gpus, slots_per_gpu)  # [L, G, S]
     gpu_tokens = slot_tokens.sum(axis=-1)
 
-    def routed_us(tokens_per_slot: np.ndarray) -> np.ndarray:
+    # allgather EP: every GPU of the EP group walks the k rows of all the group's tokens
+    walked = tokens * num_gpus * top_k
+
+    def routed_us(tokens_per_slot: np.ndarray, share: float = 1.0) -> np.ndarray:
         return fused_moe_us(
             gpu,
             tokens_per_slot,
@@ -408,13 +416,15 @@ def _simulate_arrays(
             wbytes,
             options.block_size_m,
             calibration,
+            num_experts=num_experts,
+            ep_mode=options.ep_mode,
+            walked_rows=walked * share,
+            expert_map=num_gpus > 1,
         )
 
     shared_us = 0.0
     if model.num_shared_experts > 0 and model.shared_expert_intermediate_size > 0:
-        shared_us = float(
-            dense_mlp_us(gpu, tokens, hidden, model.shared_expert_intermediate_size, wbytes, calibration)
-        )
+        shared_us = float(dense_mlp_us(gpu, tokens, hidden, model.shared_expert_intermediate_size, wbytes, calibration))
     compute = routed_us(slot_tokens) + shared_us
 
     # router and permute
@@ -443,7 +453,7 @@ def _simulate_arrays(
     if chunks > 1:
         d1 = link_times_us(links, d_loads.scaled(1.0 / chunks))
         b1 = link_times_us(links, c_loads.scaled(1.0 / chunks))
-        c1 = routed_us(slot_tokens / chunks) + shared_us / chunks
+        c1 = routed_us(slot_tokens / chunks, 1.0 / chunks) + shared_us / chunks
         body = overlap.total_us(d1, c1, b1)
     else:
         body = overlap.total_us(dispatch, compute, combine)
@@ -511,9 +521,7 @@ def _layer_results(arrays: _Arrays, layer_ids: list[int]) -> list[LayerResult]:
     return out
 
 
-def _placement_rows(
-    placement: Placement, model: ModelSpec, layers: tuple[int, ...]
-) -> tuple[np.ndarray, np.ndarray]:
+def _placement_rows(placement: Placement, model: ModelSpec, layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The placement rows for the trace's layers: by the placement's ``meta["layers"]`` (model layer of each
     row) when it has them, else one row per trace layer, or one per model MoE layer."""
     phy2log = np.asarray(placement.phy2log)
@@ -523,9 +531,7 @@ def _placement_rows(
         row_of = {int(layer): i for i, layer in enumerate(meta_layers)}
         missing = [layer for layer in layers if layer not in row_of]
         if missing:
-            raise PlacementError(
-                f"placement: layers: no row for trace layer {missing[0]} (rows: {list(row_of)})"
-            )
+            raise PlacementError(f"placement: layers: no row for trace layer {missing[0]} (rows: {list(row_of)})")
         idx = [row_of[layer] for layer in layers]
         return phy2log[idx], shares[idx]
     if phy2log.shape[0] == len(layers):
@@ -582,9 +588,7 @@ def simulate(
         wbytes = WEIGHT_DTYPES[options.weight_dtype]
         _check_memory(placement, model, cluster, wbytes, user_placement)
     phy2log, shares = _placement_rows(placement, model, layers)
-    arrays = _simulate_arrays(
-        model, cluster, counts, phy2log, shares, placement.slots_per_gpu, options, calibration
-    )
+    arrays = _simulate_arrays(model, cluster, counts, phy2log, shares, placement.slots_per_gpu, options, calibration)
     layer_results = _layer_results(arrays, list(layers))
     return _step(model, cluster, options, calibration, layer_results)
 
@@ -606,9 +610,7 @@ def _step(
         sum(max(0.0, la.latency_us - la.router_us - la.permute_us - la.compute_us) for la in layer_results)
     )
     attn = model.num_layers * attention_us(gpu, model, tokens, options.seq_len, wbytes, calibration)
-    dense = (model.num_layers - model.num_moe_layers) * dense_layer_us(
-        gpu, model, tokens, wbytes, calibration
-    )
+    dense = (model.num_layers - model.num_moe_layers) * dense_layer_us(gpu, model, tokens, wbytes, calibration)
     head = lm_head_us(gpu, model, tokens, wbytes, calibration)
     step = moe + attn + dense + head
     return StepResult(
@@ -647,9 +649,7 @@ def simulate_layer(
     num_gpus = int(cluster.num_gpus)
     if isinstance(placement_layer, Placement):
         if placement_layer.num_layers != 1:
-            raise PlacementError(
-                f"placement: layers: simulate_layer needs one row, got {placement_layer.num_layers}"
-            )
+            raise PlacementError(f"placement: layers: simulate_layer needs one row, got {placement_layer.num_layers}")
         pl = placement_layer
     else:
         phy, sh = (np.asarray(x) for x in placement_layer)
@@ -666,9 +666,7 @@ def simulate_layer(
     counts = np.asarray(layer_counts, dtype=np.float64).reshape(1, -1)
     if counts.shape[1] != model.num_experts or counts.sum() <= 0:
         raise TraceError(f"trace: counts: need {model.num_experts} non-negative counts with a positive sum")
-    arrays = _simulate_arrays(
-        model, cluster, counts, pl.phy2log, pl.shares, pl.slots_per_gpu, options, calibration
-    )
+    arrays = _simulate_arrays(model, cluster, counts, pl.phy2log, pl.shares, pl.slots_per_gpu, options, calibration)
     return _layer_results(arrays, [layer])[0]
 
 

@@ -20,7 +20,8 @@ without incumbent) gives a record with ``error`` instead of numbers; the sweep g
 Records are cached under ``cache_dir()`` by a SHA-256 of everything that determines them: the scenario's
 settings, the model and cluster specs (their full contents, whether named by slug or path), the trace file's
 bytes, and the source of the simulator and the placement solvers (so editing the code invalidates the cache).
-Scenarios run without a calibration (the GPU profiles' constants), so calibration files are not part of the key.
+A scenario's ``calibration`` (default ``auto``: the GPU's shipped ``profiles/measured/<gpu>/calibration.json``) is
+part of the key by its contents.
 A cached record is bit-identical to a fresh one, so a repeated run is instant and reports the same numbers.
 
 Scenarios run in worker processes (``workers``); cache look-ups happen in the parent first so only misses
@@ -42,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from moesim.calibration import calibration_to_dict
 from moesim.errors import InfeasibleError, MoesimError, TraceError, field_error
 from moesim.fileio import atomic_write_text
 from moesim.scenario import Scenario, ScenarioFile
@@ -94,12 +96,21 @@ def _spec_fingerprint(spec: Any) -> Any:
     return json.loads(json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str))
 
 
+def scenario_calibration(scenario: Scenario, cluster: Any) -> Any:
+    """The calibration a scenario runs with (``auto``: the cluster GPU's shipped one, if any)."""
+    from moesim.calibration import resolve_calibration
+
+    return resolve_calibration(scenario.calibration, cluster.gpu.slug)
+
+
 def cache_key(scenario: Scenario) -> str:
     """SHA-256 of everything that determines the scenario's record (see module docstring)."""
     model, cluster = _load_specs(scenario.model, scenario.cluster)
     settings = scenario.settings()
     settings["model"] = _spec_fingerprint(model)
     settings["cluster"] = _spec_fingerprint(cluster)
+    cal = scenario_calibration(scenario, cluster)  # by contents: a refitted calibration is a new result
+    settings["calibration"] = None if cal is None else calibration_to_dict(cal)
     if not scenario.is_synthetic:
         p = Path(scenario.trace)
         try:
@@ -163,10 +174,11 @@ def _subset_layers(trace: Any, layers: tuple[int, ...], origin: str) -> Any:
     idx = [have.index(x) for x in layers]
     transitions = None
     if trace.transitions is not None and idx == list(range(idx[0], idx[0] + len(idx))):
-        transitions = trace.transitions[idx[0]: idx[0] + len(idx) - 1]
+        transitions = trace.transitions[idx[0] : idx[0] + len(idx) - 1]
     topk_ids = None if trace.topk_ids is None else trace.topk_ids[:, idx]
-    return dataclasses.replace(trace, layers=tuple(layers), counts=trace.counts[idx],
-                               transitions=transitions, topk_ids=topk_ids)
+    return dataclasses.replace(
+        trace, layers=tuple(layers), counts=trace.counts[idx], transitions=transitions, topk_ids=topk_ids
+    )
 
 
 def synthetic_tokens(scenario: Scenario, num_gpus: int) -> int:
@@ -184,8 +196,14 @@ _TRACES_MAX = 16
 
 
 def _synthetic_key(scenario: Scenario, num_gpus: int) -> tuple:
-    return (scenario.model, scenario.synthetic_spec, synthetic_tokens(scenario, num_gpus), scenario.trace_seed,
-            scenario.trace_affinity, scenario.layers)
+    return (
+        scenario.model,
+        scenario.synthetic_spec,
+        synthetic_tokens(scenario, num_gpus),
+        scenario.trace_seed,
+        scenario.trace_affinity,
+        scenario.layers,
+    )
 
 
 def _make_synthetic(key: tuple) -> Any:
@@ -238,6 +256,7 @@ def sim_options(scenario: Scenario) -> Any:
         dedup=scenario.dedup,
         alltoall=scenario.alltoall,
         weight_dtype=scenario.weight_dtype,
+        ep_mode=scenario.ep_mode,
     )
 
 
@@ -276,8 +295,11 @@ def _solve_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -
     num_experts = model.num_experts
     method = scenario.placement
     if method in ("contiguous", "round_robin") and scenario.redundant_experts:
-        raise field_error("placement", "redundant_experts",
-                          f"{method} placement has no replicas; use eplb or ilp for redundant experts")
+        raise field_error(
+            "placement",
+            "redundant_experts",
+            f"{method} placement has no replicas; use eplb or ilp for redundant experts",
+        )
     if method == "contiguous":
         from moesim.simulate import default_placement
 
@@ -290,8 +312,13 @@ def _solve_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -
     if method == "eplb":
         from tuner.baselines import eplb
 
-        return eplb(counts, num_gpus, scenario.redundant_experts, num_groups=max(1, int(model.n_group)),
-                    num_nodes=cluster.num_nodes)
+        return eplb(
+            counts,
+            num_gpus,
+            scenario.redundant_experts,
+            num_groups=max(1, int(model.n_group)),
+            num_nodes=cluster.num_nodes,
+        )
     if method == "ilp":
         return _ilp_placement(scenario, model, cluster, trace)
     raise AssertionError(method)  # scenario.py validates the method
@@ -304,9 +331,15 @@ def _ilp_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -> 
     """
     from tuner.plan import plan
 
-    result = plan(model, cluster, trace, redundant_experts=scenario.redundant_experts,
-                  time_limit_s=scenario.ilp_time_limit_s, tokens_per_gpu=scenario.tokens_per_gpu,
-                  trace_name="synthetic:" + scenario.synthetic_spec if scenario.is_synthetic else scenario.trace)
+    result = plan(
+        model,
+        cluster,
+        trace,
+        redundant_experts=scenario.redundant_experts,
+        time_limit_s=scenario.ilp_time_limit_s,
+        tokens_per_gpu=scenario.tokens_per_gpu,
+        trace_name="synthetic:" + scenario.synthetic_spec if scenario.is_synthetic else scenario.trace,
+    )
     return result.best
 
 
@@ -357,7 +390,8 @@ def summarise(step: Any, scenario: Scenario, model: Any, cluster: Any) -> dict:
         # the straggler factor of each layer (its busiest GPU over its mean), averaged over layers: with
         # per-layer placements the max of the layer-averaged load would hide imbalance that moves between GPUs
         "load_imbalance": float(np.mean(gpu_tokens.max(axis=1) / np.maximum(gpu_tokens.mean(axis=1), 1e-300)))
-        if mean > 0 else 1.0,
+        if mean > 0
+        else 1.0,
         "traffic_bytes": traffic,
         "link_level": {intra: "intra-node", **({inter: "inter-node"} if inter else {})},
         "simulate": step.to_dict(),
@@ -382,20 +416,32 @@ def evaluate_scenario(scenario: Scenario, origin: str = "<scenario>") -> dict:
     try:
         placement = build_placement(scenario, model, cluster, trace)
         t2 = time.perf_counter()
-        step = simulate(model, cluster, trace, placement, sim_options(scenario))
+        cal = scenario_calibration(scenario, cluster)
+        step = simulate(model, cluster, trace, placement, sim_options(scenario), calibration=cal)
     except MoesimError as exc:
-        return {"settings": scenario.settings(), "error": str(exc), "error_kind": type(exc).__name__,
-                "num_gpus": int(cluster.num_gpus), "model": model.slug, "cluster": cluster.slug}
+        return {
+            "settings": scenario.settings(),
+            "error": str(exc),
+            "error_kind": type(exc).__name__,
+            "num_gpus": int(cluster.num_gpus),
+            "model": model.slug,
+            "cluster": cluster.slug,
+        }
     t3 = time.perf_counter()
     record = summarise(step, scenario, model, cluster)
+    record["calibration"] = None if cal is None else cal.describe  # which measured fit the numbers rest on
     meta = dict(getattr(placement, "meta", {}) or {})
     record["placement_meta"] = _jsonable(meta)
     if scenario.placement != "contiguous":
         # solved placements are kept so the numbers can be reproduced with `moesim simulate --placement`
-        record["placement"] = {"num_gpus": placement.num_gpus, "slots_per_gpu": placement.slots_per_gpu,
-                               "num_experts": placement.num_experts, "layers": [int(x) for x in trace.layers],
-                               "phy2log": np.asarray(placement.phy2log).tolist(),
-                               "shares": np.asarray(placement.shares).tolist()}
+        record["placement"] = {
+            "num_gpus": placement.num_gpus,
+            "slots_per_gpu": placement.slots_per_gpu,
+            "num_experts": placement.num_experts,
+            "layers": [int(x) for x in trace.layers],
+            "phy2log": np.asarray(placement.phy2log).tolist(),
+            "shares": np.asarray(placement.shares).tolist(),
+        }
     record["timing_s"] = {"inputs": t1 - t0, "placement": t2 - t1, "simulate": t3 - t2}
     return record
 
@@ -558,8 +604,10 @@ def run_whatif(
         done.append(rec)
     base_rec = done[sf.baseline_index]
     if "error" in base_rec:
-        raise InfeasibleError(f"{sf.path}: baseline: scenario {base_rec['name']!r} cannot run "
-                              f"({base_rec['error']}); pick a feasible baseline")
+        raise InfeasibleError(
+            f"{sf.path}: baseline: scenario {base_rec['name']!r} cannot run "
+            f"({base_rec['error']}); pick a feasible baseline"
+        )
     sign = 1.0 if sf.minimize else -1.0
     feasible = [i for i, r in enumerate(done) if "error" not in r]
     best = min(feasible, key=lambda i: (sign * done[i][sf.objective], i))

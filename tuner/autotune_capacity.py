@@ -47,8 +47,11 @@ class LayerSetting:
     policy: str = "probs"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.layer, "capacity_factor": self.factor,
-                "drop_policy": self.policy if self.factor is not None else None}
+        return {
+            "layer": self.layer,
+            "capacity_factor": self.factor,
+            "drop_policy": self.policy if self.factor is not None else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,12 @@ class CapacityPoint:
     trial: int = -1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trial": self.trial, "step_latency_us": self.step_latency_us,
-                "dropped_fraction": self.dropped_fraction, "layers": [s.to_dict() for s in self.settings]}
+        return {
+            "trial": self.trial,
+            "step_latency_us": self.step_latency_us,
+            "dropped_fraction": self.dropped_fraction,
+            "layers": [s.to_dict() for s in self.settings],
+        }
 
 
 # Layer evaluator: (layer position in the trace, factor or None, policy) -> (latency_us, dropped_fraction)
@@ -80,8 +87,18 @@ class SimulatorObjective:
     deterministic.
     """
 
-    def __init__(self, model: Any, cluster: Any, trace: Any, placement: Any = None, base_options: Any = None):
+    def __init__(
+        self,
+        model: Any,
+        cluster: Any,
+        trace: Any,
+        placement: Any = None,
+        base_options: Any = None,
+        calibration: Any = None,
+    ):
         from moesim import simulate as sim
+
+        self.calibration = calibration
 
         self.model, self.cluster, self.trace = model, cluster, trace
         self.base_options = base_options if base_options is not None else sim.SimOptions()
@@ -102,16 +119,26 @@ class SimulatorObjective:
         key = (i, None if factor is None else round(float(factor), 4), policy if factor is not None else "-")
         hit = self._cache.get(key)
         if hit is None:
-            options = replace(self.base_options, capacity_factor=key[1],
-                              drop_policy=policy if factor is not None else self.base_options.drop_policy)
-            hit = self._sim.simulate_layer(self.model, self.cluster, self._counts[i], self._rows[i], options,
-                                           layer=self.layers[i])
+            options = replace(
+                self.base_options,
+                capacity_factor=key[1],
+                drop_policy=policy if factor is not None else self.base_options.drop_policy,
+            )
+            hit = self._sim.simulate_layer(
+                self.model,
+                self.cluster,
+                self._counts[i],
+                self._rows[i],
+                options,
+                layer=self.layers[i],
+                calibration=self.calibration,
+            )
             self._cache[key] = hit
         return hit
 
     def __call__(self, settings: Sequence[LayerSetting]) -> tuple[float, float]:
         results = [self.layer_result(i, s.factor, s.policy) for i, s in enumerate(settings)]
-        step = self._sim.step_from_layers(self.model, self.cluster, results, self.base_options)
+        step = self._sim.step_from_layers(self.model, self.cluster, results, self.base_options, self.calibration)
         dropped = float(np.mean([r.dropped_fraction for r in results])) if results else 0.0
         return float(step.step_latency_us), dropped
 
@@ -121,9 +148,13 @@ def settings_from_params(params: dict[str, Any], num_layers: int, layer_ids: Seq
     out = []
     for i in range(num_layers):
         dropless = bool(params[f"dropless_{i}"])
-        out.append(LayerSetting(layer=int(layer_ids[i]),
-                                factor=None if dropless else float(params[f"factor_{i}"]),
-                                policy=str(params[f"policy_{i}"])))
+        out.append(
+            LayerSetting(
+                layer=int(layer_ids[i]),
+                factor=None if dropless else float(params[f"factor_{i}"]),
+                policy=str(params[f"policy_{i}"]),
+            )
+        )
     return tuple(out)
 
 
@@ -150,10 +181,14 @@ class CapacityResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"meta": self.meta, "max_drop": self.max_drop,
-                "pick": self.pick.to_dict() if self.pick else None,
-                "dropless": self.dropless.to_dict(),
-                "pareto_front": [p.to_dict() for p in self.front], "trials": len(self.points)}
+        return {
+            "meta": self.meta,
+            "max_drop": self.max_drop,
+            "pick": self.pick.to_dict() if self.pick else None,
+            "dropless": self.dropless.to_dict(),
+            "pareto_front": [p.to_dict() for p in self.front],
+            "trials": len(self.points),
+        }
 
 
 def pareto_front(points: Sequence[CapacityPoint]) -> list[CapacityPoint]:
@@ -176,8 +211,10 @@ def pick_under(front: Sequence[CapacityPoint], max_drop: float) -> CapacityPoint
     ok = [p for p in front if p.dropped_fraction <= max_drop + 1e-12]
     if not ok:
         lowest = min((p.dropped_fraction for p in front), default=math.nan)
-        raise InfeasibleError(f"autotune capacity: --max-drop {max_drop:g}: no point drops that little "
-                              f"(lowest on the front: {lowest:.4g})")
+        raise InfeasibleError(
+            f"autotune capacity: --max-drop {max_drop:g}: no point drops that little "
+            f"(lowest on the front: {lowest:.4g})"
+        )
     return min(ok, key=lambda p: (p.step_latency_us, p.dropped_fraction))
 
 
@@ -207,8 +244,13 @@ def autotune_capacity(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     num_layers = len(layer_ids)
     sampler = optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
-    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler, storage=storage,
-                                study_name=study_name, load_if_exists=storage is not None)
+    study = optuna.create_study(
+        directions=["minimize", "minimize"],
+        sampler=sampler,
+        storage=storage,
+        study_name=study_name,
+        load_if_exists=storage is not None,
+    )
     # Seed: all layers dropless (the zero-drop anchor) and all layers at factor 1.0 with probs (the fastest
     # Megatron-style setting), so both ends of the front exist from the first generation.
     anchor = {}
@@ -230,15 +272,21 @@ def autotune_capacity(
     if trials > done:
         study.optimize(run_trial, n_trials=trials - done)
     points = [
-        CapacityPoint(settings_from_params(t.params, num_layers, layer_ids), float(t.values[0]),
-                      float(t.values[1]), t.number)
-        for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+        CapacityPoint(
+            settings_from_params(t.params, num_layers, layer_ids), float(t.values[0]), float(t.values[1]), t.number
+        )
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE
     ]
     dropless = next(p for p in points if all(s.factor is None for s in p.settings))
     front = pareto_front(points)
-    result = CapacityResult(points=points, front=front, dropless=dropless, max_drop=max_drop,
-                            meta={"sampler": "NSGAIISampler", "population": population, "seed": seed,
-                                  "layers": list(layer_ids)})
+    result = CapacityResult(
+        points=points,
+        front=front,
+        dropless=dropless,
+        max_drop=max_drop,
+        meta={"sampler": "NSGAIISampler", "population": population, "seed": seed, "layers": list(layer_ids)},
+    )
     if max_drop is not None:
         result.pick = pick_under(front, max_drop)
     return result
@@ -257,8 +305,13 @@ def front_table(result: CapacityResult, title: str = "") -> Any:
         layers = " ".join(
             f"{s.layer}:-" if s.factor is None else f"{s.layer}:{s.factor:.2f}/{s.policy}" for s in p.settings
         )
-        table.add_row(f"{i}{mark}", f"{p.step_latency_us:.1f}", f"{base / p.step_latency_us:.3f}x",
-                      f"{100 * p.dropped_fraction:.3f}%", layers)
+        table.add_row(
+            f"{i}{mark}",
+            f"{p.step_latency_us:.1f}",
+            f"{base / p.step_latency_us:.3f}x",
+            f"{100 * p.dropped_fraction:.3f}%",
+            layers,
+        )
     return table
 
 

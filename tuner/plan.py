@@ -58,8 +58,14 @@ def scaled_routing(trace: RoutingTrace, num_gpus: int, tokens_per_gpu: int) -> t
     return scaled, tr
 
 
-def cost_model(model: ModelSpec, cluster: ClusterSpec, tokens_per_gpu: int, slots: int,
-               amortise_steps: int = DEFAULT_AMORTISE_STEPS, weight_dtype_bytes: float = 2.0) -> CostModel:
+def cost_model(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    tokens_per_gpu: int,
+    slots: int,
+    amortise_steps: int = DEFAULT_AMORTISE_STEPS,
+    weight_dtype_bytes: float = 2.0,
+) -> CostModel:
     """Linear coefficients of the MILP objective (see ``tuner.ilp``), in microseconds.
 
     - ``us_per_token`` = d fused_moe_us / d tokens, a central difference at the mean GPU load
@@ -89,16 +95,25 @@ def cost_model(model: ModelSpec, cluster: ClusterSpec, tokens_per_gpu: int, slot
         c_node = bpt / (G * float(cluster.levels[1].bw_gb_s) * 1e3)
     slowest = min(float(lv.bw_gb_s) for lv in cluster.levels) * 1e3
     c_move = float(model.expert_weight_bytes(weight_dtype_bytes)) / slowest / max(1, amortise_steps)
-    return CostModel(us_per_token=max(slope, 1e-9), us_per_gpu_token=c_gpu, us_per_node_token=c_node,
-                     us_per_moved_replica=c_move, bytes_per_token=bpt)
+    return CostModel(
+        us_per_token=max(slope, 1e-9),
+        us_per_gpu_token=c_gpu,
+        us_per_node_token=c_node,
+        us_per_moved_replica=c_move,
+        bytes_per_token=bpt,
+    )
 
 
-def _eplb(model: ModelSpec, cluster: ClusterSpec, counts: np.ndarray, redundant_experts: int, origin: str
-          ) -> Placement:
+def _eplb(model: ModelSpec, cluster: ClusterSpec, counts: np.ndarray, redundant_experts: int, origin: str) -> Placement:
     """The EPLB-equivalent placement with the model's expert groups and the cluster's nodes (as SGLang calls
     EPLB), checked against GPU memory (``PlacementError``)."""
-    p = eplb_placement(counts, int(cluster.num_gpus), redundant_experts, num_groups=max(1, int(model.n_group)),
-                       num_nodes=int(cluster.num_nodes))
+    p = eplb_placement(
+        counts,
+        int(cluster.num_gpus),
+        redundant_experts,
+        num_groups=max(1, int(model.n_group)),
+        num_nodes=int(cluster.num_nodes),
+    )
     check_memory(p, model, cluster.gpu, origin=origin)
     return p
 
@@ -113,15 +128,33 @@ class PlanResult:
     notes: list[str] = field(default_factory=list)
 
 
-def evaluate(placement: Placement, model: ModelSpec, cluster: ClusterSpec, trace: RoutingTrace,
-             counts: np.ndarray, transitions: np.ndarray | None, cost: CostModel, tokens_per_gpu: int,
-             method: str, solve_s: float = 0.0, gap: float | None = None) -> dict[str, Any]:
+def evaluate(
+    placement: Placement,
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    trace: RoutingTrace,
+    counts: np.ndarray,
+    transitions: np.ndarray | None,
+    cost: CostModel,
+    tokens_per_gpu: int,
+    method: str,
+    solve_s: float = 0.0,
+    gap: float | None = None,
+    calibration: Any | None = None,
+) -> dict[str, Any]:
     """One comparison row (see the module docstring), from one simulation of ``placement``."""
     from moesim.simulate import SimOptions, simulate
 
     loads = placement.gpu_loads(counts)
     terms = predicted_terms(placement, counts, transitions, int(cluster.gpus_per_node), cost)
-    step = simulate(model, cluster, trace, placement, SimOptions(tokens_per_gpu=tokens_per_gpu, check_memory=False))
+    step = simulate(
+        model,
+        cluster,
+        trace,
+        placement,
+        SimOptions(tokens_per_gpu=tokens_per_gpu, check_memory=False),
+        calibration=calibration,
+    )
     return {
         "method": method,
         "max_mean_load": float((loads.max(axis=1) / loads.mean(axis=1)).max()),
@@ -135,12 +168,26 @@ def evaluate(placement: Placement, model: ModelSpec, cluster: ClusterSpec, trace
     }
 
 
-def plan(model: ModelSpec, cluster: ClusterSpec, trace: RoutingTrace, *, redundant_experts: int = 0,
-         solver: str = "cbc", time_limit_s: float = 60.0, current: Placement | None = None,
-         hierarchical: bool | None = None, split: str = "even", tokens_per_gpu: int = 4096,
-         trace_name: str = "", sweeps: int = 2, amortise_steps: int = DEFAULT_AMORTISE_STEPS,
-         progress: Callable[[int, int, str], None] | None = None) -> PlanResult:
-    """Run contiguous, round-robin, EPLB-equivalent and the MILP; evaluate each.
+def plan(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    trace: RoutingTrace,
+    *,
+    redundant_experts: int = 0,
+    solver: str = "cbc",
+    time_limit_s: float = 60.0,
+    current: Placement | None = None,
+    hierarchical: bool | None = None,
+    split: str = "even",
+    tokens_per_gpu: int = 4096,
+    trace_name: str = "",
+    sweeps: int = 2,
+    amortise_steps: int = DEFAULT_AMORTISE_STEPS,
+    progress: Callable[[int, int, str], None] | None = None,
+    calibration: Any | None = None,
+) -> PlanResult:
+    """Run contiguous, round-robin, EPLB-equivalent and the MILP; evaluate each (simulated with
+    ``calibration``, a :class:`moesim.calibration.Calibration` or None).
 
     Raises:
         TraceError (trace of another model), PlacementError (slots do not divide, more experts than slots,
@@ -168,8 +215,10 @@ def plan(model: ModelSpec, cluster: ClusterSpec, trace: RoutingTrace, *, redunda
 
     if current is not None:
         if current.num_physical != G * S or current.num_experts != E:
-            raise PlacementError(f"--current: {current.num_gpus} GPUs x {current.slots_per_gpu} slots of "
-                                 f"{current.num_experts} experts, but this plan has {G} x {S} of {E}")
+            raise PlacementError(
+                f"--current: {current.num_gpus} GPUs x {current.slots_per_gpu} slots of "
+                f"{current.num_experts} experts, but this plan has {G} x {S} of {E}"
+            )
         if current.num_layers not in (1, L):
             raise PlacementError(f"--current: {current.num_layers} layer rows, the trace has {L}")
 
@@ -182,35 +231,83 @@ def plan(model: ModelSpec, cluster: ClusterSpec, trace: RoutingTrace, *, redunda
 
     warm_name = min(candidates, key=predicted_us)
     t0 = time.perf_counter()
-    result = solve_ilp(counts, transitions, G, gpn, redundant_experts, cost,
-                       warm_start=candidates[warm_name], solver=solver, time_limit_s=time_limit_s, split=split,
-                       hierarchical=hierarchical, current=current, sweeps=sweeps, progress=progress)
+    result = solve_ilp(
+        counts,
+        transitions,
+        G,
+        gpn,
+        redundant_experts,
+        cost,
+        warm_start=candidates[warm_name],
+        solver=solver,
+        time_limit_s=time_limit_s,
+        split=split,
+        hierarchical=hierarchical,
+        current=current,
+        sweeps=sweeps,
+        progress=progress,
+    )
     solve_s = time.perf_counter() - t0
     if result.status == "warm-start":
-        raise InfeasibleError(f"ilp: no incumbent from {solver} within --time-limit {time_limit_s:g} s "
-                              f"(0 of {L} layers solved); raise the time limit")
+        raise InfeasibleError(
+            f"ilp: no incumbent from {solver} within --time-limit {time_limit_s:g} s "
+            f"(0 of {L} layers solved); raise the time limit"
+        )
     if result.status == "partial":
         notes.append(f"time limit reached: some layers keep the {warm_name} warm start")
     placements["ilp"] = result.placement
 
-    rows = [evaluate(p, model, cluster, trace, counts, transitions, cost, tokens_per_gpu, name,
-                     *((solve_s, result.gap) if name == "ilp" else ())) for name, p in placements.items()]
+    rows = [
+        evaluate(
+            p,
+            model,
+            cluster,
+            trace,
+            counts,
+            transitions,
+            cost,
+            tokens_per_gpu,
+            name,
+            *((solve_s, result.gap) if name == "ilp" else (0.0, None)),
+            calibration=calibration,
+        )
+        for name, p in placements.items()
+    ]
     ilp_row = rows[-1]
     predicted = {k: ilp_row[k] for k in ROW_KEYS if k != "method"}
-    predicted.update({"objective_us": result.objective_us, "status": result.status,
-                      "max_sub_gap": None if not np.isfinite(result.max_sub_gap) else result.max_sub_gap,
-                      "warm_start": warm_name})
-    best = result.placement.with_meta(model=model.slug, cluster=cluster.slug, trace=trace_name or trace.source,
-                                      method=f"ilp ({solver}, {split} shares"
-                                             f"{', hierarchical' if result.hierarchical else ''})",
-                                      layers=[int(x) for x in trace.layers], predicted=predicted,
-                                      redundant_experts=int(redundant_experts))
+    predicted.update(
+        {
+            "objective_us": result.objective_us,
+            "status": result.status,
+            "max_sub_gap": None if not np.isfinite(result.max_sub_gap) else result.max_sub_gap,
+            "warm_start": warm_name,
+        }
+    )
+    best = result.placement.with_meta(
+        model=model.slug,
+        cluster=cluster.slug,
+        trace=trace_name or trace.source,
+        method=f"ilp ({solver}, {split} shares{', hierarchical' if result.hierarchical else ''})",
+        layers=[int(x) for x in trace.layers],
+        predicted=predicted,
+        redundant_experts=int(redundant_experts),
+    )
     return PlanResult(rows=rows, placements=placements, ilp=result, best=best, cost=cost, notes=notes)
 
 
-def place(method: str, model: ModelSpec, cluster: ClusterSpec, trace: RoutingTrace, *, redundant_experts: int = 0,
-          solver: str = "cbc", time_limit_s: float = 60.0, split: str = "even", hierarchical: bool | None = None,
-          tokens_per_gpu: int = 4096) -> Placement:
+def place(
+    method: str,
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    trace: RoutingTrace,
+    *,
+    redundant_experts: int = 0,
+    solver: str = "cbc",
+    time_limit_s: float = 60.0,
+    split: str = "even",
+    hierarchical: bool | None = None,
+    tokens_per_gpu: int = 4096,
+) -> Placement:
     """One placement over the trace's layers, without the comparison: ``method`` is ``contiguous``,
     ``round_robin``, ``eplb`` or ``ilp`` (for ``moesim whatif`` and scripts).
 
@@ -234,9 +331,24 @@ def place(method: str, model: ModelSpec, cluster: ClusterSpec, trace: RoutingTra
     if method == "eplb":
         return eplb
     cost = cost_model(model, cluster, tokens_per_gpu, S)
-    res = solve_ilp(counts, transitions, G, int(cluster.gpus_per_node), redundant_experts, cost, warm_start=eplb,
-                    solver=solver, time_limit_s=time_limit_s, split=split, hierarchical=hierarchical)
+    res = solve_ilp(
+        counts,
+        transitions,
+        G,
+        int(cluster.gpus_per_node),
+        redundant_experts,
+        cost,
+        warm_start=eplb,
+        solver=solver,
+        time_limit_s=time_limit_s,
+        split=split,
+        hierarchical=hierarchical,
+    )
     if res.status == "warm-start":
         raise InfeasibleError(f"ilp: no incumbent from {solver} within {time_limit_s:g} s; raise the time limit")
-    return res.placement.with_meta(gap=None if not np.isfinite(res.gap) else res.gap, solve_s=res.solve_s,
-                                   status=res.status, layers=[int(x) for x in trace.layers])
+    return res.placement.with_meta(
+        gap=None if not np.isfinite(res.gap) else res.gap,
+        solve_s=res.solve_s,
+        status=res.status,
+        layers=[int(x) for x in trace.layers],
+    )

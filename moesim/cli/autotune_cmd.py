@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from moesim.cli.options import announce_calibration, calibration_option, use_calibration
+
 KERNEL_EXAMPLE = (
     "moesim autotune kernel --E 8 --N 7168 --K 4096 --top-k 2 --ms 1,64,1024 --trials 120 "
     "--trace profiles/traces/mixtral_c4.npz --save-dir tuned/"
@@ -57,36 +59,50 @@ def register(app: typer.Typer) -> None:
     )
     def kernel(
         E: int = typer.Option(..., "--E", help="Number of experts (on this GPU).", show_default=False),
-        N: int = typer.Option(..., "--N", help="Intermediate size per expert and shard (vLLM's N; w1 is "
-                              "[E, 2N, K]).", show_default=False),
+        N: int = typer.Option(
+            ..., "--N", help="Intermediate size per expert and shard (vLLM's N; w1 is [E, 2N, K]).", show_default=False
+        ),
         K: int = typer.Option(..., "--K", help="Hidden size.", show_default=False),
         top_k: int = typer.Option(2, "--top-k", help="Experts per token."),
         dtype: str = typer.Option("bf16", "--dtype", help="bf16 or fp16."),
         ms: str = typer.Option("1,64,1024", "--ms", help="Comma-separated batch sizes, one study each."),
         trials: int = typer.Option(100, "--trials", help="Measured configs per M (exact)."),
-        patience: int = typer.Option(40, "--patience", help="Stop an M after this many trials without a new "
-                                     "best (0: off)."),
+        patience: int = typer.Option(
+            40, "--patience", help="Stop an M after this many trials without a new best (0: off)."
+        ),
         sampler: str = typer.Option("tpe", "--sampler", help="tpe (multivariate TPE), gp or random."),
         seed: int = typer.Option(None, "--seed", help="Sampler seed (default: random)."),
-        trace: Path = typer.Option(None, "--trace", help="moesim routing trace: timed routings are drawn "
-                                   "from its real top-k choices.", show_default=False),
-        trace_layer: int = typer.Option(None, "--trace-layer", help="Model layer of the trace to use "
-                                        "(default: the first recorded)."),
-        routing: str = typer.Option("uniform", "--routing", help="Without --trace: uniform or "
-                                    "dirichlet:ALPHA (small ALPHA = skewed)."),
+        trace: Path = typer.Option(
+            None,
+            "--trace",
+            help="moesim routing trace: timed routings are drawn from its real top-k choices.",
+            show_default=False,
+        ),
+        trace_layer: int = typer.Option(
+            None, "--trace-layer", help="Model layer of the trace to use (default: the first recorded)."
+        ),
+        routing: str = typer.Option(
+            "uniform", "--routing", help="Without --trace: uniform or dirichlet:ALPHA (small ALPHA = skewed)."
+        ),
         warmup: int = typer.Option(5, "--warmup", help="Eager calls before the CUDA graph is captured."),
-        repeats: int = typer.Option(20, "--repeats", help="Timed graph replays of 10 calls each (median; fresh "
-                                    "routing every call)."),
-        storage: str = typer.Option(None, "--storage", help="Optuna storage URL (default: journal file in "
-                                    "the cache dir)."),
-        workers: int = typer.Option(1, "--workers", help="Worker processes, one per visible GPU, sharing the "
-                                    "studies."),
-        gpu: str = typer.Option(None, "--gpu", help="GPU profile slug for the shared-memory filter (default: "
-                                "from the device name)."),
-        backend: str = typer.Option("cuda", "--backend", help="cuda, or interpret (Triton interpreter on "
-                                    "CPU: tiny shapes, no meaningful timing)."),
-        save_dir: Path = typer.Option(None, "--save-dir", help="Write E=..,N=..,device_name=...json here.",
-                                      show_default=False),
+        repeats: int = typer.Option(
+            20, "--repeats", help="Timed graph replays of 10 calls each (median; fresh routing every call)."
+        ),
+        storage: str = typer.Option(
+            None, "--storage", help="Optuna storage URL (default: journal file in the cache dir)."
+        ),
+        workers: int = typer.Option(1, "--workers", help="Worker processes, one per visible GPU, sharing the studies."),
+        gpu: str = typer.Option(
+            None, "--gpu", help="GPU profile slug for the shared-memory filter (default: from the device name)."
+        ),
+        backend: str = typer.Option(
+            "cuda",
+            "--backend",
+            help="cuda, or interpret (Triton interpreter on CPU: tiny shapes, no meaningful timing).",
+        ),
+        save_dir: Path = typer.Option(
+            None, "--save-dir", help="Write E=..,N=..,device_name=...json here.", show_default=False
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
     ) -> None:
         import sys
@@ -119,14 +135,33 @@ def register(app: typer.Typer) -> None:
         if trace is None:
             parse_routing(routing)
         spec = KernelTuneSpec(
-            E=E, N=N, K=K, top_k=top_k, dtype=dtype, ms=ms_t, trials=trials,
-            patience=patience if patience > 0 else None, sampler=sampler, seed=seed, backend=backend,
-            routing=routing, trace=str(trace) if trace else None, trace_layer=trace_layer,
-            warmup=warmup, repeats=repeats, storage=storage, gpu=gpu,
+            E=E,
+            N=N,
+            K=K,
+            top_k=top_k,
+            dtype=dtype,
+            ms=ms_t,
+            trials=trials,
+            patience=patience if patience > 0 else None,
+            sampler=sampler,
+            seed=seed,
+            backend=backend,
+            routing=routing,
+            trace=str(trace) if trace else None,
+            trace_layer=trace_layer,
+            warmup=warmup,
+            repeats=repeats,
+            storage=storage,
+            gpu=gpu,
         )
         err = Console(stderr=True)
-        results = autotune_kernel(spec, workers=workers, save_dir=str(save_dir) if save_dir else None,
-                                  console=err, show_progress=not json_out or err.is_terminal)
+        results = autotune_kernel(
+            spec,
+            workers=workers,
+            save_dir=str(save_dir) if save_dir else None,
+            console=err,
+            show_progress=not json_out or err.is_terminal,
+        )
         device = device_label(backend)
         if json_out:
             print(results_json(results, spec, device))
@@ -150,17 +185,20 @@ def register(app: typer.Typer) -> None:
     def capacity(
         model: str = typer.Option(..., "--model", help="Model slug or YAML path.", show_default=False),
         cluster: str = typer.Option(..., "--cluster", help="Cluster slug or YAML path.", show_default=False),
-        trace: str = typer.Option(..., "--trace", help="Trace file, or synthetic spec (zipf:1.2, "
-                                  "dirichlet:0.3, uniform).", show_default=False),
+        trace: str = typer.Option(
+            ..., "--trace", help="Trace file, or synthetic spec (zipf:1.2, dirichlet:0.3, uniform).", show_default=False
+        ),
         tokens_per_gpu: int = typer.Option(4096, "--tokens-per-gpu", help="Tokens per GPU per step."),
         synthetic_tokens: int = typer.Option(8192, "--synthetic-tokens", help="Tokens of a synthetic trace."),
         trials: int = typer.Option(200, "--trials", help="NSGA-II trials."),
         population: int = typer.Option(40, "--population", help="NSGA-II population size."),
         seed: int = typer.Option(0, "--seed", help="Sampler and synthetic-trace seed."),
-        max_drop: float = typer.Option(None, "--max-drop", help="Pick the fastest point with dropped "
-                                       "fraction <= this (e.g. 0.01)."),
+        max_drop: float = typer.Option(
+            None, "--max-drop", help="Pick the fastest point with dropped fraction <= this (e.g. 0.01)."
+        ),
         out: Path = typer.Option(None, "-o", "--out", help="Write the front as JSON here.", show_default=False),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+        calibration: str = calibration_option(),
     ) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -175,17 +213,34 @@ def register(app: typer.Typer) -> None:
         model_spec = load_model(model)
         cluster_spec = load_cluster(cluster)
         trace_obj = _load_or_synthesize(trace, model_spec, synthetic_tokens, seed)
-        objective = SimulatorObjective(model_spec, cluster_spec, trace_obj, None,
-                                       SimOptions(tokens_per_gpu=tokens_per_gpu))
+        cal = use_calibration(calibration, cluster_spec.gpu.slug)
+        objective = SimulatorObjective(
+            model_spec, cluster_spec, trace_obj, None, SimOptions(tokens_per_gpu=tokens_per_gpu), calibration=cal
+        )
         err = Console(stderr=True)
-        with Progress(TextColumn("[bold]capacity[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=err, disable=json_out and not err.is_terminal) as bar:
+        with Progress(
+            TextColumn("[bold]capacity[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=json_out and not err.is_terminal,
+        ) as bar:
             task = bar.add_task("", total=trials)
-            result = autotune_capacity(objective, trace_obj.layers, trials=trials, population=population,
-                                       seed=seed, max_drop=max_drop,
-                                       on_trial=lambda n: bar.update(task, advance=1))
-        result.meta.update({"model": model_spec.slug, "cluster": cluster_spec.slug, "trace": trace,
-                            "tokens_per_gpu": tokens_per_gpu})
+            result = autotune_capacity(
+                objective,
+                trace_obj.layers,
+                trials=trials,
+                population=population,
+                seed=seed,
+                max_drop=max_drop,
+                on_trial=lambda n: bar.update(task, advance=1),
+            )
+        result.meta.update(
+            {"model": model_spec.slug, "cluster": cluster_spec.slug, "trace": trace, "tokens_per_gpu": tokens_per_gpu}
+        )
+        result.meta["calibration"] = None if cal is None else cal.describe
+        announce_calibration(cal, calibration)
         text = result_json(result)
         if out is not None:
             from moesim.fileio import atomic_write_text
@@ -195,13 +250,20 @@ def register(app: typer.Typer) -> None:
             print(text)
             return
         console = Console()
-        console.print(front_table(result, f"Pareto front: {model_spec.slug} on {cluster_spec.slug}, "
-                                          f"{len(trace_obj.layers)} MoE layers, {trials} trials"))
+        console.print(
+            front_table(
+                result,
+                f"Pareto front: {model_spec.slug} on {cluster_spec.slug}, "
+                f"{len(trace_obj.layers)} MoE layers, {trials} trials",
+            )
+        )
         if result.pick is not None:
             p = result.pick
-            console.print(f"--max-drop {max_drop:g}: fastest point drops {100 * p.dropped_fraction:.3f}% at "
-                          f"{p.step_latency_us:.1f} us ({result.dropless.step_latency_us / p.step_latency_us:.3f}x "
-                          "vs dropless), marked *")
+            console.print(
+                f"--max-drop {max_drop:g}: fastest point drops {100 * p.dropped_fraction:.3f}% at "
+                f"{p.step_latency_us:.1f} us ({result.dropless.step_latency_us / p.step_latency_us:.3f}x "
+                "vs dropless), marked *"
+            )
         if out is not None:
             console.print(f"wrote {out}")
 

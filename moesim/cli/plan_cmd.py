@@ -9,10 +9,13 @@ from typing import Any
 
 import typer
 
+from moesim.cli.options import announce_calibration, calibration_option, use_calibration
 from moesim.errors import SpecError
 
-EXAMPLE = ("moesim plan --model olmoe-1b-7b --cluster h100-2x8-ib400 --trace profiles/traces/olmoe_c4.npz "
-           "--redundant-experts 16 -o placement.yaml --sglang placement.json")
+EXAMPLE = (
+    "moesim plan --model olmoe-1b-7b --cluster h100-2x8-ib400 --trace profiles/traces/olmoe_c4.npz "
+    "--redundant-experts 16 -o placement.yaml --sglang placement.json"
+)
 
 
 def _fmt_bytes(v: float) -> str:
@@ -36,9 +39,15 @@ def print_rows(rows: list[dict[str, Any]], notes: list[str], console: Any) -> No
         if base and r is not rows[0]:
             lat += f" ({100 * (r['layer_latency_us'] / base - 1):+.1f}%)"
         gap = "" if r["gap"] is None else f"{100 * r['gap']:.2f}%"
-        table.add_row(r["method"], f"{r['max_mean_load']:.3f}", _fmt_bytes(r["cross_gpu_bytes"]),
-                      _fmt_bytes(r["cross_node_bytes"]), lat, f"{r['solve_s']:.1f}" if r["method"] == "ilp" else "",
-                      gap)
+        table.add_row(
+            r["method"],
+            f"{r['max_mean_load']:.3f}",
+            _fmt_bytes(r["cross_gpu_bytes"]),
+            _fmt_bytes(r["cross_node_bytes"]),
+            lat,
+            f"{r['solve_s']:.1f}" if r["method"] == "ilp" else "",
+            gap,
+        )
     console.print(table)
     for note in notes:
         console.print(f"note: {note}")
@@ -54,11 +63,14 @@ def plan_cmd(
     time_limit: float = typer.Option(60.0, "--time-limit", help="seconds for the whole MILP solve"),
     current: Path | None = typer.Option(None, "--current", help="placement YAML now deployed (adds a move cost)"),
     hierarchical: bool = typer.Option(False, "--hierarchical", help="experts to nodes first, then to GPUs"),
-    split: str = typer.Option("even", "--split",
-                              help="replica shares: even (as SGLang and vLLM dispatch) | continuous"),
+    split: str = typer.Option(
+        "even", "--split", help="replica shares: even (as SGLang and vLLM dispatch) | continuous"
+    ),
     tokens_per_gpu: int = typer.Option(4096, "--tokens-per-gpu", help="tokens on each GPU per layer"),
-    sglang: Path | None = typer.Option(None, "--sglang",
-                                       help="also write SGLang's --init-expert-location file (.json)"),
+    sglang: Path | None = typer.Option(
+        None, "--sglang", help="also write SGLang's --init-expert-location file (.json)"
+    ),
+    calibration: str = calibration_option(),
     as_json: bool = typer.Option(False, "--json", help="print the comparison rows as JSON"),
 ) -> None:
     """Place experts on GPUs (MILP, with replicas) and compare with contiguous, round-robin and EPLB."""
@@ -89,6 +101,7 @@ def plan_cmd(
     trace_path = resolve_trace(trace)
     routing = tr.load_trace(trace_path)
     routing.check_model(model_spec, str(trace_path))
+    cal = use_calibration(calibration, cluster_spec.gpu.slug)
     cur = None
     if current is not None:
         cur = load_placement(current)
@@ -97,16 +110,36 @@ def plan_cmd(
         check_model(cur, model_spec, str(current))
 
     console = Console(stderr=True)
-    with Progress(SpinnerColumn(), TextColumn("[bold]solving[/]"), BarColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]solving[/]"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
         task = bar.add_task("baselines", total=None)
 
         def progress(done: int, total: int, text: str) -> None:
             bar.update(task, completed=done, total=total, description=text)
 
-        result = plan(model_spec, cluster_spec, routing, redundant_experts=redundant_experts, solver=solver,
-                      time_limit_s=time_limit, current=cur, hierarchical=True if hierarchical else None,
-                      split=split, tokens_per_gpu=tokens_per_gpu, trace_name=str(trace), progress=progress)
+        result = plan(
+            model_spec,
+            cluster_spec,
+            routing,
+            redundant_experts=redundant_experts,
+            solver=solver,
+            time_limit_s=time_limit,
+            current=cur,
+            hierarchical=True if hierarchical else None,
+            split=split,
+            tokens_per_gpu=tokens_per_gpu,
+            trace_name=str(trace),
+            progress=progress,
+            calibration=cal,
+        )
 
     notes = list(result.notes)
     filled: list[int] = []
@@ -124,19 +157,32 @@ def plan_cmd(
             notes.append(f"{sglang}: {warning}")
     rows = [{k: r[k] for k in ROW_KEYS} for r in result.rows]
     if as_json:
-        print(json.dumps([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-                          for r in rows], indent=1))
+        print(
+            json.dumps(
+                [
+                    {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+                    for r in rows
+                ],
+                indent=1,
+            )
+        )
     else:
         out = Console()
         print_rows(rows, notes, out)
         ilp = result.ilp
-        out.print(f"ILP: {ilp.solver}, status {ilp.status}, objective {ilp.objective_us:,.1f} us predicted, "
-                  f"gap {100 * ilp.gap:.2f}% (worst subproblem {100 * ilp.max_sub_gap:.2f}%), "
-                  f"{len(ilp.subproblems)} subproblems in {ilp.solve_s:.1f} s")
+        out.print(
+            f"ILP: {ilp.solver}, status {ilp.status}, objective {ilp.objective_us:,.1f} us predicted, "
+            f"gap {100 * ilp.gap:.2f}% (worst subproblem {100 * ilp.max_sub_gap:.2f}%), "
+            f"{len(ilp.subproblems)} subproblems in {ilp.solve_s:.1f} s"
+        )
         out.print(f"wrote {output}" + (f" and {sglang}" if sglang else ""))
     sys.stdout.flush()
+    announce_calibration(cal, calibration)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("plan", help=f"Place experts (with replicas) on GPUs from a routing trace.\n\nExample: {EXAMPLE}",
-                epilog=f"Example: {EXAMPLE}")(plan_cmd)
+    app.command(
+        "plan",
+        help=f"Place experts (with replicas) on GPUs from a routing trace.\n\nExample: {EXAMPLE}",
+        epilog=f"Example: {EXAMPLE}",
+    )(plan_cmd)

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from moesim.cli.options import announce_calibration, calibration_option, use_calibration
 from moesim.errors import SpecError
 
 EXAMPLE = "moesim simulate --model deepseek-v3 --cluster h100-8x8-ib400 --synthetic zipf:1.2 --json"
@@ -134,13 +135,19 @@ def simulate_cmd(
     tokens_per_gpu: int = typer.Option(4096, "--tokens-per-gpu", help="tokens on each GPU per layer"),
     placement: Path | None = typer.Option(None, "--placement", help="placement YAML (default: contiguous)"),
     capacity_factor: float | None = typer.Option(
-        None, "--capacity-factor", "--moe-expert-capacity-factor",
+        None,
+        "--capacity-factor",
+        "--moe-expert-capacity-factor",
         help="capacity = ceil(tokens x top_k / E x F) per expert (Megatron's --moe-expert-capacity-factor); "
-        "omit for dropless"),
+        "omit for dropless",
+    ),
     drop_policy: str = typer.Option(
-        "probs", "--drop-policy", "--moe-token-drop-policy",
+        "probs",
+        "--drop-policy",
+        "--moe-token-drop-policy",
         help="probs | position (Megatron's --moe-token-drop-policy) | reroute (overflow to the least-loaded "
-        "expert with room on the same GPU)"),
+        "expert with room on the same GPU)",
+    ),
     overlap_chunks: int = typer.Option(1, "--overlap-chunks", help="pipeline chunks (1 = sequential)"),
     dispatch_dtype: str = typer.Option("bf16", "--dispatch-dtype", help="fp8 | bf16"),
     combine_dtype: str = typer.Option("bf16", "--combine-dtype", help="fp8 | bf16"),
@@ -150,12 +157,13 @@ def simulate_cmd(
     no_dedup: bool = typer.Option(False, "--no-dedup", help="send a token once per expert, not once per GPU"),
     weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="bf16 | fp8 weights"),
     seed: int = typer.Option(0, "--seed", help="seed of the synthetic trace"),
-    calibration: str | None = typer.Option(
-        None,
-        "--calibration",
-        help="calibration.json, its directory, or a measured device under profiles/measured/: "
-        "fitted efficiency curves that replace the GPU profile's constants",
+    ep_mode: str = typer.Option(
+        "dispatched",
+        "--ep-mode",
+        help="dispatched (all-to-all: each GPU gets only its experts' rows, as DeepEP) | allgather (every GPU "
+        "sees all tokens and walks all rows, as vLLM EP without an all-to-all backend)",
     ),
+    calibration: str = calibration_option(),
     per_gpu: bool = typer.Option(False, "--per-gpu", help="with --json: add per-GPU latency and tokens"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
 ) -> None:
@@ -172,6 +180,7 @@ def simulate_cmd(
         dedup=not no_dedup,
         alltoall=alltoall,
         weight_dtype=weight_dtype,
+        ep_mode=ep_mode,
     )
     options.validate()
     model_spec, cluster_spec, routing = load_inputs(model, cluster, trace, synthetic, tokens_per_gpu, seed)
@@ -182,16 +191,13 @@ def simulate_cmd(
         if not placement.exists():
             raise SpecError(f"{placement}: placement: no such file")
         pl = load_placement(placement)
-    cal = None
-    if calibration is not None:
-        from moesim.calibration import load_calibration
-
-        cal = load_calibration(calibration)  # SpecError naming the file and field on any problem
+    cal = use_calibration(calibration, cluster_spec.gpu.slug)  # SpecError naming the file and field
     step = simulate(model_spec, cluster_spec, routing, pl, options, calibration=cal)
     if as_json:
         print(json.dumps(step.to_dict(per_gpu=per_gpu), indent=1))
     else:
         print_step(step)
+    announce_calibration(cal, calibration)
 
 
 def register(app: typer.Typer) -> None:

@@ -183,7 +183,7 @@ def _set(doc: dict, dotted: str, value) -> dict:
 _DELETE = object()
 
 BAD = [
-    ("schema", 2, "schema"),
+    ("schema", 3, "schema"),
     ("device_name", _DELETE, "device_name: missing"),
     ("fitted", "yesterday", "fitted"),
     ("dtype", "int4", "dtype"),

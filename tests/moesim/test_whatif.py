@@ -125,8 +125,11 @@ def direct_simulate_api(rec: dict) -> dict:
     options = SimOptions(tokens_per_gpu=s["tokens_per_gpu"], capacity_factor=s["capacity_factor"],
                          drop_policy=s["drop_policy"], overlap_chunks=s["overlap_chunks"],
                          dispatch_dtype=s["dispatch_dtype"], combine_dtype=s["combine_dtype"], dedup=s["dedup"],
-                         alltoall=s["alltoall"], weight_dtype=s["weight_dtype"])
-    return json.loads(json.dumps(simulate(model, cluster, trace, placement, options).to_dict()))
+                         alltoall=s["alltoall"], weight_dtype=s["weight_dtype"], ep_mode=s["ep_mode"])
+    from moesim.calibration import resolve_calibration
+
+    cal = resolve_calibration(s["calibration"], cluster.gpu.slug)  # auto: the GPU's shipped calibration
+    return json.loads(json.dumps(simulate(model, cluster, trace, placement, options, calibration=cal).to_dict()))
 
 
 def check_outputs(run, out: Path, tmp_path: Path) -> None:
