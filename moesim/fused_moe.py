@@ -12,13 +12,13 @@ Two EP execution modes decide how many rows the kernels walk:
 
 For each GEMM ``j`` in ``(n, kd) = ((1 + gated) N, H)`` (gate+up) and ``(H, N)`` (down), with ``N`` the
 per-shard intermediate size, ``a`` active local experts, ``b = sum_e ceil(m_e / BM)`` row blocks,
-``mbar = sum_e m_e / a`` rows per active expert, ``BM`` the row block chosen from ``mbar``
-(:func:`block_size_m`), ``BN = 64``, SMs ``S``, peak ``P`` (FLOP/us), HBM bandwidth ``W`` (B/us)::
+``mbar = sum_e m_e / a`` rows per active expert, the tile ``(BM, BN, BK)`` of :func:`block_sizes`, SMs ``S``,
+peak ``P`` (FLOP/us), HBM bandwidth ``W`` (B/us)::
 
     tiles   = b * ceil(n / BN)
     t_w     = a n kd w / (W ew min(1, tiles / (S fill)))            # weight stream (us); w bytes per weight
-    t_c     = 2 BM b ceil(n / BN) BN kd / (P ec mbar / (mbar + m_half))   # padded MMA work (us)
-    t_k     = ceil(tiles / (2 S)) ceil(kd / 64) tau                # waves x K steps, latency-bound (us)
+    t_c     = 2 BM b ceil(n / BN) BN ceil(kd / BK) BK / (P ec mbar / (mbar + m_half))   # padded MMA work (us)
+    t_k     = ceil(tiles / (2 S)) ceil(kd / BK) tau                # waves x K steps, latency-bound (us)
     t_j     = (t_w^p + t_c^p + t_k^p)^(1/p)                        # a smooth max of the three
 
     traffic = walked (4 (1 + gated) N + 4 N + 4 H) + 4 T H          # bytes: GEMM1 out, activation, GEMM2 out,
@@ -51,7 +51,7 @@ __all__ = [
     "EP_MODES",
     "FusedMoEParams",
     "KernelStats",
-    "block_size_m",
+    "block_sizes",
     "fit_fused_moe",
     "fused_moe_kernel_us",
     "kernel_stats",
@@ -59,8 +59,6 @@ __all__ = [
 ]
 
 EP_MODES = ("dispatched", "allgather")
-BLOCK_N = 64  # vLLM's default BLOCK_SIZE_N for unquantised MoE (fused_moe.py get_default_config)
-BLOCK_K = 64
 # Kernels of one forward: top-k softmax, align/sort, GEMM1, activation, GEMM2, top-k sum.
 KERNELS = 6
 
@@ -127,13 +125,14 @@ class FusedMoEParams:
             raise field_error(source, f"{prefix}{field}", problem) from None
 
 
-def block_size_m(mean_rows: np.ndarray) -> np.ndarray:
-    """Row block ``BM`` a tuned Triton MoE config picks for ``mean_rows`` rows per active expert::
+def block_sizes(tokens: np.ndarray, local_experts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tile ``(BM, BN, BK)`` of vLLM's default unquantised config (``get_default_config``: used when no tuned
+    file matches), elementwise over ``tokens`` (the ``M`` of the forward)::
 
-    BM = 16 if mbar <= 16, 32 if mbar <= 64, else 64
+    (BM, BN, BK) = (16, 32, 64) if M <= E_l else (64, 64, 32)
     """
-    m = np.asarray(mean_rows, dtype=np.float64)
-    return np.where(m <= 16, 16.0, np.where(m <= 64, 32.0, 64.0))
+    small = np.asarray(tokens, dtype=np.float64) <= local_experts
+    return np.where(small, 16.0, 64.0), np.where(small, 32.0, 64.0), np.where(small, 64.0, 32.0)
 
 
 @dataclass(frozen=True)
@@ -145,6 +144,8 @@ class KernelStats:
     rows: np.ndarray  # sum_e m_e: local rows
     blocks: np.ndarray  # b = sum_e ceil(m_e / BM)
     bm: np.ndarray  # BM
+    bn: np.ndarray  # BN
+    bk: np.ndarray  # BK
     walked: np.ndarray  # rows the kernels walk (mode-dependent)
     tokens: np.ndarray  # T tokens of the forward
     mapped: np.ndarray  # 1 where an expert map is applied (allgather EP over more than one rank), else 0
@@ -168,14 +169,15 @@ def kernel_stats(
     m = np.asarray(tokens_per_expert, dtype=np.float64)
     active = (m > 0).sum(axis=-1).astype(np.float64)
     rows = m.sum(axis=-1)
-    bm = block_size_m(rows / np.maximum(active, 1.0))
+    seen = rows if walked_rows is None else np.broadcast_to(np.asarray(walked_rows, dtype=np.float64), rows.shape)
+    bm, bn, bk = block_sizes(seen / max(top_k, 1), m.shape[-1])
     blocks = np.ceil(m / bm[..., None] - 1e-9).clip(min=0).sum(axis=-1)
     if ep_mode == "allgather" and walked_rows is not None:
         walked = np.maximum(np.broadcast_to(np.asarray(walked_rows, dtype=np.float64), rows.shape), rows)
     else:
         walked = rows
     mapped = np.full(rows.shape, 1.0 if (expert_map and ep_mode == "allgather") else 0.0)
-    return KernelStats(active, rows, blocks, bm, walked, walked / max(top_k, 1), mapped)
+    return KernelStats(active, rows, blocks, bm, bn, bk, walked, walked / max(top_k, 1), mapped)
 
 
 def _gemm_us(
@@ -184,15 +186,15 @@ def _gemm_us(
     peak = float(gpu.bf16_tflops if weight_bytes > 1 else gpu.fp8_tflops or gpu.bf16_tflops) * 1e6  # FLOP/us
     bw = float(gpu.hbm_bw_gb_s) * 1e3  # B/us
     sms = float(gpu.sm_count)
-    col_tiles = np.ceil(n / BLOCK_N)
+    col_tiles = np.ceil(n / stats.bn)
     tiles = stats.blocks * col_tiles
     occupancy = np.minimum(1.0, tiles / (sms * p.fill))
     t_w = stats.active * n * kd * weight_bytes / (bw * p.ew * np.maximum(occupancy, 1e-9))
     mbar = stats.rows / np.maximum(stats.active, 1.0)
     eff = p.ec * mbar / (mbar + p.m_half)
-    kd_pad = np.ceil(kd / BLOCK_K) * BLOCK_K
-    t_c = 2.0 * stats.bm * stats.blocks * col_tiles * BLOCK_N * kd_pad / (peak * np.maximum(eff, 1e-9))
-    t_k = np.ceil(tiles / (2.0 * sms)) * np.ceil(kd / BLOCK_K) * p.tau
+    kd_pad = np.ceil(kd / stats.bk) * stats.bk
+    t_c = 2.0 * stats.bm * stats.blocks * col_tiles * stats.bn * kd_pad / (peak * np.maximum(eff, 1e-9))
+    t_k = np.ceil(tiles / (2.0 * sms)) * np.ceil(kd / stats.bk) * p.tau
     return (t_w**p.p + t_c**p.p + t_k**p.p) ** (1.0 / p.p)
 
 
