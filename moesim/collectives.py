@@ -204,14 +204,20 @@ def deepep_ll_us(
 
 # --------------------------------------------------------------------------------------------- fitting
 def _lsq(residual: Any, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Bounded soft-L1 least squares of log relative errors (:func:`moesim.fused_moe.fit_fused_moe` states the
+    loss): nccl-tests tables hold a few sizes timed at twice their neighbours."""
     from scipy.optimize import least_squares
 
+    from moesim.fused_moe import ROBUST_SCALE
+
     x0 = np.clip(x0, lo + 1e-9 * (hi - lo), hi - 1e-9 * (hi - lo))
-    return np.clip(least_squares(residual, x0, bounds=(lo, hi), x_scale="jac", max_nfev=2000).x, lo, hi)
+    robust = {"loss": "soft_l1", "f_scale": ROBUST_SCALE}
+    sol = least_squares(residual, x0, bounds=(lo, hi), x_scale="jac", max_nfev=2000, **robust)
+    return np.clip(sol.x, lo, hi)
 
 
 def fit_nccl(op: np.ndarray, num_gpus: np.ndarray, message_bytes: np.ndarray, measured_us: np.ndarray) -> NCCLParams:
-    """One :class:`NCCLCurve` per (op, GPU count), least squares on ``log(predicted / measured)``."""
+    """One :class:`NCCLCurve` per (op, GPU count), robust least squares on ``log(predicted / measured)``."""
     op, num_gpus = np.asarray(op).astype(str), np.asarray(num_gpus).astype(int)
     size, meas = np.asarray(message_bytes, dtype=np.float64), np.asarray(measured_us, dtype=np.float64)
     curves = []
@@ -258,7 +264,7 @@ def fit_deepep_normal(
     num_sms: np.ndarray,
     measured_us: np.ndarray,
 ) -> DeepEPNormalParams:
-    """Fit both phases of DeepEP normal (least squares on relative error)."""
+    """Fit both phases of DeepEP normal (robust least squares on relative error)."""
     t, h = np.asarray(tokens, dtype=np.float64), np.asarray(hidden, dtype=np.float64)
     r = np.array([distinct_ranks(int(k), int(e)) for k, e in zip(top_k, num_experts, strict=True)])
     s = np.maximum(np.asarray(num_sms, dtype=np.float64), 1.0)
@@ -285,7 +291,7 @@ def fit_deepep_ll(
     num_experts: np.ndarray,
     measured_us: np.ndarray,
 ) -> DeepEPLowLatencyParams:
-    """Fit both phases of DeepEP low-latency (least squares on relative error)."""
+    """Fit both phases of DeepEP low-latency (robust least squares on relative error)."""
     t, h = np.asarray(tokens, dtype=np.float64), np.asarray(hidden, dtype=np.float64)
     k = np.asarray(top_k, dtype=np.float64)
     e = np.asarray(num_experts, dtype=np.float64)

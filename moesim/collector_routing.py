@@ -28,7 +28,14 @@ import numpy as np
 
 from moesim.errors import field_error
 
-__all__ = ["DISTRIBUTIONS", "balanced_counts", "local_counts", "parse_distribution", "power_law_counts"]
+__all__ = [
+    "DISTRIBUTIONS",
+    "balanced_counts",
+    "local_counts",
+    "parse_distribution",
+    "power_law_counts",
+    "touched_tokens",
+]
 
 DISTRIBUTIONS = ("balanced", "power_law_<alpha>")
 # The collector averages its latency over this many power-law draws (helper.py, ``num_samples``).
@@ -49,8 +56,8 @@ def parse_distribution(name: str) -> float | None:
     raise field_error("routing", "distribution", f"must be 'balanced' or 'power_law_<alpha>', got {name!r}")
 
 
-def balanced_counts(tokens: int, top_k: int, num_experts: int) -> np.ndarray:
-    """``[E]`` rows per expert of the collector's ``balanced`` routing (equation in the module docstring)."""
+def _balanced_choices(tokens: int, top_k: int, num_experts: int) -> np.ndarray:
+    """``[T, k]`` experts of each token under the collector's ``balanced`` routing (module docstring)."""
     stride = math.ceil(num_experts / top_k)
     t = np.arange(tokens, dtype=np.float64)[:, None]
     j = np.arange(top_k, dtype=np.float64)[None, :]
@@ -58,7 +65,32 @@ def balanced_counts(tokens: int, top_k: int, num_experts: int) -> np.ndarray:
         sel = (t + j * stride).astype(np.int64) % num_experts
     else:
         sel = np.floor(np.mod(t * stride / tokens + j * stride, num_experts)).astype(np.int64)
+    return sel
+
+
+def balanced_counts(tokens: int, top_k: int, num_experts: int) -> np.ndarray:
+    """``[E]`` rows per expert of the collector's ``balanced`` routing (equation in the module docstring)."""
+    sel = _balanced_choices(tokens, top_k, num_experts)
     return np.bincount(sel.ravel(), minlength=num_experts).astype(np.float64)
+
+
+def touched_tokens(tokens: int, top_k: int, num_experts: int, distribution: str, counts: np.ndarray) -> np.ndarray:
+    """``[D]`` tokens of rank 0's workload where the SGLang collector keeps only the tokens with at least one
+    local expert (``build_rank0_workloads``: the others are never sent to the rank), for ``[D, E_l]`` local
+    ``counts`` (:func:`local_counts`).
+
+    ``balanced``: counted exactly from the choices. ``power_law``: the collector assigns each expert's m_e
+    tokens without our knowing which, so this is the expectation for m_e distinct tokens drawn at random::
+
+        T' = T (1 - prod_e (1 - m_e / T))
+    """
+    m = np.asarray(counts, dtype=np.float64)
+    if parse_distribution(distribution) is None:
+        sel = _balanced_choices(tokens, top_k, num_experts)
+        hit = float((sel < m.shape[-1]).any(axis=1).sum())
+        return np.full(m.shape[:-1], hit)
+    miss = np.prod(np.clip(1.0 - m / max(tokens, 1), 0.0, 1.0), axis=-1)
+    return tokens * (1.0 - miss)
 
 
 def _level(row: np.ndarray, todo: int, bound: float) -> int:

@@ -187,6 +187,7 @@ def fused_moe_us(
     params = fused_moe_params(calibration)
     if params is not None:
         from moesim.fused_moe import fused_moe_kernel_us
+        from moesim.vllm_configs import TileSource
 
         return fused_moe_kernel_us(
             gpu,
@@ -201,6 +202,7 @@ def fused_moe_us(
             ep_mode=ep_mode,
             walked_rows=walked_rows,
             expert_map=expert_map,
+            tile=TileSource("vllm", None, getattr(calibration, "device_name", None)),
         )
     padded = pad_to_block(m, block_size_m)
     t = grouped_gemm_us(gpu, padded, (2 if gated else 1) * intermediate, hidden, dtype_bytes, calibration)

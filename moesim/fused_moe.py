@@ -12,14 +12,17 @@ Two EP execution modes decide how many rows the kernels walk:
 
 For each GEMM ``j`` in ``(n, kd) = ((1 + gated) N, H)`` (gate+up) and ``(H, N)`` (down), with ``N`` the
 per-shard intermediate size, ``a`` active local experts, ``b = sum_e ceil(m_e / BM)`` row blocks,
-``mbar = sum_e m_e / a`` rows per active expert, the tile ``(BM, BN, BK)`` of :func:`block_sizes`, SMs ``S``,
+``mbar = sum_e m_e / a`` rows per active expert, the tile ``(BM, BN, BK)`` the engine runs
+(:func:`moesim.vllm_configs.kernel_tile`), SMs ``S``,
 peak ``P`` (FLOP/us), HBM bandwidth ``W`` (B/us)::
 
     tiles   = b * ceil(n / BN)
     t_w     = a n kd w / (W ew min(1, tiles / (S fill)))            # weight stream (us); w bytes per weight
     t_c     = 2 BM b ceil(n / BN) BN ceil(kd / BK) BK / (P ec mbar / (mbar + m_half))   # padded MMA work (us)
-    t_k     = ceil(tiles / (2 S)) ceil(kd / BK) tau                # waves x K steps, latency-bound (us)
-    t_j     = (t_w^p + t_c^p + t_k^p)^(1/p)                        # a smooth max of the three
+    t_k     = ceil(tiles / (S r)) ceil(kd / BK) tau                # waves x K steps, latency-bound (us);
+                                                                    # r programs per SM (resident_programs)
+    t_j     = u (t_w^p + t_c^p + t_k^p)^(1/p)                      # a smooth max of the three; u = misalign
+                                                                    # if kd mod 16 != 0 (no wide loads), else 1
 
     traffic = walked (4 (1 + gated) N + 4 N + 4 H) + 4 T H          # bytes: GEMM1 out, activation, GEMM2 out,
                                                                     # top-k sum in/out (BF16, read + write)
@@ -37,12 +40,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from moesim.errors import field_error
+from moesim.vllm_configs import TileSource, kernel_tile
 
 if TYPE_CHECKING:
     from moesim.specs import GPUSpec
@@ -51,14 +55,17 @@ __all__ = [
     "EP_MODES",
     "FusedMoEParams",
     "KernelStats",
-    "block_sizes",
     "fit_fused_moe",
     "fused_moe_kernel_us",
     "kernel_stats",
     "kernel_time_us",
+    "resident_programs",
 ]
 
 EP_MODES = ("dispatched", "allgather")
+# Scale c of the soft-L1 loss of every measured fit, in log units: errors beyond ~10% count linearly.
+ROBUST_SCALE = 0.1
+MAX_WARPS_PER_SM = 64.0  # resident warps per SM on sm_80 and sm_90 (CUDA programming guide, compute capabilities)
 # Kernels of one forward: top-k softmax, align/sort, GEMM1, activation, GEMM2, top-k sum.
 KERNELS = 6
 
@@ -78,6 +85,8 @@ class FusedMoEParams:
     tau: float  # one K step of one wave of tiles (us)
     p: float  # blend exponent of the three GEMM terms
     map_us: float = 0.0  # EP with an expert map (allgather, ep > 1): remap of top-k ids and zero fills (us)
+    ez: float = 0.6  # traffic of walked rows of non-local experts (zero fills), fraction of HBM peak
+    misalign: float = 1.0  # slowdown of a GEMM whose K (its operands' row stride) is not a multiple of 16
 
     BOUNDS = {  # noqa: RUF012 -- class constant, not a field: (low, high) the fit searches and a file must obey
         "kernel_us": (0.0, 50.0),
@@ -91,6 +100,8 @@ class FusedMoEParams:
         "tau": (0.0, 10.0),
         "p": (1.0, 16.0),
         "map_us": (0.0, 50.0),
+        "ez": (0.05, 4.0),
+        "misalign": (1.0, 8.0),
     }
 
     def __post_init__(self) -> None:
@@ -111,28 +122,21 @@ class FusedMoEParams:
         if not isinstance(doc, Mapping):
             raise field_error(source, prefix.rstrip("."), f"expected a mapping, got {doc!r}")
         names = [f.name for f in fields(cls)]
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}  # later additions: old files load
         for name in names:
-            if name not in doc:
+            if name not in doc and name not in optional:
                 raise field_error(source, f"{prefix}{name}", "missing")
         unknown = sorted(set(map(str, doc)) - set(names))
         if unknown:
             raise field_error(source, f"{prefix}{unknown[0]}", f"unknown field (known fields: {', '.join(names)})")
         try:
-            return cls(**{n: doc[n] for n in names})
+            given = {n: doc[n] for n in names if n in doc}
+            given.setdefault("ez", given.get("ea", cls.ez))  # a file from before ez: zero rows cost as others
+            return cls(**given)
         except Exception as exc:  # re-label the dataclass's own message with the file and section
             msg = str(exc).split(": ", 2)
             field, problem = (msg[1], msg[2]) if len(msg) == 3 else ("?", str(exc))
             raise field_error(source, f"{prefix}{field}", problem) from None
-
-
-def block_sizes(tokens: np.ndarray, local_experts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tile ``(BM, BN, BK)`` of vLLM's default unquantised config (``get_default_config``: used when no tuned
-    file matches), elementwise over ``tokens`` (the ``M`` of the forward)::
-
-    (BM, BN, BK) = (16, 32, 64) if M <= E_l else (64, 64, 32)
-    """
-    small = np.asarray(tokens, dtype=np.float64) <= local_experts
-    return np.where(small, 16.0, 64.0), np.where(small, 32.0, 64.0), np.where(small, 64.0, 32.0)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,8 @@ class KernelStats:
     bm: np.ndarray  # BM
     bn: np.ndarray  # BN
     bk: np.ndarray  # BK
+    warps: np.ndarray  # num_warps of a tile's program
+    stages: np.ndarray  # num_stages of its software pipeline
     walked: np.ndarray  # rows the kernels walk (mode-dependent)
     tokens: np.ndarray  # T tokens of the forward
     mapped: np.ndarray  # 1 where an expert map is applied (allgather EP over more than one rank), else 0
@@ -157,12 +163,16 @@ def kernel_stats(
     ep_mode: str = "dispatched",
     walked_rows: np.ndarray | float | None = None,
     expert_map: bool = False,
+    intermediate_shard: int | None = None,
+    tile: TileSource | None = None,
 ) -> KernelStats:
     """Stats of ``[..., E_l]`` local rows per expert (may be fractional expectations).
 
     ``walked_rows`` (``[...]``): rows the kernels walk in ``allgather`` mode (``T k`` of all tokens the rank
     sees); ignored in ``dispatched`` mode, where it is the local rows. ``expert_map``: the rank holds only
-    some experts and maps the others out (allgather EP with ep > 1).
+    some experts and maps the others out (allgather EP with ep > 1). The tile is the one the engine of
+    ``tile`` runs (:func:`moesim.vllm_configs.kernel_tile`): its tuned file for ``(E_l, intermediate_shard,
+    device)`` when the shard is given and the file exists, else its default by batch size.
     """
     if ep_mode not in EP_MODES:
         raise field_error("options", "ep_mode", f"must be one of {', '.join(EP_MODES)}, got {ep_mode!r}")
@@ -170,14 +180,29 @@ def kernel_stats(
     active = (m > 0).sum(axis=-1).astype(np.float64)
     rows = m.sum(axis=-1)
     seen = rows if walked_rows is None else np.broadcast_to(np.asarray(walked_rows, dtype=np.float64), rows.shape)
-    bm, bn, bk = block_sizes(seen / max(top_k, 1), m.shape[-1])
+    src = tile or TileSource()
+    if not intermediate_shard:  # no shard, no file name: the engine's default tile
+        src = TileSource(src.engine, src.version, None)
+    bm, bn, bk, warps, stages = kernel_tile(seen / max(top_k, 1), m.shape[-1], int(intermediate_shard or 0), src)
     blocks = np.ceil(m / bm[..., None] - 1e-9).clip(min=0).sum(axis=-1)
     if ep_mode == "allgather" and walked_rows is not None:
         walked = np.maximum(np.broadcast_to(np.asarray(walked_rows, dtype=np.float64), rows.shape), rows)
     else:
         walked = rows
     mapped = np.full(rows.shape, 1.0 if (expert_map and ep_mode == "allgather") else 0.0)
-    return KernelStats(active, rows, blocks, bm, bn, bk, walked, walked / max(top_k, 1), mapped)
+    return KernelStats(active, rows, blocks, bm, bn, bk, warps, stages, walked, walked / max(top_k, 1), mapped)
+
+
+def resident_programs(stats: KernelStats, gpu: GPUSpec) -> np.ndarray:
+    """Programs (CTAs) of one tile shape an SM holds at once, by shared memory and by warps::
+
+    smem = stages (BM + BN) BK 2          # bytes: the pipelined bf16 A and B tiles
+    r    = max(1, min(floor(smem_sm / smem), floor(64 / warps)))      # 64 warps per SM (Ampere, Hopper)
+    """
+    smem = stats.stages * (stats.bm + stats.bn) * stats.bk * 2.0
+    by_smem = np.floor(float(gpu.smem_per_sm_kb) * 1024.0 / np.maximum(smem, 1.0))
+    by_warps = np.floor(MAX_WARPS_PER_SM / np.maximum(stats.warps, 1.0))
+    return np.maximum(1.0, np.minimum(by_smem, by_warps))
 
 
 def _gemm_us(
@@ -194,8 +219,10 @@ def _gemm_us(
     eff = p.ec * mbar / (mbar + p.m_half)
     kd_pad = np.ceil(kd / stats.bk) * stats.bk
     t_c = 2.0 * stats.bm * stats.blocks * col_tiles * stats.bn * kd_pad / (peak * np.maximum(eff, 1e-9))
-    t_k = np.ceil(tiles / (2.0 * sms)) * np.ceil(kd / stats.bk) * p.tau
-    return (t_w**p.p + t_c**p.p + t_k**p.p) ** (1.0 / p.p)
+    t_k = np.ceil(tiles / (sms * resident_programs(stats, gpu))) * np.ceil(kd / stats.bk) * p.tau
+    # Triton proves 16-element divisibility of integer arguments; a row stride without it gets no wide loads
+    slow = np.where(np.mod(kd, 16) == 0, 1.0, p.misalign)
+    return slow * (t_w**p.p + t_c**p.p + t_k**p.p) ** (1.0 / p.p)
 
 
 def kernel_time_us(
@@ -214,8 +241,10 @@ def kernel_time_us(
     g = np.asarray(gated, dtype=np.float64)
     t = _gemm_us(stats, (1.0 + g) * n, h, gpu, params, weight_bytes)
     t = t + _gemm_us(stats, h, n, gpu, params, weight_bytes)
-    traffic = stats.walked * (4.0 * (1.0 + g) * n + 4.0 * n + 4.0 * h) + 4.0 * stats.tokens * h
-    t = t + traffic / (float(gpu.hbm_bw_gb_s) * 1e3 * params.ea)
+    per_row = 4.0 * (1.0 + g) * n + 4.0 * n + 4.0 * h
+    bw = float(gpu.hbm_bw_gb_s) * 1e3
+    t = t + (stats.rows * per_row + 4.0 * stats.tokens * h) / (bw * params.ea)
+    t = t + (stats.walked - stats.rows) * per_row / (bw * params.ez)
     t = t + KERNELS * params.kernel_us + stats.active * params.expert_us + stats.mapped * params.map_us
     t = t + np.asarray(num_experts, dtype=np.float64) * params.route_us_per_expert
     return np.where(stats.walked > 0, t, 0.0)
@@ -235,6 +264,7 @@ def fused_moe_kernel_us(
     ep_mode: str = "dispatched",
     walked_rows: np.ndarray | float | None = None,
     expert_map: bool = False,
+    tile: TileSource | None = None,
 ) -> np.ndarray:
     """Fused-MoE forward over ``[..., E_l]`` local rows per expert (us), ``[...]``.
 
@@ -243,8 +273,9 @@ def fused_moe_kernel_us(
         num_experts: experts of the whole model (the router and align walk all of them).
         ep_mode: ``dispatched`` | ``allgather`` (module docstring); ``walked_rows`` is the ``T k`` rows an
             all-gather rank walks.
+        tile: the engine, version and device whose tile choice applies (None: vLLM's default tile).
     """
-    stats = kernel_stats(tokens_per_expert, top_k, ep_mode, walked_rows, expert_map)
+    stats = kernel_stats(tokens_per_expert, top_k, ep_mode, walked_rows, expert_map, intermediate_shard, tile)
     return kernel_time_us(stats, gpu, hidden, intermediate_shard, gated, num_experts, params, weight_bytes)
 
 
@@ -260,7 +291,7 @@ def _from_vector(x: np.ndarray) -> FusedMoEParams:
 
 INITIAL = FusedMoEParams(
     kernel_us=5.0, expert_us=0.1, route_us_per_expert=0.01, ew=0.8, ec=0.7, m_half=32.0, ea=0.6, fill=0.1,
-    tau=0.1, p=2.0, map_us=5.0,
+    tau=0.1, p=2.0, map_us=5.0, ez=0.6, misalign=1.5,
 )  # fmt: skip
 
 
@@ -306,9 +337,12 @@ class FitRows:
 def fit_fused_moe(
     rows: FitRows, gpu: GPUSpec, weight_bytes: float = 2.0, start: FusedMoEParams | None = None
 ) -> FusedMoEParams:
-    """Least-squares fit of :class:`FusedMoEParams` on relative error::
+    """Robust least-squares fit of :class:`FusedMoEParams` on relative error (:data:`ROBUST_SCALE`)::
 
-    minimise sum_r log(predicted_r / measured_r)^2   within FusedMoEParams.BOUNDS
+    r_r = log(predicted_r / measured_r);   minimise sum_r 2 c^2 (sqrt(1 + (r_r / c)^2) - 1)   within BOUNDS
+
+    Soft-L1: quadratic for errors under ``c``, linear above, so a few rows timed far off their neighbours
+    (the tables hold some) do not pull the fit.
     """
     from scipy.optimize import least_squares
 
@@ -322,5 +356,6 @@ def fit_fused_moe(
         pred = rows.predict(gpu, _from_vector(np.clip(x, lo, hi)), weight_bytes)
         return np.log(np.maximum(pred, 1e-6)) - log_meas
 
-    sol = least_squares(residual, x0, bounds=(lo, hi), x_scale="jac", max_nfev=400)
+    robust = {"loss": "soft_l1", "f_scale": ROBUST_SCALE}
+    sol = least_squares(residual, x0, bounds=(lo, hi), x_scale="jac", max_nfev=400, **robust)
     return _from_vector(np.clip(sol.x, lo, hi))

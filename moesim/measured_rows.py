@@ -4,8 +4,8 @@ A fused-MoE record (docs/ARCHITECTURE.md, measured records) names a shape, token
 routing; :func:`fused_moe_rows` rebuilds each row's local per-expert counts with
 :mod:`moesim.collector_routing` (all draws the collector averaged over), reduces them to
 :class:`moesim.fused_moe.KernelStats` ``[R, D]`` and returns :class:`moesim.fused_moe.FitRows`. Counts depend on
-``(tokens, top_k, experts, ep, distribution)`` only, so each such key is generated once however many TP sizes
-and shapes share it.
+``(tokens, top_k, experts, ep, distribution)`` only (generated once per key, :func:`local_counts` caches them);
+the tile the engine runs also depends on the shard ``I / tp``, the engine and version, and the device.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from moesim.collector_routing import COLLECTOR_DRAWS, local_counts
+from moesim.collector_routing import COLLECTOR_DRAWS, local_counts, touched_tokens
 from moesim.fused_moe import FitRows, KernelStats, kernel_stats
+from moesim.vllm_configs import TileSource
 
 __all__ = ["fused_moe_rows", "shape_key"]
 
@@ -40,11 +41,23 @@ def fused_moe_rows(records: Sequence[dict[str, Any]], draws: int = COLLECTOR_DRA
     stats = {f.name: np.zeros((n, draws)) for f in fields(KernelStats)}
     by_key: dict[tuple[Any, ...], list[int]] = {}
     for i, r in enumerate(records):
-        by_key.setdefault((r["tokens"], r["top_k"], r["num_experts"], r["ep"], r["distribution"]), []).append(i)
-    for (tokens, top_k, experts, ep, dist), idx in by_key.items():
+        shard = r["intermediate"] // r["tp"]
+        engine = str(r.get("framework") or "vllm").lower()
+        tile = TileSource(engine, r.get("framework_version"), r.get("device_name"))
+        key = (r["tokens"], r["top_k"], r["num_experts"], r["ep"], r["distribution"], shard, tile)
+        by_key.setdefault(key, []).append(i)
+    for (tokens, top_k, experts, ep, dist, shard, tile), idx in by_key.items():
         counts = local_counts(tokens, top_k, experts, ep, dist, draws, seed)  # [D', E_l]
         counts = np.broadcast_to(counts, (draws, counts.shape[1])) if counts.shape[0] == 1 else counts
-        ks = kernel_stats(counts, top_k, records[idx[0]].get("ep_mode", "allgather"), tokens * top_k, ep > 1)
+        mode = records[idx[0]].get("ep_mode", "allgather")
+        walked: np.ndarray | int = tokens * top_k
+        expert_map = ep > 1
+        if tile.engine == "sglang" and ep > 1:
+            # SGLang's collector sends rank 0 only the tokens with a local expert, remote slots as id -1:
+            # the kernels walk those tokens' k slots, and there is no expert map
+            walked = touched_tokens(tokens, top_k, experts, dist, counts) * top_k
+            expert_map = False
+        ks = kernel_stats(counts, top_k, mode, walked, expert_map, shard, tile)
         for f in fields(KernelStats):
             stats[f.name][idx] = getattr(ks, f.name)
     col = lambda key: np.array([r[key] for r in records], dtype=np.float64)  # noqa: E731

@@ -55,6 +55,8 @@ __all__ = [
     "load_gpu",
     "load_model",
     "profiles_dir",
+    "sglang_configs_dir",
+    "vllm_configs_dir",
 ]
 
 SCORE_FUNCTIONS = ("softmax", "sigmoid")
@@ -214,6 +216,17 @@ def vllm_configs_dir() -> Path | None:
     shipped in ``profiles/vllm_configs/``; None when neither is a folder."""
     env = os.environ.get("MOESIM_VLLM_CONFIG_DIR")
     for d in ([Path(env)] if env else []) + [profiles_dir() / "vllm_configs"]:
+        if d.is_dir():
+            return d
+    return None
+
+
+def sglang_configs_dir() -> Path | None:
+    """The folder of SGLang's tuned fused-MoE config files (``triton_<version>/`` sub-folders):
+    ``$MOESIM_SGLANG_CONFIG_DIR`` when set, else the copy shipped in ``profiles/sglang_configs/``; None when
+    neither is a folder."""
+    env = os.environ.get("MOESIM_SGLANG_CONFIG_DIR")
+    for d in ([Path(env)] if env else []) + [profiles_dir() / "sglang_configs"]:
         if d.is_dir():
             return d
     return None
@@ -422,9 +435,7 @@ def _model_from(path: Path) -> ModelSpec:
     if topk_group > n_group:
         raise f.err("topk_group", f"must be <= n_group ({n_group}), got {topk_group}")
     if n_group > 1 and top_k > topk_group * (num_experts // n_group):
-        raise f.err(
-            "top_k", f"exceeds the {topk_group * (num_experts // n_group)} experts in topk_group groups"
-        )
+        raise f.err("top_k", f"exceeds the {topk_group * (num_experts // n_group)} experts in topk_group groups")
     num_shared = f.int_("num_shared_experts", 0, minimum=0)
     shared_size = f.int_("shared_expert_intermediate_size", 0, minimum=0)
     if (num_shared == 0) != (shared_size == 0):
@@ -550,9 +561,7 @@ def _cluster_from(path: Path) -> ClusterSpec:
         raise f.err("levels", f"expected a list of 1 (one node) or 2 (nodes) levels, got {raw_levels!r}")
     levels = tuple(_level_from(f, i, lv) for i, lv in enumerate(raw_levels))
     if levels[0].kind not in ("nvswitch", "nvlink", "pcie"):
-        raise f.err(
-            "levels[0].kind", f"the intra-node level must be nvswitch, nvlink or pcie, got {levels[0].kind}"
-        )
+        raise f.err("levels[0].kind", f"the intra-node level must be nvswitch, nvlink or pcie, got {levels[0].kind}")
     if len(levels) == 2 and levels[1].kind not in ("ib", "roce"):
         raise f.err("levels[1].kind", f"the inter-node level must be ib or roce, got {levels[1].kind}")
     multi = len(levels) == 2 and levels[1].size > 1
@@ -602,9 +611,7 @@ def _cluster_from(path: Path) -> ClusterSpec:
                 f"must divide the GPUs per node ({levels[0].size}), got {pcie.gpus_per_switch}",
             )
     f.done(optional=("notes",))
-    return ClusterSpec(
-        slug=slug, name=name, source=source, gpu=gpu, levels=levels, nic=nic, fabric=fabric, pcie=pcie
-    )
+    return ClusterSpec(slug=slug, name=name, source=source, gpu=gpu, levels=levels, nic=nic, fabric=fabric, pcie=pcie)
 
 
 def load_model(name_or_path: str | Path) -> ModelSpec:

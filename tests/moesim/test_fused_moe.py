@@ -5,11 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moesim.collector_routing import balanced_counts, local_counts, parse_distribution
+from moesim.calibration import load_calibration, shipped_calibration_path
+from moesim.collector_routing import balanced_counts, local_counts, parse_distribution, touched_tokens
 from moesim.errors import SpecError
-from moesim.fused_moe import INITIAL, FusedMoEParams, fit_fused_moe, fused_moe_kernel_us, kernel_stats
+from moesim.fused_moe import (
+    INITIAL,
+    FusedMoEParams,
+    fit_fused_moe,
+    fused_moe_kernel_us,
+    kernel_stats,
+    resident_programs,
+)
 from moesim.measured_rows import fused_moe_rows
 from moesim.specs import load_gpu
+from moesim.vllm_configs import TileSource
 
 GPU = load_gpu("h100-sxm")
 
@@ -47,11 +56,45 @@ def test_allgather_walks_all_rows_and_costs_more() -> None:
 
 
 def test_time_grows_with_tokens_and_weights() -> None:
-    t = [float(fused_moe_kernel_us(GPU, local_counts(n, 8, 128, 1, "balanced"), 4096, 1536, 8, 128, INITIAL)[0])
+    # the shipped fit, with the tiles vLLM runs on this device (INITIAL is only a fit's starting point)
+    cal = load_calibration(shipped_calibration_path("h100-sxm"))
+    params, tile = cal.fused_moe, TileSource("vllm", "0.24.0", cal.device_name)
+    t = [float(fused_moe_kernel_us(GPU, local_counts(n, 8, 128, 1, "balanced"), 4096, 1536, 8, 128, params,
+                                   tile=tile)[0])
          for n in (1, 64, 1024, 16384)]  # fmt: skip
     assert t == sorted(t)
-    bigger = fused_moe_kernel_us(GPU, local_counts(64, 8, 128, 1, "balanced"), 4096, 3072, 8, 128, INITIAL)
+    bigger = fused_moe_kernel_us(GPU, local_counts(64, 8, 128, 1, "balanced"), 4096, 3072, 8, 128, params, tile=tile)
     assert float(bigger[0]) > t[1]
+
+
+def test_programs_per_sm_follow_shared_memory_and_warps() -> None:
+    one_each = np.array([[1.0] * 4 + [0.0] * 4])  # M = 4 tokens <= E = 8: SGLang's 16x32x64 tile
+    small = kernel_stats(one_each, 1, intermediate_shard=7000, tile=TileSource("sglang"))
+    big = kernel_stats(np.array([[4096.0]]), 1, intermediate_shard=7000)  # vLLM 0.24 at M=4096: 128x128x64, 8 warps
+    assert float(resident_programs(small, GPU)[0]) == 12  # 3 x (16 + 32) x 64 x 2 B = 18 KiB of 228 KiB
+    assert float(resident_programs(big, GPU)[0]) == 2  # 3 x 256 x 64 x 2 B = 96 KiB
+
+
+def test_a_k_without_16_divisibility_is_slower() -> None:
+    """Shards whose K (the down GEMM's row stride) is not a multiple of 16 get no wide loads (N = 232 vs 240)."""
+    slow = FusedMoEParams(**{**INITIAL.to_dict(), "misalign": 3.0})
+    counts = local_counts(1024, 6, 128, 1, "balanced")
+    per_n = {n: [float(fused_moe_kernel_us(GPU, counts, 2688, n, 6, 128, p, gated=False)[0]) for p in (INITIAL, slow)]
+             for n in (232, 240)}  # fmt: skip
+    assert per_n[240][0] == per_n[240][1]  # aligned: misalign does not apply
+    assert per_n[232][1] > per_n[232][0] * 1.2
+
+
+def test_sglang_rank_workload_keeps_tokens_with_a_local_expert() -> None:
+    counts = local_counts(64, 8, 256, 8, "balanced")
+    exact = touched_tokens(64, 8, 256, "balanced", counts)
+    t = np.arange(64)[:, None] + 32 * np.arange(8)[None, :]  # stride ceil(256 / 8) = 32: token t picks t + 32 j
+    assert float(exact[0]) == float(((t % 256) < 32).any(axis=1).sum()) == 64  # j = 0 (t < 32) or j = 7
+    few = local_counts(1, 8, 256, 8, "balanced")  # one token: its 8 experts lie 32 apart, one of them local
+    assert float(touched_tokens(1, 8, 256, "balanced", few)[0]) == 1
+    draws = local_counts(64, 8, 256, 8, "power_law_1.2")
+    expect = touched_tokens(64, 8, 256, "power_law_1.2", draws)
+    assert np.all(expect >= draws.max(axis=1) - 1e-9) and np.all(expect <= np.minimum(64, draws.sum(axis=1)) + 1e-9)
 
 
 def test_stats_are_mode_aware() -> None:
@@ -81,5 +124,8 @@ def test_params_from_dict_names_the_field() -> None:
         FusedMoEParams.from_dict({**doc, "ew": 3.0}, "f.json")
     with pytest.raises(SpecError, match=r"fused_moe\.tau: missing"):
         FusedMoEParams.from_dict({k: v for k, v in doc.items() if k != "tau"}, "f.json")
+    old = {k: v for k, v in doc.items() if k not in ("misalign", "ez")}  # a file from before these fields
+    loaded = FusedMoEParams.from_dict(old, "f.json")
+    assert loaded.misalign == 1.0 and loaded.ez == loaded.ea
     with pytest.raises(SpecError, match=r"fused_moe\.bogus: unknown field"):
         FusedMoEParams.from_dict({**doc, "bogus": 1}, "f.json")
