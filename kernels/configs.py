@@ -72,7 +72,7 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int = 2) -> Config:
 def shipped_configs(E: int, N: int, device: str | None = None, dtype: str | None = None) -> dict[int, Config] | None:
     """The shipped vLLM file for (E, N, device[, dtype]) as ``{M: config}``, or None."""
     folder = reference_dir()
-    return None if folder is None else _fmt._read(folder / config_file_name(E, N, device or device_name(), dtype))
+    return None if folder is None else _fmt.tuned_configs(E, N, device or device_name(), dtype, dirs=[folder])
 
 
 def config_dirs() -> list[Path]:

@@ -9,8 +9,10 @@ facts this reader relies on, per table:
 ``moe_ep_size``, ``distribution``); ``num_tokens`` are the tokens of one rank; ``inter_size`` is the model's
 per-expert intermediate size before the TP split; ``latency`` is in **ms**, the CUDA-graph time of the whole
 fused-MoE forward (top-k routing included, the gate GEMM excluded). EP is emulated on one rank that routes all
-tokens over all E experts and keeps experts ``[0, E/ep)`` local, so the kernels walk every token's ``k`` rows:
-moesim's ``allgather`` EP mode. ``distribution`` is ``balanced`` or ``power_law_<a>``
+tokens over all E experts and keeps experts ``[0, E/ep)`` local. vLLM's collector gives that rank every token,
+so the kernels walk every token's ``k`` rows (moesim's ``allgather`` EP mode; ``ep_emulation`` ``all_tokens``);
+SGLang's (``build_rank0_workloads``) gives it only the tokens with at least one local expert, their remote slots
+as id -1, with no expert map (``ep_emulation`` ``local_tokens``). ``distribution`` is ``balanced`` or ``power_law_<a>``
 (:mod:`moesim.collector_routing`).
 
 ``comm/sglang/<v>/wideep_deepep_normal_perf.parquet`` (``collector/sglang/collect_deepep*.py``): DeepEP normal
@@ -274,6 +276,8 @@ def _moe(src: str, df: Any, prov: dict[str, Any]) -> tuple[list[dict[str, Any]],
             gated=bool(gated),
             models=list(models),
             ep_mode="allgather",
+            # vLLM's collector gives rank 0 every token; SGLang's only those with a local expert (module docstring)
+            ep_emulation="local_tokens" if engine == "sglang" and ep > 1 else "all_tokens",
             median_us=float(cols["latency"][i]) * 1e3,
         )
         records.append(rec)

@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from moesim.errors import SpecError, field_error
+from moesim.errors import SpecError, check_keys, field_error
 
 if TYPE_CHECKING:
     from moesim.specs import GPUSpec
@@ -183,18 +183,6 @@ def _err(source: str, key: str, problem: str) -> SpecError:
     return field_error(source, key, problem)
 
 
-def _check_keys(
-    source: str, prefix: str, doc: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...] = ()
-) -> None:
-    for key in required:
-        if key not in doc or doc[key] is None:
-            raise _err(source, f"{prefix}{key}", "missing")
-    unknown = sorted(set(map(str, doc)) - set(required) - set(optional))
-    if unknown:
-        known = ", ".join(sorted(required + optional))
-        raise _err(source, f"{prefix}{unknown[0]}", f"unknown field (known fields: {known})")
-
-
 def _mapping(source: str, key: str, value: Any) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise _err(source, key, f"expected a mapping, got {value!r}")
@@ -218,7 +206,7 @@ def _numbers(source: str, key: str, value: Any) -> tuple[float, ...]:
 
 def _curve(source: str, prefix: str, doc: Any, xname: str) -> Curve:
     doc = _mapping(source, prefix.rstrip("."), doc)
-    _check_keys(source, prefix, doc, (xname, "efficiency"))
+    check_keys(source, prefix, doc, (xname, "efficiency"))
     xs = _numbers(source, f"{prefix}{xname}", doc[xname])
     ys = _numbers(source, f"{prefix}efficiency", doc["efficiency"])
     if len(ys) != len(xs):
@@ -256,9 +244,9 @@ def calibration_from_dict(doc: Any, source: str = "calibration") -> Calibration:
     schema = doc["schema"]
     top = ("schema", "device_name", "source", "fitted", "dtype", "launch_overhead_us")
     if schema == 1:
-        _check_keys(source, "", doc, (*top, "gemm", "hbm"))
+        check_keys(source, "", doc, (*top, "gemm", "hbm"))
     else:
-        _check_keys(source, "", doc, top, ("gemm", "hbm", *SCHEMA2_SECTIONS))
+        check_keys(source, "", doc, top, ("gemm", "hbm", *SCHEMA2_SECTIONS))
     device_name = _string(source, "device_name", doc["device_name"])
     records = _string(source, "source", doc["source"])
     fitted = _string(source, "fitted", doc["fitted"])
@@ -277,7 +265,7 @@ def calibration_from_dict(doc: Any, source: str = "calibration") -> Calibration:
     fallback, shapes, hbm = None, [], None
     if doc.get("gemm") is not None:
         gemm = _mapping(source, "gemm", doc["gemm"])
-        _check_keys(source, "gemm.", gemm, ("fallback",), ("shapes",))
+        check_keys(source, "gemm.", gemm, ("fallback",), ("shapes",))
         fallback = _curve(source, "gemm.fallback.", gemm["fallback"], "log2_m")
         shapes_doc = gemm.get("shapes") or []
         if not isinstance(shapes_doc, list):
@@ -286,7 +274,7 @@ def calibration_from_dict(doc: Any, source: str = "calibration") -> Calibration:
         for i, s in enumerate(shapes_doc):
             prefix = f"gemm.shapes[{i}]."
             s = _mapping(source, prefix.rstrip("."), s)
-            _check_keys(source, prefix, s, ("n", "k", "log2_m", "efficiency"))
+            check_keys(source, prefix, s, ("n", "k", "log2_m", "efficiency"))
             n = _positive_int(source, f"{prefix}n", s["n"])
             k = _positive_int(source, f"{prefix}k", s["k"])
             if (n, k) in seen:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.errors import field_error
+from moesim.errors import check_keys, field_error
 
 __all__ = [
     "NCCL_OPS",
@@ -317,14 +317,7 @@ def collectives_to_dict(p: NCCLParams | DeepEPNormalParams | DeepEPLowLatencyPar
 
 
 def _numbers(doc: Any, source: str, prefix: str, names: tuple[str, ...]) -> dict[str, float]:
-    if not isinstance(doc, Mapping):
-        raise field_error(source, prefix.rstrip("."), f"expected a mapping, got {doc!r}")
-    for n in names:
-        if n not in doc:
-            raise field_error(source, f"{prefix}{n}", "missing")
-    unknown = sorted(set(map(str, doc)) - set(names))
-    if unknown:
-        raise field_error(source, f"{prefix}{unknown[0]}", f"unknown field (known fields: {', '.join(names)})")
+    check_keys(source, prefix, doc, names)
     out = {}
     for n in names:
         v = doc[n]
@@ -352,21 +345,9 @@ def nccl_from_dict(doc: Any, source: str, prefix: str = "nccl.") -> NCCLParams:
 
 
 def _phases_from_dict(doc: Any, source: str, prefix: str) -> dict[str, DeepEPPhase]:
-    vals = _numbers_keys(doc, source, prefix)
+    vals = check_keys(source, prefix, doc, PHASES)
     names = tuple(f.name for f in fields(DeepEPPhase))
     return {ph: DeepEPPhase(**_numbers(vals[ph], source, f"{prefix}{ph}.", names)) for ph in PHASES}
-
-
-def _numbers_keys(doc: Any, source: str, prefix: str) -> Mapping[str, Any]:
-    if not isinstance(doc, Mapping):
-        raise field_error(source, prefix.rstrip("."), f"expected a mapping, got {doc!r}")
-    for ph in PHASES:
-        if ph not in doc:
-            raise field_error(source, f"{prefix}{ph}", "missing")
-    unknown = sorted(set(map(str, doc)) - set(PHASES))
-    if unknown:
-        raise field_error(source, f"{prefix}{unknown[0]}", "unknown field (known fields: combine, dispatch)")
-    return doc
 
 
 def deepep_normal_from_dict(doc: Any, source: str, prefix: str = "deepep_normal.") -> DeepEPNormalParams:

@@ -39,13 +39,12 @@ saturate HBM, ``tau`` the time of one K step of one tile, ``p`` the blend expone
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from moesim.errors import field_error
+from moesim.errors import check_keys, field_error
 from moesim.vllm_configs import TileSource, kernel_tile
 
 if TYPE_CHECKING:
@@ -119,16 +118,9 @@ class FusedMoEParams:
     @classmethod
     def from_dict(cls, doc: Any, source: str, prefix: str = "fused_moe.") -> FusedMoEParams:
         """Validate a ``fused_moe`` section; ``SpecError`` ``SOURCE: FIELD: PROBLEM``."""
-        if not isinstance(doc, Mapping):
-            raise field_error(source, prefix.rstrip("."), f"expected a mapping, got {doc!r}")
         names = [f.name for f in fields(cls)]
-        optional = {f.name for f in fields(cls) if f.default is not MISSING}  # later additions: old files load
-        for name in names:
-            if name not in doc and name not in optional:
-                raise field_error(source, f"{prefix}{name}", "missing")
-        unknown = sorted(set(map(str, doc)) - set(names))
-        if unknown:
-            raise field_error(source, f"{prefix}{unknown[0]}", f"unknown field (known fields: {', '.join(names)})")
+        later = [f.name for f in fields(cls) if f.default is not MISSING]  # added later: older files still load
+        check_keys(source, prefix, doc, [n for n in names if n not in later], later)
         try:
             given = {n: doc[n] for n in names if n in doc}
             given.setdefault("ez", given.get("ea", cls.ez))  # a file from before ez: zero rows cost as others

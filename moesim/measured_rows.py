@@ -39,27 +39,31 @@ def fused_moe_rows(records: Sequence[dict[str, Any]], draws: int = COLLECTOR_DRA
     """:class:`FitRows` of fused-MoE records (in order), stats ``[R, draws]``."""
     n = len(records)
     stats = {f.name: np.zeros((n, draws)) for f in fields(KernelStats)}
-    by_key: dict[tuple[Any, ...], list[int]] = {}
+    # counts depend on the routing key only; the tile also on the shard, the engine and the device
+    by_routing: dict[tuple[Any, ...], dict[tuple[Any, ...], list[int]]] = {}
     for i, r in enumerate(records):
-        shard = r["intermediate"] // r["tp"]
         engine = str(r.get("framework") or "vllm").lower()
         tile = TileSource(engine, r.get("framework_version"), r.get("device_name"))
-        key = (r["tokens"], r["top_k"], r["num_experts"], r["ep"], r["distribution"], shard, tile)
-        by_key.setdefault(key, []).append(i)
-    for (tokens, top_k, experts, ep, dist, shard, tile), idx in by_key.items():
+        routing = (r["tokens"], r["top_k"], r["num_experts"], r["ep"], r["distribution"])
+        workload = (r["intermediate"] // r["tp"], tile, r.get("ep_emulation", "all_tokens"))
+        by_routing.setdefault(routing, {}).setdefault(workload, []).append(i)
+    for (tokens, top_k, experts, ep, dist), groups in by_routing.items():
         counts = local_counts(tokens, top_k, experts, ep, dist, draws, seed)  # [D', E_l]
         counts = np.broadcast_to(counts, (draws, counts.shape[1])) if counts.shape[0] == 1 else counts
-        mode = records[idx[0]].get("ep_mode", "allgather")
-        walked: np.ndarray | int = tokens * top_k
-        expert_map = ep > 1
-        if tile.engine == "sglang" and ep > 1:
-            # SGLang's collector sends rank 0 only the tokens with a local expert, remote slots as id -1:
-            # the kernels walk those tokens' k slots, and there is no expert map
-            walked = touched_tokens(tokens, top_k, experts, dist, counts) * top_k
-            expert_map = False
-        ks = kernel_stats(counts, top_k, mode, walked, expert_map, shard, tile)
-        for f in fields(KernelStats):
-            stats[f.name][idx] = getattr(ks, f.name)
+        touched = None
+        for (shard, tile, emulation), idx in groups.items():
+            mode = records[idx[0]].get("ep_mode", "allgather")
+            walked: np.ndarray | int = tokens * top_k
+            expert_map = ep > 1
+            if emulation == "local_tokens" and ep > 1:
+                # rank 0 got only the tokens with a local expert, remote slots as id -1: the kernels walk
+                # those tokens' k slots, and there is no expert map
+                if touched is None:
+                    touched = touched_tokens(tokens, top_k, experts, dist, counts)
+                walked, expert_map = touched * top_k, False
+            ks = kernel_stats(counts, top_k, mode, walked, expert_map, shard, tile)
+            for f in fields(KernelStats):
+                stats[f.name][idx] = getattr(ks, f.name)
     col = lambda key: np.array([r[key] for r in records], dtype=np.float64)  # noqa: E731
     return FitRows(
         stats=KernelStats(**stats),

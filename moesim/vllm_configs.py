@@ -215,8 +215,8 @@ TILE_KEYS = (("BLOCK_SIZE_M", 0), ("BLOCK_SIZE_N", 0), ("BLOCK_SIZE_K", 0), ("nu
 # vLLM's bf16 default changed between 0.14.0 (legacy, checked) and 0.24.0 (new, checked); the first release
 # with the new rule is not pinned down, so every release before 0.24 takes the legacy rule.
 VLLM_NEW_DEFAULT = (0, 24)
-# The Triton each SGLang release runs (its wheel pins torch; that torch's Triton): its config folder is searched
-# first. 0.5.14 pins torch 2.11.0 -> Triton 3.6.0.
+# The Triton each SGLang release runs, whose config folder it searches first: the SGLang 0.5.14 wheel requires
+# torch==2.11.0, and torch 2.11.0's metadata requires triton==3.6.0 on Linux (both read off PyPI).
 SGLANG_TRITON = {"0.5.14": "3.6.0"}
 
 
