@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         f"simulate(): {model.slug}, {len(trace.layers)} MoE layers, {model.num_experts} experts, top-{model.top_k};"
         f" base cluster {base.slug}; median of {args.repeats}; OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
     )
-    header = f"{'GPUs':>5} {'tokens/GPU':>10} {'sim ms':>8} {'ms/layer':>8} {'pred. step ms':>13} {'MoE %':>6} {'a2a %':>6}"
+    header = (
+        f"{'GPUs':>5} {'tokens/GPU':>10} {'sim ms':>8} {'ms/layer':>8} {'pred. step ms':>13} {'MoE %':>6} {'a2a %':>6}"
+    )
     print(header)
     print("-" * len(header))
     for num_gpus, tokens, ms, step in rows:

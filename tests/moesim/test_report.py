@@ -23,7 +23,8 @@ def make_run(n_cf: int = 3, fail: int | None = None) -> WhatifRun:
     rng = np.random.default_rng(1)
     records = []
     for i, sc in enumerate(sf.scenarios):
-        rec = {"name": sc.name, "index": i, "settings": sc.settings(), "num_gpus": 16, "axis_values": dict(sc.axis_values)}
+        rec = {"name": sc.name, "index": i, "settings": sc.settings(), "num_gpus": 16}
+        rec["axis_values"] = dict(sc.axis_values)
         if i == fail:
             rec["error"] = "placement: GPU memory: needs 90 GB"
         else:
