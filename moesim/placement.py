@@ -108,7 +108,7 @@ class Placement:
 
     def validate(self, origin: str = "placement") -> None:
         """``PlacementError`` unless: shapes agree, ids are in range, every expert of every layer has at least
-        one replica, shares lie in (0, 1] and sum to 1 per (layer, expert), and every GPU has the same number of
+        one replica, shares lie in [0, 1] and sum to 1 per (layer, expert), and every GPU has the same number of
         slots (implied by ``P = G * S``)."""
         for name in ("num_gpus", "slots_per_gpu", "num_experts"):
             if int(getattr(self, name)) < 1:
@@ -124,8 +124,10 @@ class Placement:
         if phy2log.size and (phy2log.min() < 0 or phy2log.max() >= self.num_experts):
             raise PlacementError(f"{origin}: phy2log: expert ids must be in [0, {self.num_experts}), got "
                                  f"{int(phy2log.min())}..{int(phy2log.max())}")
-        if not np.all(np.isfinite(shares)) or np.any(shares <= 0) or np.any(shares > 1 + _SHARE_ATOL):
-            raise PlacementError(f"{origin}: shares: every share must be in (0, 1]")
+        # a 0 share is a replica that holds weights but gets no tokens (spare slots of an uneven split, or a
+        # replica an engine's dispatch rule never picks); the per-expert sum below still needs a positive one
+        if not np.all(np.isfinite(shares)) or np.any(shares < 0) or np.any(shares > 1 + _SHARE_ATOL):
+            raise PlacementError(f"{origin}: shares: every share must be in [0, 1]")
         total = _per_expert_sum(phy2log, self.num_experts, shares)
         bad = np.argwhere(~np.isclose(total, 1.0, atol=_SHARE_ATOL))
         if bad.size:

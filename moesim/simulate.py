@@ -45,6 +45,7 @@ from moesim.dispatch import (
     link_times_us,
     make_alltoall,
 )
+from moesim.engine_dispatch import ENGINES, apply_engine
 from moesim.errors import PlacementError, SpecError, TraceError, field_error
 from moesim.fused_moe import EP_MODES
 from moesim.overlap import make_overlap
@@ -76,6 +77,7 @@ class SimOptions:
     seq_len: int = 4096  # sequence length behind the attention roofline (dense.py)
     check_memory: bool = True  # refuse placements whose expert weights overflow the planner's HBM budget
     ep_mode: str = "dispatched"  # "dispatched" (all-to-all: local rows only) | "allgather" (every GPU walks all rows)
+    engine: str = "placement"  # whose replica choice splits an expert's tokens (moesim.engine_dispatch.ENGINES)
 
     def validate(self) -> None:
         """One-line ``SpecError`` naming the first bad option (in field order)."""
@@ -86,6 +88,7 @@ class SimOptions:
             "alltoall": ALLTOALL,
             "weight_dtype": WEIGHT_DTYPES,
             "ep_mode": EP_MODES,
+            "engine": ENGINES,
         }
         for f in fields(self):
             name, value = f.name, getattr(self, f.name)
@@ -587,6 +590,7 @@ def simulate(
     if options.check_memory:
         wbytes = WEIGHT_DTYPES[options.weight_dtype]
         _check_memory(placement, model, cluster, wbytes, user_placement)
+    placement = apply_engine(placement, options.engine, int(cluster.gpus_per_node), model, layers)
     phy2log, shares = _placement_rows(placement, model, layers)
     arrays = _simulate_arrays(model, cluster, counts, phy2log, shares, placement.slots_per_gpu, options, calibration)
     layer_results = _layer_results(arrays, list(layers))

@@ -372,17 +372,20 @@ def resolve_trace(name: str | os.PathLike[str]) -> Path:
     raise TraceError(f"{name}: file: no such file or shipped trace (shipped: {', '.join(names) or 'none'})")
 
 
-def load_trace(path: str | os.PathLike[str], model: ModelSpec | None = None) -> RoutingTrace:
+def load_trace(
+    path: str | os.PathLike[str], model: ModelSpec | None = None, dedup_ranks: bool = False
+) -> RoutingTrace:
     """Read a routing trace, format auto-detected.
 
     Native ``.npz``/JSON, SGLang expert-distribution dumps (``.pt``) and vLLM ``routed_experts`` ``.npy`` (each a
     file or a directory of them), and the OLMoE routing-analysis JSON. ``model`` fills in what a format
     does not record (top-k of an SGLang ``stat`` dump, the model slug) and is checked against the trace.
+    ``dedup_ranks``: a pass several SGLang ranks recorded identically counts once (tensor parallelism).
     Raises TraceError naming the file when the format is not recognised.
     """
     from moesim.trace_import import import_trace  # importers live apart; torch stays lazy inside them
 
-    return import_trace(path, model=model)
+    return import_trace(path, model=model, dedup_ranks=dedup_ranks)
 
 
 def synthetic_trace(model: ModelSpec, num_tokens: int, skew: str = "zipf", alpha: float = 1.2,

@@ -22,8 +22,9 @@ Formats:
   (physical ids, -1 unused), "global_physical_count": [L_model, P], input_ids, positions, ...}],
   "last_physical_to_logical_map": [L_model, P]}`` (``per_pass`` records carry ``global_physical_count`` only).
   A directory of these files is read as one trace: stat dumps are summed; per-rank records are mapped to
-  logical ids with their own file's map and concatenated, and a pass recorded identically by several ranks
-  (tensor parallelism: every rank routes the same tokens) is counted once.
+  logical ids with their own file's map and concatenated, every pass kept: two data-parallel ranks may route
+  identical tokens in one pass. With ``dedup_ranks`` a pass recorded identically by several ranks (tensor
+  parallelism: every rank routes the same tokens) is counted once; either way the distribution is the same.
   SGLang records every hidden layer; dense layers stay empty and are dropped.
 * vLLM per-request ``routed_experts`` (``CompletionOutput.routed_experts``, a numpy array; saved with
   ``np.save``), ``.npy`` int ``[seq_len, num_layers, top_k]`` of logical ids; a directory of them is
@@ -105,8 +106,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 def import_trace(path: str | os.PathLike[str], model: ModelSpec | None = None,
-                 top_k: int | None = None) -> RoutingTrace:
-    """Read any supported trace; fill in and check against ``model`` when given (see module docstring)."""
+                 top_k: int | None = None, dedup_ranks: bool = False) -> RoutingTrace:
+    """Read any supported trace; fill in and check against ``model`` when given (see module docstring).
+    ``dedup_ranks``: count a pass that several SGLang ranks recorded identically once."""
     origin = str(path)
     fmt = detect_format(path)
     if fmt == "npz":
@@ -114,10 +116,10 @@ def import_trace(path: str | os.PathLike[str], model: ModelSpec | None = None,
     elif fmt == "json":
         trace = _load_json(Path(path))
     elif fmt == "pt":
-        trace = _load_sglang([Path(path)], model, top_k, origin)
+        trace = _load_sglang([Path(path)], model, top_k, origin, dedup_ranks)
     elif fmt == "pt-dir":
         files = sorted(Path(path).glob("*.pt"))
-        trace = _load_sglang(files, model, top_k, f"{origin} ({len(files)} files)")
+        trace = _load_sglang(files, model, top_k, f"{origin} ({len(files)} files)", dedup_ranks)
     elif fmt == "npy":
         trace = from_routed_experts([_load_npy(Path(path))], model, origin)
     else:
@@ -279,7 +281,8 @@ def _sglang_kind(obj: Any, origin: str) -> str:
                "'records' (per_token mode)")
 
 
-def _load_sglang(paths: list[Path], model: ModelSpec | None, top_k: int | None, origin: str) -> RoutingTrace:
+def _load_sglang(paths: list[Path], model: ModelSpec | None, top_k: int | None, origin: str,
+                 dedup_ranks: bool = False) -> RoutingTrace:
     """One SGLang dump, or a directory of them (all of one mode)."""
     objs = [_torch_load(p) for p in paths]
     kinds = {_sglang_kind(o, str(p)) for p, o in zip(paths, objs, strict=True)}
@@ -295,7 +298,8 @@ def _load_sglang(paths: list[Path], model: ModelSpec | None, top_k: int | None, 
                        f"{sorted(shapes)}")
         lc = np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
         return from_sglang_stat(lc, model, top_k, origin)
-    return from_sglang_records(objs if len(objs) > 1 else objs[0], model, origin, top_k=top_k)
+    return from_sglang_records(objs if len(objs) > 1 else objs[0], model, origin, top_k=top_k,
+                               dedup_ranks=dedup_ranks)
 
 
 def from_sglang_stat(logical_count: np.ndarray, model: ModelSpec | None, top_k: int | None,
@@ -349,15 +353,16 @@ def _to_logical(phys: np.ndarray, p2l: np.ndarray | None, origin: str) -> np.nda
 
 
 def from_sglang_records(obj: dict[str, Any] | list[dict[str, Any]], model: ModelSpec | None, origin: str,
-                        top_k: int | None = None) -> RoutingTrace:
+                        top_k: int | None = None, dedup_ranks: bool = False) -> RoutingTrace:
     """SGLang ``per_token`` dump(s) -> per-token ids (logical), counts and transitions.
 
     ``topk_ids_of_layer`` [L_model, T_pass, 8] holds physical slot ids (-1 where unused: dense layers, columns
     beyond the model's top-k); each dump's are mapped to logical experts by its own
-    ``last_physical_to_logical_map`` and the passes concatenated. Several dumps (one per rank): a pass whose
-    ``forward_pass_id`` and logical ids equal one already read (tensor-parallel ranks route the same tokens) is
-    skipped. Records without per-token ids (``per_pass`` mode) contribute counts only (``global_physical_count``
-    [L_model, P], deduplicated the same way).
+    ``last_physical_to_logical_map`` and the passes concatenated. Several dumps (one per rank): every pass is
+    kept (data-parallel ranks can route identical tokens); with ``dedup_ranks`` a pass whose ``forward_pass_id``
+    and logical ids equal one already read (tensor-parallel ranks route the same tokens) is skipped. Records
+    without per-token ids (``per_pass`` mode) contribute counts only (``global_physical_count`` [L_model, P],
+    deduplicated the same way).
     """
     dumps = obj if isinstance(obj, list) else [obj]
     seen: set[tuple[Any, ...]] = set()
@@ -386,7 +391,7 @@ def from_sglang_records(obj: dict[str, Any] | list[dict[str, Any]], model: Model
             else:
                 raise _err(origin, "records", "records carry neither 'topk_ids_of_layer' nor 'global_physical_count'")
             key = (kind, r.get("forward_pass_id"), r.get("gatherer_key"), part.shape, part.tobytes())
-            if key in seen:
+            if dedup_ranks and key in seen:
                 continue
             seen.add(key)
             (ids_parts if kind == "ids" else count_parts).append(part)

@@ -60,9 +60,11 @@ assignment). It is not a bound on the joint problem over all layers; ``max_sub_g
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -153,8 +155,9 @@ def _crossings(T: np.ndarray, a: np.ndarray, b: np.ndarray, num_nodes: int) -> t
     tot = float(T.sum())
     E = a.shape[0]
     an, bn = (m.reshape(E, num_nodes, -1).sum(-1) for m in (a, b))
-    co_gpu = float(np.einsum("ij,ig,jg->", T, a, b))
-    co_node = float(np.einsum("ij,in,jn->", T, an, bn))
+    # sum_ij T_ij (a b^T)_ij as ((T b) * a).sum(): two GEMM-shaped products, not a 3-operand einsum (40x faster)
+    co_gpu = float(((T @ b) * a).sum())
+    co_node = float(((T @ bn) * an).sum())
     return max(0.0, tot - co_gpu), max(0.0, tot - co_node)  # rounding can leave -1e-9 on one node
 
 
@@ -401,6 +404,21 @@ def _run_cbc(prob: Any, time_limit_s: float, gap_rel: float, threads: int, warm:
     return status, objective, min(bound, objective) if math.isfinite(bound) else bound
 
 
+@contextlib.contextmanager
+def _c_stdout_to_stderr() -> Any:
+    """Point file descriptor 1 at stderr for the block, so a library's C-level prints never reach stdout (the
+    command's own output, e.g. ``--json``)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _run_highs(prob: Any, time_limit_s: float, gap_rel: float, threads: int, warm: bool) -> tuple[str, float, float]:
     """HiGHS in-process through ``pulp.HiGHS`` (highspy), with the warm start passed as a MIP start."""
     import highspy
@@ -416,7 +434,8 @@ def _run_highs(prob: Any, time_limit_s: float, gap_rel: float, threads: int, war
             lp.solverModel.run()
 
     cmd = _HiGHSWarm(msg=False, timeLimit=max(0.05, float(time_limit_s)), gapRel=gap_rel, threads=threads)
-    prob.solve(cmd)
+    with _c_stdout_to_stderr():  # HiGHS prints its banner from C on creation, before msg=False applies
+        prob.solve(cmd)
     h = prob.solverModel
     info = h.getInfo()
     model_status = h.getModelStatus()

@@ -12,7 +12,10 @@ two experts sit on different GPUs / nodes moves the token's hidden state, dispat
 ``layer_latency_us`` (mean over the recorded layers of the simulated MoE-layer latency of the tail GPU),
 ``solve_s`` and ``gap`` (ILP only). Rows also carry ``predicted_us`` (the MILP objective of the placement) and
 ``mean_gpu_latency_us`` (the same mean over layers of the *mean* GPU's simulated latency, what the placement would
-take with its work spread perfectly evenly; the benchmark's balanced floor), so no caller simulates a plan again.
+take with its work spread perfectly evenly; the benchmark's balanced floor), ``layer_latencies_us`` and
+``layer_max_mean`` (per recorded layer), so no caller simulates a plan again. Every row is scored under one engine
+dispatch rule (:mod:`moesim.engine_dispatch`): the shares it gives the placement set the loads, the crossings and
+the simulation.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from moesim.engine_dispatch import apply_engine
 from moesim.placement import Placement, check_memory, contiguous, slots_per_gpu
 from tuner.baselines import round_robin
+from tuner.engine_refine import refine, settle_static
 from tuner.eplb import eplb_placement
 from tuner.ilp import CostModel, ILPResult, predicted_terms, solve_ilp
 
@@ -40,6 +45,10 @@ ROW_KEYS = ("method", "max_mean_load", "cross_gpu_bytes", "cross_node_bytes", "l
 # (``ServerArgs.eplb_rebalance_num_iterations``, python/sglang/srt/server_args.py), so a placement is assumed to
 # stay deployed that long; a longer-lived plan makes moves cheaper (pass ``amortise_steps``).
 DEFAULT_AMORTISE_STEPS = 1000
+# Share of the time limit spent refining under SGLang's replica choice (tuner.engine_refine), half on the MILP's
+# plan and half on the warm start's (each 3/5 on the expected shares, 2/5 on static's draw); the MILP gets the
+# rest.
+REFINE_SHARE = 0.2
 
 
 def bytes_per_token(model: ModelSpec, dtype_bytes: float = 2.0) -> float:
@@ -104,15 +113,24 @@ def cost_model(
     )
 
 
-def _eplb(model: ModelSpec, cluster: ClusterSpec, counts: np.ndarray, redundant_experts: int, origin: str) -> Placement:
+def _eplb(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    counts: np.ndarray,
+    redundant_experts: int,
+    origin: str,
+    hierarchical: bool | None = None,
+) -> Placement:
     """The EPLB-equivalent placement with the model's expert groups and the cluster's nodes (as SGLang calls
-    EPLB), checked against GPU memory (``PlacementError``)."""
+    EPLB: hierarchical when the groups divide over the nodes; ``hierarchical=False`` forces the global policy),
+    checked against GPU memory (``PlacementError``). ``meta["method"]`` says which policy ran."""
     p = eplb_placement(
         counts,
         int(cluster.num_gpus),
         redundant_experts,
         num_groups=max(1, int(model.n_group)),
         num_nodes=int(cluster.num_nodes),
+        hierarchical=hierarchical,
     )
     check_memory(p, model, cluster.gpu, origin=origin)
     return p
@@ -158,6 +176,7 @@ def evaluate(
     return {
         "method": method,
         "max_mean_load": float((loads.max(axis=1) / loads.mean(axis=1)).max()),
+        "layer_max_mean": [float(x) for x in loads.max(axis=1) / loads.mean(axis=1)],
         "cross_gpu_bytes": terms["cross_gpu_tokens"] * cost.bytes_per_token,
         "cross_node_bytes": terms["cross_node_tokens"] * cost.bytes_per_token,
         "layer_latency_us": float(np.mean([la.latency_us for la in step.layers])),
@@ -165,6 +184,7 @@ def evaluate(
         "gap": None if gap is None or not np.isfinite(gap) else float(gap),
         "predicted_us": terms["objective_us"],
         "mean_gpu_latency_us": float(np.mean([np.mean(la.gpu_latency_us) for la in step.layers])),
+        "layer_latencies_us": [float(la.latency_us) for la in step.layers],
     }
 
 
@@ -185,9 +205,15 @@ def plan(
     amortise_steps: int = DEFAULT_AMORTISE_STEPS,
     progress: Callable[[int, int, str], None] | None = None,
     calibration: Any | None = None,
+    engine: str = "placement",
 ) -> PlanResult:
-    """Run contiguous, round-robin, EPLB-equivalent and the MILP; evaluate each (simulated with
-    ``calibration``, a :class:`moesim.calibration.Calibration` or None).
+    """Run contiguous, round-robin, EPLB (hierarchical where it applies, and global) and the MILP; evaluate
+    each (simulated with ``calibration``, a :class:`moesim.calibration.Calibration` or None) with the replica
+    shares ``engine``'s dispatch rule gives it (:mod:`moesim.engine_dispatch`).
+
+    The plan is never worse than a baseline: the warm start is the baseline with the lowest objective under
+    the rule, and each layer of the MILP's plan whose simulated latency is above a baseline's takes that
+    baseline's layer instead (without ``current``, where moves would make layers depend on each other).
 
     Raises:
         TraceError (trace of another model), PlacementError (slots do not divide, more experts than slots,
@@ -211,7 +237,10 @@ def plan(
         placements["round-robin"] = round_robin(E, G, L)
     else:
         notes.append(f"contiguous and round-robin need E % G == 0 ({E} experts, {G} GPUs): skipped")
-    placements["eplb"] = _eplb(model, cluster, counts, redundant_experts, "plan")
+    eplb = _eplb(model, cluster, counts, redundant_experts, "plan")
+    placements[eplb.meta["method"]] = eplb
+    if eplb.meta["method"] != "eplb-global":
+        placements["eplb-global"] = _eplb(model, cluster, counts, redundant_experts, "plan", hierarchical=False)
 
     if current is not None:
         if current.num_physical != G * S or current.num_experts != E:
@@ -227,9 +256,13 @@ def plan(
     gpn = int(cluster.gpus_per_node)
 
     def predicted_us(name: str) -> float:
-        return predicted_terms(candidates[name], counts, transitions, gpn, cost, current)["objective_us"]
+        scored = apply_engine(candidates[name], engine, gpn, model, trace.layers)
+        return predicted_terms(scored, counts, transitions, gpn, cost, current)["objective_us"]
 
     warm_name = min(candidates, key=predicted_us)
+    # SGLang's rule splits replicas unevenly where the MILP assumes even shares: keep a share of the time to
+    # refine the plan under the rule itself (tuner.engine_refine)
+    refine_s = REFINE_SHARE * time_limit_s if engine.startswith("sglang") else 0.0
     t0 = time.perf_counter()
     result = solve_ilp(
         counts,
@@ -240,14 +273,13 @@ def plan(
         cost,
         warm_start=candidates[warm_name],
         solver=solver,
-        time_limit_s=time_limit_s,
+        time_limit_s=time_limit_s - refine_s,
         split=split,
         hierarchical=hierarchical,
         current=current,
         sweeps=sweeps,
         progress=progress,
     )
-    solve_s = time.perf_counter() - t0
     if result.status == "warm-start":
         raise InfeasibleError(
             f"ilp: no incumbent from {solver} within --time-limit {time_limit_s:g} s "
@@ -256,10 +288,28 @@ def plan(
     if result.status == "partial":
         notes.append(f"time limit reached: some layers keep the {warm_name} warm start")
     placements["ilp"] = result.placement
+    extra: dict[str, Placement] = {}  # candidates for the per-layer choice that are not rows of their own
+    static = engine == "sglang-static"
+    if refine_s > 0:
+        if progress is not None:
+            progress(0, 1, f"refining under {engine}")
+        swaps = []
+        share = 0.4 if static else 0.5  # static keeps a fifth for settling on its draw (below)
+        for name, start in (("ilp", result.placement), (f"{warm_name} refined", candidates[warm_name])):
+            refined, n = refine(start, counts, gpn, share * refine_s)
+            (placements if name == "ilp" else extra)[name] = refined
+            swaps.append(n)
+        notes.append(
+            f"refined under {engine}'s replica choice: {swaps[0]} slot swaps on the MILP's plan, "
+            f"{swaps[1]} on {warm_name}'s"
+        )
+    solve_s = time.perf_counter() - t0
 
-    rows = [
-        evaluate(
-            p,
+    def row(p: Placement, name: str) -> dict[str, Any]:
+        timing = (solve_s, result.gap) if name == "ilp" else (0.0, None)
+        scored = apply_engine(p, engine, gpn, model, trace.layers)
+        return evaluate(
+            scored,
             model,
             cluster,
             trace,
@@ -268,11 +318,37 @@ def plan(
             cost,
             tokens_per_gpu,
             name,
-            *((solve_s, result.gap) if name == "ilp" else (0.0, None)),
+            *timing,
             calibration=calibration,
         )
-        for name, p in placements.items()
-    ]
+
+    rows = [row(p, name) for name, p in placements.items()]
+    if current is None:
+        pool = dict(placements)
+        pool.update(extra)
+        pool_rows = rows + [row(p, name) for name, p in extra.items()]
+        kept = _keep_better_layers(pool, pool_rows, S)
+        if kept or (static and refine_s > 0):
+            t1 = time.perf_counter()
+            mixed = _layerwise(pool, kept, result.placement.meta) if kept else placements["ilp"]
+            if static and refine_s > 0:
+                # static's draw runs over the whole map, so mixing layers redraws them: settle on the mix's
+                # own draw (swaps that change no draw), then keep it only if it beats every whole candidate
+                mixed, m = settle_static(mixed, counts, gpn, model, trace.layers, time_limit_s=0.2 * refine_s)
+                notes.append(f"settled on SGLang's static draw: {m} swaps of single-replica experts")
+            solve_s += time.perf_counter() - t1
+            mixed_row = row(mixed, "ilp")
+            same_slots = [r for r in pool_rows if pool[r["method"]].slots_per_gpu == S]
+            best_row = min(same_slots, key=lambda r: r["layer_latency_us"])
+            if mixed_row["layer_latency_us"] <= best_row["layer_latency_us"]:
+                placements["ilp"], rows[-1] = mixed, mixed_row
+                if kept:
+                    took = ", ".join(f"{n} layers from {m}" for m, n in sorted(_tally(kept).items()))
+                    notes.append(f"under {engine}, some layers of the MILP's plan lost to another's: {took}")
+            elif best_row["method"] != "ilp":
+                placements["ilp"] = pool[best_row["method"]]
+                rows[-1] = row(placements["ilp"], "ilp")
+                notes.append(f"under {engine}, {best_row['method']} beat the MILP's plan: the plan is its placement")
     ilp_row = rows[-1]
     predicted = {k: ilp_row[k] for k in ROW_KEYS if k != "method"}
     predicted.update(
@@ -281,9 +357,10 @@ def plan(
             "status": result.status,
             "max_sub_gap": None if not np.isfinite(result.max_sub_gap) else result.max_sub_gap,
             "warm_start": warm_name,
+            "engine": engine,
         }
     )
-    best = result.placement.with_meta(
+    best = placements["ilp"].with_meta(
         model=model.slug,
         cluster=cluster.slug,
         trace=trace_name or trace.source,
@@ -293,6 +370,32 @@ def plan(
         redundant_experts=int(redundant_experts),
     )
     return PlanResult(rows=rows, placements=placements, ilp=result, best=best, cost=cost, notes=notes)
+
+
+def _keep_better_layers(placements: dict[str, Placement], rows: list[dict[str, Any]], slots: int) -> list[str]:
+    """Per recorded layer, the method whose simulated layer latency is lowest among the MILP (listed last) and
+    the baselines with the same slot count, the MILP winning ties; ``[]`` when the MILP wins every layer."""
+    lat = {r["method"]: np.asarray(r["layer_latencies_us"]) for r in rows}
+    names = ["ilp"] + [n for n, p in placements.items() if n != "ilp" and p.slots_per_gpu == slots]
+    table = np.stack([lat[n] for n in names])  # [methods, L]
+    pick = np.argmin(table, axis=0)  # first minimum: the MILP on ties
+    return [] if not pick.any() else [names[i] for i in pick]
+
+
+def _layerwise(placements: dict[str, Placement], pick: list[str], meta: dict[str, Any]) -> Placement:
+    """One placement whose layer ``l`` is ``placements[pick[l]]``'s."""
+    first = placements[pick[0]]
+    phy = np.stack([placements[m].phy2log[layer] for layer, m in enumerate(pick)])
+    shares = np.stack([placements[m].shares[layer] for layer, m in enumerate(pick)])
+    return Placement(first.num_gpus, first.slots_per_gpu, first.num_experts, phy, shares, dict(meta or {}))
+
+
+def _tally(pick: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for m in pick:
+        if m != "ilp":
+            out[m] = out.get(m, 0) + 1
+    return out
 
 
 def place(

@@ -276,7 +276,7 @@ def _load_or_synthesize(spec: str, model, tokens: int, seed: int):
     from moesim.trace import load_trace, parse_synthetic, synthetic_trace
 
     if Path(spec).exists():
-        trace = load_trace(spec)
+        trace = load_trace(spec, model=model)
         trace.check_model(model, spec)
         return trace
     if spec.split(":")[0] in ("zipf", "dirichlet", "uniform"):

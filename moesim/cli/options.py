@@ -1,4 +1,5 @@
-"""Options several commands share, defined once: the calibration a simulation runs with."""
+"""Options several commands share, defined once: the calibration a simulation runs with, the engine whose
+replica choice it scores."""
 
 from __future__ import annotations
 
@@ -31,3 +32,28 @@ def announce_calibration(cal: Any, spec: str) -> None:
     from moesim.calibration import describe_calibration
 
     print(describe_calibration(cal, spec), file=sys.stderr)
+
+
+def engine_help() -> str:
+    """The rules of :data:`moesim.engine_dispatch.ENGINES`, one phrase each."""
+    from moesim.engine_dispatch import ENGINES
+
+    return "whose replica choice splits a replicated expert's tokens: " + "; ".join(
+        f"{rule.name} ({rule.summary})" for rule in ENGINES.values()
+    )
+
+
+def engine_option(default: str) -> Any:
+    """``--engine NAME`` (the rules of ``moesim.engine_dispatch``)."""
+    return typer.Option(default, "--engine", help=engine_help())
+
+
+DEDUP_RANKS_HELP = (
+    "count a forward pass that several SGLang ranks recorded identically once (tensor-parallel ranks route the "
+    "same tokens); by default every rank's pass counts, as data-parallel ranks can route identical tokens"
+)
+
+
+def dedup_ranks_option() -> Any:
+    """``--dedup-ranks`` for commands that read SGLang per-rank dumps."""
+    return typer.Option(False, "--dedup-ranks", help=DEDUP_RANKS_HELP)

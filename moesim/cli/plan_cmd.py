@@ -9,7 +9,13 @@ from typing import Any
 
 import typer
 
-from moesim.cli.options import announce_calibration, calibration_option, use_calibration
+from moesim.cli.options import (
+    announce_calibration,
+    calibration_option,
+    dedup_ranks_option,
+    engine_help,
+    use_calibration,
+)
 from moesim.errors import SpecError
 
 EXAMPLE = (
@@ -53,10 +59,34 @@ def print_rows(rows: list[dict[str, Any]], notes: list[str], console: Any) -> No
         console.print(f"note: {note}")
 
 
+def sglang_launch_flags(placement: Any, cluster: Any, path: Path, engine: str) -> str:
+    """The ``sglang.launch_server`` flags the written map needs (server_args.py of SGLang 0.5.14): EP over
+    every GPU, the redundant slots, the map file, the node count, and the dispatch rule the plan was scored
+    under (``static`` unless it was ``sglang-dynamic``)."""
+    redundant = placement.num_physical - placement.num_experts
+    algorithm = "dynamic" if engine == "sglang-dynamic" else "static"
+    flags = [
+        f"--tp-size {cluster.num_gpus}",
+        f"--ep-size {cluster.num_gpus}",
+        f"--ep-num-redundant-experts {redundant}",
+        f"--init-expert-location {path}",
+        f"--ep-dispatch-algorithm {algorithm}",
+    ]
+    if cluster.num_nodes > 1:
+        flags.append(f"--nnodes {cluster.num_nodes}")
+    return " ".join(flags)
+
+
 def plan_cmd(
     model: str = typer.Option(..., "--model", help="model slug or YAML path (e.g. olmoe-1b-7b)"),
     cluster: str = typer.Option(..., "--cluster", help="cluster slug or YAML path (e.g. dgx-h100)"),
-    trace: str = typer.Option(..., "--trace", help="routing trace file (.npz), or a shipped trace's slug"),
+    trace: str = typer.Option(
+        ...,
+        "--trace",
+        help="routing trace: native .npz/JSON, an SGLang dump (.pt) or a folder of them, vLLM .npy, or a shipped "
+        "trace's slug",
+    ),
+    dedup_ranks: bool = dedup_ranks_option(),
     output: Path = typer.Option(..., "-o", "--output", help="placement YAML to write"),
     redundant_experts: int = typer.Option(0, "--redundant-experts", help="extra replica slots per layer (all GPUs)"),
     solver: str = typer.Option("cbc", "--solver", help="cbc | highs"),
@@ -69,6 +99,9 @@ def plan_cmd(
     tokens_per_gpu: int = typer.Option(4096, "--tokens-per-gpu", help="tokens on each GPU per layer"),
     sglang: Path | None = typer.Option(
         None, "--sglang", help="also write SGLang's --init-expert-location file (.json)"
+    ),
+    engine: str | None = typer.Option(
+        None, "--engine", help=engine_help() + ". Default: sglang-static with --sglang, else placement"
     ),
     calibration: str = calibration_option(),
     as_json: bool = typer.Option(False, "--json", help="print the comparison rows as JSON"),
@@ -88,6 +121,11 @@ def plan_cmd(
 
     if solver not in SOLVERS:  # checked again by the solver, but only after the baselines: fail before them
         raise SpecError(f"plan: --solver: must be {' or '.join(SOLVERS)}, got {solver!r}")
+    from moesim.engine_dispatch import ENGINES
+
+    engine = engine or ("sglang-static" if sglang is not None else "placement")
+    if engine not in ENGINES:
+        raise SpecError(f"plan: --engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
     if not time_limit > 0:
         raise SpecError(f"plan: --time-limit: must be > 0, got {time_limit}")
     if not output.parent.exists():
@@ -99,7 +137,7 @@ def plan_cmd(
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster)
     trace_path = resolve_trace(trace)
-    routing = tr.load_trace(trace_path)
+    routing = tr.load_trace(trace_path, model=model_spec, dedup_ranks=dedup_ranks)  # the model fills in gaps
     routing.check_model(model_spec, str(trace_path))
     cal = use_calibration(calibration, cluster_spec.gpu.slug)
     cur = None
@@ -139,6 +177,7 @@ def plan_cmd(
             trace_name=str(trace),
             progress=progress,
             calibration=cal,
+            engine=engine,
         )
 
     notes = list(result.notes)
@@ -176,6 +215,8 @@ def plan_cmd(
             f"{len(ilp.subproblems)} subproblems in {ilp.solve_s:.1f} s"
         )
         out.print(f"wrote {output}" + (f" and {sglang}" if sglang else ""))
+        if sglang is not None:
+            out.print(f"launch SGLang with: {sglang_launch_flags(result.best, cluster_spec, sglang, engine)}")
     sys.stdout.flush()
     announce_calibration(cal, calibration)
 

@@ -8,14 +8,26 @@ from typing import Any
 
 import typer
 
-from moesim.cli.options import announce_calibration, calibration_option, use_calibration
+from moesim.cli.options import (
+    announce_calibration,
+    calibration_option,
+    dedup_ranks_option,
+    engine_option,
+    use_calibration,
+)
 from moesim.errors import SpecError
 
 EXAMPLE = "moesim simulate --model deepseek-v3 --cluster h100-8x8-ib400 --synthetic zipf:1.2 --json"
 
 
 def load_inputs(
-    model: str, cluster: str, trace: str | None, synthetic: str | None, tokens_per_gpu: int, seed: int = 0
+    model: str,
+    cluster: str,
+    trace: str | None,
+    synthetic: str | None,
+    tokens_per_gpu: int,
+    seed: int = 0,
+    dedup_ranks: bool = False,
 ) -> tuple[Any, Any, Any]:
     """Model, cluster and routing trace as the command line names them."""
     from moesim import trace as tr
@@ -28,7 +40,7 @@ def load_inputs(
         raise SpecError("simulate: --trace/--synthetic: give one, not both")
     if trace is not None:
         path = tr.resolve_trace(trace)
-        routing = tr.load_trace(path)
+        routing = tr.load_trace(path, model=model_spec, dedup_ranks=dedup_ranks)  # the model fills in gaps
         routing.check_model(model_spec, str(path))
     else:
         params = tr.parse_synthetic(synthetic or "zipf:1.2")
@@ -163,6 +175,8 @@ def simulate_cmd(
         help="dispatched (all-to-all: each GPU gets only its experts' rows, as DeepEP) | allgather (every GPU "
         "sees all tokens and walks all rows, as vLLM EP without an all-to-all backend)",
     ),
+    engine: str = engine_option("placement"),
+    dedup_ranks: bool = dedup_ranks_option(),
     calibration: str = calibration_option(),
     per_gpu: bool = typer.Option(False, "--per-gpu", help="with --json: add per-GPU latency and tokens"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
@@ -181,9 +195,10 @@ def simulate_cmd(
         alltoall=alltoall,
         weight_dtype=weight_dtype,
         ep_mode=ep_mode,
+        engine=engine,
     )
     options.validate()
-    model_spec, cluster_spec, routing = load_inputs(model, cluster, trace, synthetic, tokens_per_gpu, seed)
+    model_spec, cluster_spec, routing = load_inputs(model, cluster, trace, synthetic, tokens_per_gpu, seed, dedup_ranks)
     pl = None
     if placement is not None:
         from moesim.placement import load_placement

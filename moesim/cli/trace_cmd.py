@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from moesim.cli.options import dedup_ranks_option
+
 INSPECT_EXAMPLE = "moesim trace inspect profiles/traces/olmoe_c4.npz --json"
 CONVERT_EXAMPLE = "moesim trace convert expert_distribution_recorder_1.pt dsv3.npz --model deepseek-v3"
 SYNTH_EXAMPLE = "moesim trace synth --model deepseek-v3 --tokens 524288 --skew zipf:1.2 -o dsv3_zipf.npz"
@@ -101,11 +103,12 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(None, "--model", help="Model slug or YAML: checks the trace against it and "
                                   "supplies what the file lacks (top-k of SGLang stat dumps)."),
         top: int = typer.Option(3, "--top", min=1, help="How many hottest experts to list per layer."),
+        dedup_ranks: bool = dedup_ranks_option(),
     ) -> None:
         from moesim.trace import load_trace, resolve_trace
 
         path = resolve_trace(file)
-        trace = load_trace(path, model=_load_model(model))
+        trace = load_trace(path, model=_load_model(model), dedup_ranks=dedup_ranks)
         doc = inspect_trace(trace, top=top)
         doc["file"] = str(path)
         if as_json:
@@ -120,10 +123,11 @@ def register(app: typer.Typer) -> None:
         dst: Path = typer.Argument(..., help="Output file, .npz (default) or .json."),
         model: str = typer.Option(None, "--model", help="Model slug or YAML to check against and fill in."),
         drop_topk_ids: bool = typer.Option(False, "--drop-topk-ids", help="Keep counts and transitions only."),
+        dedup_ranks: bool = dedup_ranks_option(),
     ) -> None:
         from moesim.trace import load_trace, resolve_trace, save_trace
 
-        trace = load_trace(resolve_trace(src), model=_load_model(model))
+        trace = load_trace(resolve_trace(src), model=_load_model(model), dedup_ranks=dedup_ranks)
         if drop_topk_ids:
             trace = trace.without_topk_ids()
         save_trace(trace, dst)

@@ -140,3 +140,32 @@ def test_megatron_flag_names_are_aliases() -> None:
     assert a["options"]["drop_policy"] == b["options"]["drop_policy"] == "position"
     assert [x["dropped_fraction"] for x in a["layers"]] == [x["dropped_fraction"] for x in b["layers"]]
     assert all(x["dropped_fraction"] > 0 for x in a["layers"])
+
+
+def test_engine_rule_changes_a_replicated_placement(tmp_path) -> None:
+    """Hierarchical EPLB keeps an expert's replicas on one node; SGLang's static dispatch sends that node's ranks
+    to the first replica, so the busiest GPU carries more than under an even split."""
+    import numpy as np
+
+    from moesim.placement import save_placement
+    from moesim.specs import load_model
+    from moesim.trace import synthetic_trace
+    from tuner.eplb import eplb_placement
+
+    model = load_model("deepseek-v3")
+    counts = synthetic_trace(model, 1 << 16, skew="zipf", alpha=0.9, seed=0, with_topk_ids=False).counts
+    path = tmp_path / "eplb.yaml"
+    p = eplb_placement(counts, 64, 64, num_groups=8, num_nodes=8).with_meta(layers=list(model.moe_layers))
+    save_placement(p, path)
+    args = [*DSV3, "--synthetic", "zipf:0.9", "--placement", str(path), "--json"]
+    out = {}
+    for engine in ("even", "sglang-static"):
+        proc = run(*args, "--engine", engine)
+        assert proc.returncode == 0, proc.stderr
+        out[engine] = json.loads(proc.stdout)
+        assert out[engine]["options"]["engine"] == engine
+    worst = {e: max(la["max_gpu_tokens"] / la["mean_gpu_tokens"] for la in doc["layers"]) for e, doc in out.items()}
+    assert worst["sglang-static"] > worst["even"] * 1.05
+    assert np.isclose(out["even"]["layers"][0]["mean_gpu_tokens"], out["sglang-static"]["layers"][0]["mean_gpu_tokens"])
+    bad = run(*args, "--engine", "trtllm")
+    assert bad.returncode == 2 and "engine: must be one of" in bad.stderr

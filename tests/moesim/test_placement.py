@@ -49,11 +49,22 @@ def test_gpu_loads_use_shares() -> None:
     ([[0, 1, 2, 3]], [[1, 1, 0.5, 1]], "summing to 0.5"),
     ([[0, 1, 2, 4]], [[1, 1, 1, 1]], r"ids must be in \[0, 4\)"),
     ([[0, 1, 2]], [[1, 1, 1]], "shape"),
+    ([[0, 1, 2, 3]], [[1, 1, 1, -0.5]], r"must be in \[0, 1\]"),
+    ([[0, 1, 2, 3]], [[1, 1, 1, 0]], "expert 3 has no replica"),  # a 0 share only: no tokens go anywhere
 ])
 def test_validation_errors(phy2log, shares, match) -> None:
     p = Placement(2, 2, 4, np.array(phy2log), np.array(shares, dtype=float))
     with pytest.raises(PlacementError, match=match):
         p.validate()
+
+
+def test_zero_share_spare_slot_is_valid() -> None:
+    """A replica that holds weights but gets no tokens (spare slots of an uneven split, a replica an engine
+    rule never picks) is valid while its expert's shares still sum to 1."""
+    from moesim.simulate import default_placement
+
+    Placement(2, 2, 3, np.array([[0, 1, 2, 0]]), np.array([[1.0, 1.0, 1.0, 0.0]])).validate()
+    default_placement(10, 4, 1).validate()  # 3 slots per GPU, the last two hold share-0 copies
 
 
 def test_slots_and_memory() -> None:

@@ -264,8 +264,8 @@ def _per_token_dump(torch, phys: np.ndarray, p2l: np.ndarray, rank: int, first_p
 
 def test_sglang_dump_directory_per_rank(tmp_path: Path) -> None:
     """per_token mode writes expert_distribution_recorder_{time}_{rank}.pt per rank into one directory. Tensor
-    parallel ranks record the same passes (counted once); data-parallel ranks record different tokens, and each
-    file maps physical ids with its own last_physical_to_logical_map."""
+    parallel ranks record the same passes (counted once with dedup_ranks); data-parallel ranks record different
+    tokens, and each file maps physical ids with its own last_physical_to_logical_map."""
     torch = _torch()
     L_model, E, k = 3, 8, 2
     m = model(E, k, (1, 2), L_model)
@@ -278,8 +278,10 @@ def test_sglang_dump_directory_per_rank(tmp_path: Path) -> None:
     tp.mkdir()
     for rank in (0, 1):  # TP: both ranks dump the same passes
         torch.save(_per_token_dump(torch, phys_a, p2l_0, rank), tp / f"expert_distribution_recorder_1.5_{rank}.pt")
-    t = load_trace(tp, model=m)
+    t = load_trace(tp, model=m, dedup_ranks=True)
     assert t.num_tokens == 20 and np.array_equal(t.topk_ids, a)
+    kept = load_trace(tp, model=m)  # by default every rank's pass counts: same distribution, twice the tokens
+    assert kept.num_tokens == 40 and np.array_equal(kept.counts, 2 * t.counts)
     dp = tmp_path / "dp"
     dp.mkdir()
     torch.save(_per_token_dump(torch, phys_a, p2l_0, 0), dp / "expert_distribution_recorder_1.5_0.pt")
