@@ -344,7 +344,12 @@ class LinkLoads:
 
 
 class AllToAll:
-    """Strategy interface: per-GPU link loads of one all-to-all from the delivery probabilities."""
+    """Strategy interface: per-GPU link loads of one all-to-all from the delivery probabilities.
+
+    ``loads`` takes deliveries every source shares (``u [L, G]``, rank-1 traffic); ``loads_by_source`` takes
+    each source's own (``u [L, S, G]``, an engine rule that sends a rank's tokens to its nearest replica) and
+    equals ``loads`` when every source's row is the same (``tests/moesim/test_dispatch.py``).
+    """
 
     name = ""
 
@@ -357,6 +362,23 @@ class AllToAll:
         row_bytes: float,
     ) -> LinkLoads:
         raise NotImplementedError
+
+    def loads_by_source(
+        self,
+        links: LinkClasses,
+        u_src: np.ndarray,
+        un_src: np.ndarray,
+        tokens_per_gpu: float,
+        row_bytes: float,
+    ) -> LinkLoads:
+        raise NotImplementedError
+
+
+def _pair_masks(links: LinkClasses) -> tuple[np.ndarray, np.ndarray]:
+    """``[S, D]`` masks: different GPUs of one node, and GPUs of different nodes."""
+    node = np.arange(links.num_gpus) // links.gpus_per_node
+    same = node[:, None] == node[None, :]
+    return same & ~np.eye(links.num_gpus, dtype=bool), ~same
 
 
 def _node_sum(links: LinkClasses, x: np.ndarray) -> np.ndarray:
@@ -440,6 +462,38 @@ class FlatAllToAll(AllToAll):
             nvl_in, nvl_out, nic_in, nic_out, pair, pair, latency, 0.0, sw_in, sw_out, up_in, up_out
         )
 
+    def loads_by_source(
+        self,
+        links: LinkClasses,
+        u_src: np.ndarray,
+        un_src: np.ndarray,
+        tokens_per_gpu: float,
+        row_bytes: float,
+    ) -> LinkLoads:
+        """Source ``s`` sends ``T u[s, d] B`` to ``d``: ``nvl_in(d)`` / ``nic_in(d)`` sum that over the sources
+        of d's node / other nodes, ``nvl_out(s)`` / ``nic_out(s)`` over the destinations; the per-peer message
+        is the mean over sources. PCIe switch and leaf uplink classes use the sources' mean deliveries."""
+        tb = tokens_per_gpu * row_bytes
+        pair = tb * u_src  # [L, S, D]
+        intra, inter = _pair_masks(links)
+        nvl_in = (pair * intra).sum(axis=1)
+        nvl_out = (pair * intra).sum(axis=2)
+        u_mean = u_src.mean(axis=1)
+        msg = pair.mean(axis=1)
+        if links.multi_node:
+            nic_in = (pair * inter).sum(axis=1)
+            nic_out = (pair * inter).sum(axis=2)
+            latency = links.nic_latency_us
+        else:
+            nic_in = nic_out = np.zeros_like(u_mean)
+            latency = links.nvl_latency_us
+        sw_in, sw_out = _switch_loads(links, u_mean, tb)
+        up_in: np.ndarray | float = 0.0
+        up_out: np.ndarray | float = 0.0
+        if links.multi_node and links.uplink_bw_gb_s > 0:
+            up_in, up_out = _leaf_loads(links, u_mean, tb)
+        return LinkLoads(nvl_in, nvl_out, nic_in, nic_out, msg, msg, latency, 0.0, sw_in, sw_out, up_in, up_out)
+
 
 class HierarchicalAllToAll(AllToAll):
     """DeepEP's normal kernels: RDMA once per destination node to the same-rank GPU, then NVLink forwarding,
@@ -483,6 +537,47 @@ class HierarchicalAllToAll(AllToAll):
         return LinkLoads(
             nvl_in, nvl_out, nic_in, nic_out, num_nodes * tb * u_gpu, nic_msg, latency, own, sw_in, sw_out
         )
+
+    def loads_by_source(
+        self,
+        links: LinkClasses,
+        u_src: np.ndarray,
+        un_src: np.ndarray,
+        tokens_per_gpu: float,
+        row_bytes: float,
+    ) -> LinkLoads:
+        """Source ``s`` sends its rows for node b once over RDMA to b's GPU of s's local rank (the forwarder),
+        which forwards them over NVLink (own node: s forwards its own). With ``r(g)`` the local rank::
+
+            nvl_in(d)  = sum_s T u[s, d] B                     own(d) = sum_{s: r(s) = r(d)} T u[s, d] B
+            nvl_out(f) = sum_{s: r(s) = r(f)} sum_{d in node(f)} T u[s, d] B
+            nic_out(s) = T B sum_{b != node(s)} un[s, b]
+            nic_in(d)  = T B sum_{s: r(s) = r(d), node(s) != node(d)} un[s, node(d)]
+        """
+        tb = tokens_per_gpu * row_bytes
+        gpn, num_nodes, num_gpus = links.gpus_per_node, links.num_nodes, links.num_gpus
+        pair = tb * u_src  # [L, S, D]
+        local = np.arange(num_gpus) % gpn
+        node = np.arange(num_gpus) // gpn
+        rail = local[:, None] == local[None, :]  # [S, F]: s's forwarder on every node has s's local rank
+        same_node = node[:, None] == node[None, :]  # [F, D]
+        nvl_in = pair.sum(axis=1)
+        own = (pair * rail).sum(axis=1)
+        into_node = np.einsum("lsd,fd->lsf", pair, same_node.astype(np.float64))  # s's rows for f's node
+        nvl_out = (into_node * rail).sum(axis=1)
+        nvl_msg = nvl_in / gpn  # each of the node's gpn forwarders sends d its share
+        if links.multi_node:
+            un_d = un_src[:, :, node]  # [L, S, D] un[s, node(d)]
+            remote = rail & ~same_node
+            nic_in = tb * (un_d * remote).sum(axis=1)
+            nic_out = tb * (un_src.sum(axis=-1) - np.take_along_axis(un_src, node[None, :, None], axis=2)[..., 0])
+            nic_msg = nic_in / (num_nodes - 1)
+            latency = links.nic_latency_us + links.nvl_latency_us
+        else:
+            nic_in = nic_out = nic_msg = np.zeros_like(nvl_in)
+            latency = links.nvl_latency_us
+        sw_in, sw_out = _switch_loads(links, u_src.mean(axis=1), num_nodes * tb)
+        return LinkLoads(nvl_in, nvl_out, nic_in, nic_out, nvl_msg, nic_msg, latency, own, sw_in, sw_out)
 
 
 ALLTOALL = {"flat": FlatAllToAll, "hierarchical": HierarchicalAllToAll}

@@ -43,6 +43,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,6 +60,7 @@ __all__ = [
     "EngineRule",
     "engine_names",
     "engine_shares",
+    "engine_view",
     "replica_weights",
     "sglang_nearest",
     "sglang_static_map",
@@ -292,24 +294,25 @@ def _model_rows(placement: Placement, model: ModelSpec, layers: Sequence[int] | 
     )
 
 
-def apply_engine(
+def engine_view(
     placement: Placement,
     engine: str,
     gpus_per_node: int,
     model: ModelSpec | None = None,
     layers: Sequence[int] | None = None,
-) -> Placement:
-    """``placement`` with its shares replaced by those ``engine`` gives it, for scoring; ``meta["engine"]``
-    names the rule. A share may be 0 (a replica no rank picks), so the copy is for evaluation, not for writing.
+) -> tuple[Placement, np.ndarray | None]:
+    """``placement`` as ``engine`` runs it: the copy with the rule's shares (:func:`apply_engine`) and each
+    rank's split ``W [rows, G, P]``, or None where every rank splits alike (``placement``, ``even``, ``vllm``).
 
-    With ``model``, ``sglang-static`` runs SGLang's start-up draw itself (:func:`static_shares`) on the map
+    With ``model``, ``sglang-static`` runs SGLang's start-up draw itself (:func:`sglang_static_map`) on the map
     SGLang would load: the placement's rows at their model layers (``meta["layers"]``, else the MoE layers in
     order, else ``layers``), every other hidden layer the trivial ``arange(P) % E`` row, as the SGLang export
-    writes it, unless the draw is larger than :data:`MAX_EXACT_DRAW`. Otherwise the expected shares
-    (:func:`engine_shares`). ``meta["engine_draw"]`` says which (``exact`` | ``expected``).
+    writes it, unless the draw is larger than :data:`MAX_EXACT_DRAW`. Otherwise the expected split
+    (:func:`replica_weights`). ``meta["engine_draw"]`` says which (``exact`` | ``expected``).
     """
-    if _rule(engine).weights is None:
-        return placement
+    rule = _rule(engine)
+    if rule.weights is None:
+        return placement, None
     exact = False
     if engine == "sglang-static" and model is not None:
         rows = _model_rows(placement, model, layers)
@@ -317,16 +320,50 @@ def apply_engine(
         full[rows] = placement.phy2log
         nnodes = placement.num_gpus // gpus_per_node
         exact = static_draw_cost(full, placement.num_gpus, nnodes) <= MAX_EXACT_DRAW
+    weights: np.ndarray | None
     if exact:
-        shares = static_shares(full, placement.num_gpus, nnodes)[rows]
+        chosen = _cached_static_map(full.tobytes(), full.shape, placement.num_gpus, nnodes)[:, rows, :]  # [G, R, E]
+        phy = np.asarray(placement.phy2log, dtype=np.int64)
+        picked = np.take_along_axis(chosen, np.broadcast_to(phy[None], (chosen.shape[0], *phy.shape)), axis=2)
+        weights = (picked == np.arange(phy.shape[1])).astype(np.float64).transpose(1, 0, 2)  # [R, G, P]
+    elif rule.weights is _even_weights:
+        weights = None  # every rank alike
     else:
+        weights = replica_weights(
+            placement.phy2log, placement.num_experts, placement.num_gpus, gpus_per_node, engine
+        ).copy()
+    if weights is None:
         shares = engine_shares(
             placement.phy2log, placement.shares, placement.num_experts, placement.num_gpus, gpus_per_node, engine
         )
+    else:
+        shares = weights.mean(axis=1)
     meta = dict(placement.meta or {})
     meta["engine"] = engine
     if engine == "sglang-static":
         meta["engine_draw"] = "exact" if exact else "expected"
-    return Placement(
+    view = Placement(
         placement.num_gpus, placement.slots_per_gpu, placement.num_experts, placement.phy2log, shares, meta
     )
+    return view, weights
+
+
+@lru_cache(maxsize=8)
+def _cached_static_map(data: bytes, shape: tuple[int, int], ep_size: int, nnodes: int) -> np.ndarray:
+    """:func:`sglang_static_map` of one map, kept: a plan scores the same placement for its loads and in the
+    simulator (8 maps of DeepSeek-V3 on 64 GPUs are 64 MB)."""
+    out = sglang_static_map(np.frombuffer(data, dtype=np.int64).reshape(shape), ep_size, nnodes)
+    out.setflags(write=False)
+    return out
+
+
+def apply_engine(
+    placement: Placement,
+    engine: str,
+    gpus_per_node: int,
+    model: ModelSpec | None = None,
+    layers: Sequence[int] | None = None,
+) -> Placement:
+    """``placement`` with its shares replaced by those ``engine`` gives it, for scoring (:func:`engine_view`);
+    ``meta["engine"]`` names the rule. A share may be 0 (a replica no rank picks)."""
+    return engine_view(placement, engine, gpus_per_node, model, layers)[0]

@@ -45,7 +45,7 @@ from moesim.dispatch import (
     link_times_us,
     make_alltoall,
 )
-from moesim.engine_dispatch import ENGINES, apply_engine
+from moesim.engine_dispatch import ENGINES, engine_view
 from moesim.errors import PlacementError, SpecError, TraceError, field_error
 from moesim.fused_moe import EP_MODES
 from moesim.overlap import make_overlap
@@ -324,8 +324,11 @@ def _simulate_arrays(
     slots_per_gpu: int,
     options: SimOptions,
     calibration: Any | None,
+    rank_weights: np.ndarray | None = None,
 ) -> _Arrays:
-    """The vectorised core over L layers (see the module docstring)."""
+    """The vectorised core over L layers (see the module docstring). ``rank_weights [L, G, P]``: each source
+    rank's split of an expert's tokens over its replicas (an engine rule, ``moesim.engine_dispatch``); None when
+    every rank splits by ``shares``."""
     gpu = cluster.gpu
     links = link_classes(cluster)  # cached per cluster
     num_gpus = links.num_gpus
@@ -401,6 +404,33 @@ def _simulate_arrays(
             u_node = deliveries(slot_gpu // links.gpus_per_node, links.num_nodes)
         else:
             u_node = np.zeros((num_layers, links.num_nodes))
+    u_src = un_src = None
+    if rank_weights is not None and options.ep_mode != "allgather":
+        # each source rank delivers by its own split: one row of deliveries per (layer, source)
+        w = np.asarray(rank_weights, dtype=np.float64)  # [L, G, P]
+        rows = num_layers * num_gpus
+        slot_mass_kept = p_kept[layer_idx, phy2log]  # [L, P] the expert's mass, before the split
+
+        def deliveries_by_source(slot_bin: np.ndarray, num_bins: int) -> np.ndarray:
+            out = delivery_per_token(
+                (slot_mass_kept[:, None, :] * w).reshape(rows, -1),
+                w.reshape(rows, -1),
+                slot_bin,
+                np.repeat(slot_group, num_gpus, axis=0),
+                num_bins,
+                np.repeat(group_sel, num_gpus, axis=0),
+                top_k,
+                num_experts,
+                int(model.topk_group),
+                options.dedup,
+            )
+            return out.reshape(num_layers, num_gpus, num_bins)
+
+        u_src = deliveries_by_source(slot_gpu, num_gpus)
+        un_src = np.zeros((num_layers, num_gpus, links.num_nodes))
+        if options.alltoall == "hierarchical" and links.multi_node:
+            un_src = deliveries_by_source(slot_gpu // links.gpus_per_node, links.num_nodes)
+        u_gpu = u_src.mean(axis=1)  # what a GPU receives, per source on average
 
     # expert compute
     slot_tokens = (assignments * slot_mass).reshape(num_layers, num_gpus, slots_per_gpu)  # [L, G, S]
@@ -443,7 +473,10 @@ def _simulate_arrays(
     strategy = make_alltoall(options.alltoall)
     d_row = bytes_per_token(hidden, options.dispatch_dtype)
     c_row = bytes_per_token(hidden, options.combine_dtype)
-    d_loads = strategy.loads(links, u_gpu, u_node, tokens, d_row)
+    if u_src is not None:
+        d_loads = strategy.loads_by_source(links, u_src, un_src, tokens, d_row)
+    else:
+        d_loads = strategy.loads(links, u_gpu, u_node, tokens, d_row)
     c_loads = d_loads.reversed().scaled(c_row / d_row)
     dispatch = link_times_us(links, d_loads)
     combine = link_times_us(links, c_loads)
@@ -524,27 +557,24 @@ def _layer_results(arrays: _Arrays, layer_ids: list[int]) -> list[LayerResult]:
     return out
 
 
-def _placement_rows(placement: Placement, model: ModelSpec, layers: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _placement_rows(placement: Placement, model: ModelSpec, layers: tuple[int, ...]) -> list[int]:
     """The placement rows for the trace's layers: by the placement's ``meta["layers"]`` (model layer of each
     row) when it has them, else one row per trace layer, or one per model MoE layer."""
-    phy2log = np.asarray(placement.phy2log)
-    shares = np.asarray(placement.shares, dtype=np.float64)
+    num_rows = np.asarray(placement.phy2log).shape[0]
     meta_layers = (placement.meta or {}).get("layers")
-    if meta_layers is not None and len(meta_layers) == phy2log.shape[0]:
+    if meta_layers is not None and len(meta_layers) == num_rows:
         row_of = {int(layer): i for i, layer in enumerate(meta_layers)}
         missing = [layer for layer in layers if layer not in row_of]
         if missing:
             raise PlacementError(f"placement: layers: no row for trace layer {missing[0]} (rows: {list(row_of)})")
-        idx = [row_of[layer] for layer in layers]
-        return phy2log[idx], shares[idx]
-    if phy2log.shape[0] == len(layers):
-        return phy2log, shares
-    if phy2log.shape[0] == model.num_moe_layers:
+        return [row_of[layer] for layer in layers]
+    if num_rows == len(layers):
+        return list(range(num_rows))
+    if num_rows == model.num_moe_layers:
         moe = list(model.moe_layers)
-        idx = [moe.index(layer) for layer in layers]  # trace.check_model guarantees MoE layers
-        return phy2log[idx], shares[idx]
+        return [moe.index(layer) for layer in layers]  # trace.check_model guarantees MoE layers
     raise PlacementError(
-        f"placement: layers: {phy2log.shape[0]} rows, but the trace has {len(layers)} layers and "
+        f"placement: layers: {num_rows} rows, but the trace has {len(layers)} layers and "
         f"{model.slug} {model.num_moe_layers} MoE layers"
     )
 
@@ -590,9 +620,21 @@ def simulate(
     if options.check_memory:
         wbytes = WEIGHT_DTYPES[options.weight_dtype]
         _check_memory(placement, model, cluster, wbytes, user_placement)
-    placement = apply_engine(placement, options.engine, int(cluster.gpus_per_node), model, layers)
-    phy2log, shares = _placement_rows(placement, model, layers)
-    arrays = _simulate_arrays(model, cluster, counts, phy2log, shares, placement.slots_per_gpu, options, calibration)
+    placement, weights = engine_view(placement, options.engine, int(cluster.gpus_per_node), model, layers)
+    idx = _placement_rows(placement, model, layers)
+    phy2log = np.asarray(placement.phy2log)[idx]
+    shares = np.asarray(placement.shares, dtype=np.float64)[idx]
+    arrays = _simulate_arrays(
+        model,
+        cluster,
+        counts,
+        phy2log,
+        shares,
+        placement.slots_per_gpu,
+        options,
+        calibration,
+        None if weights is None else weights[idx],
+    )
     layer_results = _layer_results(arrays, list(layers))
     return _step(model, cluster, options, calibration, layer_results)
 

@@ -159,18 +159,23 @@ def evaluate(
     solve_s: float = 0.0,
     gap: float | None = None,
     calibration: Any | None = None,
+    engine: str = "placement",
 ) -> dict[str, Any]:
-    """One comparison row (see the module docstring), from one simulation of ``placement``."""
+    """One comparison row (see the module docstring), from one simulation of ``placement`` under ``engine``'s
+    dispatch rule (its shares set the loads and crossings; the simulator also sends each rank's tokens by the
+    rule's per-rank split)."""
     from moesim.simulate import SimOptions, simulate
 
-    loads = placement.gpu_loads(counts)
-    terms = predicted_terms(placement, counts, transitions, int(cluster.gpus_per_node), cost)
+    gpn = int(cluster.gpus_per_node)
+    scored = apply_engine(placement, engine, gpn, model, trace.layers)
+    loads = scored.gpu_loads(counts)
+    terms = predicted_terms(scored, counts, transitions, gpn, cost)
     step = simulate(
         model,
         cluster,
         trace,
         placement,
-        SimOptions(tokens_per_gpu=tokens_per_gpu, check_memory=False),
+        SimOptions(tokens_per_gpu=tokens_per_gpu, check_memory=False, engine=engine),
         calibration=calibration,
     )
     return {
@@ -307,9 +312,8 @@ def plan(
 
     def row(p: Placement, name: str) -> dict[str, Any]:
         timing = (solve_s, result.gap) if name == "ilp" else (0.0, None)
-        scored = apply_engine(p, engine, gpn, model, trace.layers)
         return evaluate(
-            scored,
+            p,
             model,
             cluster,
             trace,
@@ -320,6 +324,7 @@ def plan(
             name,
             *timing,
             calibration=calibration,
+            engine=engine,
         )
 
     rows = [row(p, name) for name, p in placements.items()]

@@ -32,7 +32,7 @@ def test_plan_json_rows_and_files(tmp_path) -> None:
     ilp = rows[-1]
     # scored under sglang-static (the default with --sglang): never slower than a baseline
     assert all(ilp["layer_latency_us"] <= row["layer_latency_us"] * (1 + 1e-9) for row in rows)
-    assert "--ep-dispatch-algorithm static" in _run_flags(tmp_path, js)
+    assert "--ep-dispatch-algorithm static" in _run_flags(tmp_path, tmp_path / "q.json")
     assert 0 <= ilp["gap"] < 0.05 and ilp["solve_s"] < 20
     p = load_placement(out)
     assert p.meta["model"] == "olmoe-1b-7b" and p.meta["layers"] == [0, 7, 15] and p.slots_per_gpu == 9

@@ -275,3 +275,49 @@ def test_oversubscribed_spine_slows_flat_but_not_rail_aligned_hierarchical() -> 
             assert (t_half >= t_full).all() and (t_half.max(-1) > 1.2 * t_full.max(-1)).all()
         else:
             assert np.array_equal(t_half, t_full)
+
+
+@pytest.mark.parametrize("cluster_name", ["dgx-h100", "h100-2x8-ib400", "h100-8x8-ib400-os2", "h100-pcie-8"])
+@pytest.mark.parametrize("scheme", ["flat", "hierarchical"])
+def test_loads_by_source_equal_rank_one_loads_when_sources_agree(cluster_name, scheme) -> None:
+    """Every source with the same deliveries is the rank-1 case: both forms give the same bytes per class."""
+    from dataclasses import fields
+
+    from moesim.dispatch import link_classes, make_alltoall
+    from moesim.specs import load_cluster
+
+    links = link_classes(load_cluster(cluster_name))
+    rng = np.random.default_rng(0)
+    u = rng.random((3, links.num_gpus))
+    un = rng.random((3, links.num_nodes))
+    strategy = make_alltoall(scheme)
+    ref = strategy.loads(links, u, un, 4096.0, 14336.0)
+    got = strategy.loads_by_source(
+        links,
+        np.broadcast_to(u[:, None, :], (3, links.num_gpus, links.num_gpus)),
+        np.broadcast_to(un[:, None, :], (3, links.num_gpus, links.num_nodes)),
+        4096.0,
+        14336.0,
+    )
+    for f in fields(ref):
+        np.testing.assert_allclose(np.broadcast_to(getattr(got, f.name), np.shape(getattr(ref, f.name))),
+                                   getattr(ref, f.name), rtol=1e-12, atol=1e-6, err_msg=f.name)
+
+
+def test_loads_by_source_credit_a_local_replica() -> None:
+    """Two nodes; every source of node 0 delivers only to GPU 0 and every source of node 1 only to GPU 8
+    (its nearest replica): no byte crosses the network, unlike the rank-1 average of the same deliveries."""
+    from moesim.dispatch import link_classes, make_alltoall
+    from moesim.specs import load_cluster
+
+    links = link_classes(load_cluster("h100-2x8-ib400"))
+    u = np.zeros((1, 16, 16))
+    u[0, :8, 0] = 1.0
+    u[0, 8:, 8] = 1.0
+    un = np.zeros((1, 16, 2))
+    un[0, :8, 0] = un[0, 8:, 1] = 1.0
+    for scheme in ("flat", "hierarchical"):
+        strategy = make_alltoall(scheme)
+        local = strategy.loads_by_source(links, u, un, 100.0, 1.0)
+        averaged = strategy.loads(links, u.mean(axis=1), un.mean(axis=1), 100.0, 1.0)
+        assert local.network_bytes[0] == 0.0 and averaged.network_bytes[0] > 0.0
