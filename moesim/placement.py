@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,39 @@ FORMAT = "moesim-placement/1"
 DEFAULT_MEMORY_RESERVE = 0.25
 
 _SHARE_ATOL = 1e-6
+
+
+class PlacementMethod(str, Enum):
+    """The placement family's names, one per method (implementations: ``tuner.placers``, one file each).
+
+    ``eplb`` is EPLB as SGLang calls it (hierarchical when the expert groups divide over the nodes, else
+    global); ``eplb-hierarchical`` and ``eplb-global`` force a policy; ``node-spread`` puts every replica of
+    an expert on a different node (for nearest-replica dispatch). Spellings with ``_`` are accepted.
+    """
+
+    CONTIGUOUS = "contiguous"
+    ROUND_ROBIN = "round-robin"
+    EPLB = "eplb"
+    EPLB_HIERARCHICAL = "eplb-hierarchical"
+    EPLB_GLOBAL = "eplb-global"
+    NODE_SPREAD = "node-spread"
+    ILP = "ilp"
+
+    @classmethod
+    def parse(cls, name: object, origin: str = "placement", field_name: str = "method") -> PlacementMethod:
+        """The method called ``name`` (``round_robin`` = ``round-robin``); ``PlacementError`` naming
+        ``origin`` and ``field_name`` otherwise."""
+        if isinstance(name, cls):
+            return name
+        key = str(name).strip().lower().replace("_", "-") if isinstance(name, str) else None
+        for m in cls:
+            if m.value == key:
+                return m
+        raise PlacementError(
+            f"{origin}: {field_name}: unknown placement method {name!r}; expected one of "
+            f"{', '.join(m.value for m in cls)}"
+        )
+
 
 
 @dataclass(frozen=True)
@@ -169,36 +203,63 @@ def expert_weight_bytes_per_gpu(slots: int, num_moe_layers: int, expert_bytes: f
 
 def check_memory(placement: Placement, model: ModelSpec, gpu: GPUSpec, dtype_bytes: float = 2.0,
                  reserve_fraction: float = DEFAULT_MEMORY_RESERVE, origin: str = "placement") -> None:
-    """``PlacementError`` if one GPU's expert weights exceed ``(1 - reserve_fraction) * hbm``.
+    """``PlacementError`` if one GPU's expert weights exceed ``(1 - reserve_fraction) * hbm``
+    (:func:`check_slots_memory` with the placement's slots per GPU)."""
+    check_slots_memory(placement.slots_per_gpu, model, gpu, dtype_bytes, reserve_fraction, origin)
 
-    Every MoE layer of the deployed model has ``slots_per_gpu`` slots per GPU, whatever layers the placement
-    rows cover, so the weights are ``S * model.num_moe_layers * model.expert_weight_bytes(dtype_bytes)``.
+
+def check_slots_memory(slots: int, model: ModelSpec, gpu: GPUSpec, dtype_bytes: float = 2.0,
+                       reserve_fraction: float = DEFAULT_MEMORY_RESERVE, origin: str = "placement") -> None:
+    """``PlacementError`` if ``slots`` expert slots per GPU exceed ``(1 - reserve_fraction) * hbm``.
+
+    Every MoE layer of the deployed model has ``slots`` slots per GPU, whatever layers a placement's rows
+    cover, so the weights are ``S * model.num_moe_layers * model.expert_weight_bytes(dtype_bytes)``.
     """
-    need = expert_weight_bytes_per_gpu(placement.slots_per_gpu, model.num_moe_layers,
-                                       model.expert_weight_bytes(dtype_bytes))
+    need = expert_weight_bytes_per_gpu(slots, model.num_moe_layers, model.expert_weight_bytes(dtype_bytes))
     have = (1.0 - reserve_fraction) * float(gpu.hbm_gb) * 1e9
     if need > have:
         raise PlacementError(
-            f"{origin}: GPU memory: {placement.slots_per_gpu} expert slots x {model.num_moe_layers} MoE layers x "
+            f"{origin}: GPU memory: {slots} expert slots x {model.num_moe_layers} MoE layers x "
             f"{model.expert_weight_bytes(dtype_bytes) / 1e6:.1f} MB = {need / 1e9:.1f} GB of expert weights per GPU, "
             f"more than {have / 1e9:.1f} GB ({100 * (1 - reserve_fraction):.0f}% of {gpu.slug}'s {gpu.hbm_gb:g} GB)")
 
 
 def contiguous(num_experts: int, num_gpus: int, num_layers: int) -> Placement:
-    """Megatron's default: GPU g holds experts [g*E/G, (g+1)*E/G). Requires E % G == 0."""
-    if num_experts % num_gpus:
-        raise PlacementError(
-            f"contiguous placement: num_experts {num_experts} is not divisible by {num_gpus} GPUs"
-        )
-    row = np.arange(num_experts, dtype=np.int64)
-    phy2log = np.tile(row, (num_layers, 1))
+    """The contiguous default for any ``E`` and ``G``: Megatron's layout (GPU g holds experts
+    ``[g*E/G, (g+1)*E/G)``, also vLLM's ``linear``) where G divides E, extended to the shapes it does not
+    divide:
+
+    - more GPUs than experts: one slot per GPU, GPU g holds expert ``floor(g*E/G)``, so each expert sits on
+      ``G/E`` consecutive GPUs (``floor`` or ``ceil`` of it when G % E != 0) with equal shares (expert-parallel
+      replicas: the only way 256 experts fill 1024 GPUs);
+    - ``E % G != 0`` with ``E > G``: ``S = ceil(E/G)`` slots per GPU, experts in order, the last GPUs' spare
+      slots hold share-0 copies (weights but no tokens).
+
+    ``meta["method"]`` is ``contiguous``, ``contiguous-replicated`` or ``contiguous-uneven``.
+    """
+    E, G = int(num_experts), int(num_gpus)
+    if E < 1 or G < 1 or num_layers < 1:
+        raise PlacementError(f"contiguous placement: experts, GPUs and layers must be >= 1, got {E}, {G}, {num_layers}")
+    if E % G == 0:
+        row = np.arange(E, dtype=np.int64)
+        share = np.ones(E)
+        slots, method = E // G, "contiguous"
+    elif G > E:
+        row = (np.arange(G, dtype=np.int64) * E) // G
+        share = 1.0 / np.bincount(row, minlength=E)[row]
+        slots, method = 1, "contiguous-replicated"
+    else:
+        slots = -(-E // G)
+        row = np.arange(slots * G, dtype=np.int64) % E
+        share = (np.arange(slots * G) < E).astype(np.float64)
+        method = "contiguous-uneven"
     return Placement(
-        num_gpus=num_gpus,
-        slots_per_gpu=num_experts // num_gpus,
-        num_experts=num_experts,
-        phy2log=phy2log,
-        shares=np.ones(phy2log.shape),
-        meta={"method": "contiguous"},
+        num_gpus=G,
+        slots_per_gpu=slots,
+        num_experts=E,
+        phy2log=np.tile(row, (num_layers, 1)),
+        shares=np.tile(share, (num_layers, 1)),
+        meta={"method": method},
     )
 
 

@@ -12,7 +12,7 @@ A scenario file is YAML, loaded with ``yaml.safe_load`` and validated here, in o
       cluster: dgx-h100
       trace: synthetic:zipf:1.2                 # or a trace file path (relative to this file)
       tokens_per_gpu: 4096
-      placement: contiguous                     # contiguous | round_robin | eplb | ilp
+      placement: contiguous                     # contiguous | round-robin | eplb | eplb-global | ilp ...
     axes:                                       # the sweep is the product of these lists
       cluster: [dgx-h100, h100-2x8-ib400]
       capacity_factor: [null, 1.0, 1.25]
@@ -39,8 +39,10 @@ from typing import Any
 
 from moesim.capacity import DROP_POLICIES
 from moesim.errors import field_error
+from moesim.placement import PlacementMethod
 
-PLACEMENT_METHODS = ("contiguous", "round_robin", "eplb", "ilp")
+# the placement family's names (moesim.placement.PlacementMethod); "round_robin" is accepted for "round-robin"
+PLACEMENT_METHODS = tuple(m.value for m in PlacementMethod)
 
 DTYPES = ("bf16", "fp8")
 ALLTOALL_SCHEMES = ("flat", "hierarchical")
@@ -203,10 +205,10 @@ def _check_value(src: str, where: str, name: str, value: Any) -> Any:
             raise bad(f"must be {'>' if strict else '>='} {lo:g}, got {value}")
         return float(value)
 
-    def as_choice(choices: tuple[str, ...]) -> str:
-        if value not in choices:
+    def as_choice(choices: tuple[str, ...], v: Any = value) -> str:
+        if v not in choices:
             raise bad(f"must be one of {', '.join(choices)}, got {value!r}")
-        return str(value)
+        return str(v)
 
     if name in ("name", "model", "cluster", "trace"):
         if not isinstance(value, str) or not value.strip():
@@ -244,7 +246,7 @@ def _check_value(src: str, where: str, name: str, value: Any) -> Any:
             raise bad(f"repeated layer index in {out}")
         return tuple(out)
     if name == "placement":
-        return as_choice(PLACEMENT_METHODS)
+        return as_choice(PLACEMENT_METHODS, value.replace("_", "-") if isinstance(value, str) else value)
     if name == "drop_policy":
         return as_choice(DROP_POLICIES)
     if name in ("dispatch_dtype", "combine_dtype", "weight_dtype"):

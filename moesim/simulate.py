@@ -203,44 +203,8 @@ def _py(x: Any) -> Any:
 
 # --------------------------------------------------------------------------------------------- placement
 def default_placement(num_experts: int, num_gpus: int, num_layers: int) -> Placement:
-    """Megatron's contiguous placement (GPU g holds experts ``[g*E/G, (g+1)*E/G)``), extended to shapes it
-    does not divide:
-
-    - more GPUs than experts (``G % E == 0``): each expert on ``G/E`` consecutive GPUs with equal shares
-      (expert-parallel replicas: the only way 256 experts fill 1024 GPUs);
-    - ``E % G != 0`` with ``E > G``: ``S = ceil(E/G)`` slots per GPU, experts in order, the last GPUs' spare
-      slots hold share-0 copies (weights but no tokens), i.e. the uneven split vLLM's EP uses.
-    """
-    if num_experts % num_gpus == 0:
-        return contiguous(num_experts, num_gpus, num_layers)
-    if num_gpus % num_experts == 0:
-        reps = num_gpus // num_experts
-        row = np.repeat(np.arange(num_experts, dtype=np.int64), reps)
-        return Placement(
-            num_gpus=num_gpus,
-            slots_per_gpu=1,
-            num_experts=num_experts,
-            phy2log=np.tile(row, (num_layers, 1)),
-            shares=np.full((num_layers, num_gpus), 1.0 / reps),
-            meta={"method": "contiguous-replicated"},
-        )
-    if num_experts > num_gpus:
-        slots = -(-num_experts // num_gpus)
-        num_slots = slots * num_gpus
-        row = np.arange(num_slots, dtype=np.int64) % num_experts
-        share = (np.arange(num_slots) < num_experts).astype(np.float64)
-        return Placement(
-            num_gpus=num_gpus,
-            slots_per_gpu=slots,
-            num_experts=num_experts,
-            phy2log=np.tile(row, (num_layers, 1)),
-            shares=np.tile(share, (num_layers, 1)),
-            meta={"method": "contiguous-uneven"},
-        )
-    raise SpecError(
-        f"placement: default: {num_experts} experts cannot be spread evenly over {num_gpus} GPUs "
-        f"(more GPUs than experts, not a multiple); pass --placement"
-    )
+    """What ``simulate`` uses without a placement: :func:`moesim.placement.contiguous` (valid for any E, G)."""
+    return contiguous(num_experts, num_gpus, num_layers)
 
 
 def check_placement(placement: Placement, model: ModelSpec, num_gpus: int, origin: str = "placement") -> None:

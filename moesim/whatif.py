@@ -6,10 +6,10 @@ For every ``moesim.scenario.Scenario`` the evaluation is
 
 1. inputs: ``load_model``, ``load_cluster`` and the routing trace (a file, optionally restricted to
    ``layers``, or ``synthetic_trace(model, min(tokens_per_gpu * G, 2^18), ...)`` as ``moesim simulate`` draws);
-2. placement over the trace's L layers: ``contiguous`` is ``moesim.simulate.default_placement`` (what
-   ``moesim simulate`` uses without ``--placement``); ``round_robin`` and ``eplb`` come from
-   ``tuner.baselines``, ``ilp`` from ``tuner.plan.plan`` (imported lazily: moesim never imports tuner at
-   import time);
+2. placement over the trace's L layers, by the placement family's registry (``tuner.placers.place``; the
+   names are ``moesim.placement.PlacementMethod``): ``contiguous`` is what ``moesim simulate`` uses without
+   ``--placement``; ``ilp`` is ``tuner.plan.plan``'s plan, as ``moesim plan`` makes it (``tuner`` imported
+   lazily: moesim never imports tuner at import time; issue 16 moves this layer above ``tuner``);
 3. ``moesim.simulate.simulate(model, cluster, trace, placement, SimOptions(...))``;
 4. a flat record: step latency, the phase breakdown, dropped fraction, per-GPU load, traffic per link class,
    and the simulator's own ``StepResult.to_dict()`` for the full detail.
@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from moesim.calibration import calibration_to_dict
-from moesim.errors import InfeasibleError, MoesimError, TraceError, field_error
+from moesim.errors import InfeasibleError, MoesimError, PlacementError, TraceError, field_error
 from moesim.fileio import atomic_write_text
 from moesim.scenario import Scenario, ScenarioFile
 from moesim.synthetic import step_synthetic_tokens
@@ -285,43 +285,32 @@ def build_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) ->
 
 
 def _solve_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -> Any:
-    """The placement a scenario asks for, one row per trace layer. Solvers come from ``tuner`` (lazily).
+    """The placement a scenario asks for, one row per trace layer, from the placement registry
+    (``tuner.placers``, imported lazily)."""
+    from moesim.placement import PlacementMethod
+    from tuner.placers import place
 
-    ``contiguous`` is ``moesim.simulate.default_placement`` (what ``moesim simulate`` uses without
-    ``--placement``: Megatron's layout, or even replicas when there are more GPUs than experts).
-    """
-    num_gpus = cluster.num_gpus
-    num_layers = len(trace.layers)
-    num_experts = model.num_experts
-    method = scenario.placement
-    if method in ("contiguous", "round_robin") and scenario.redundant_experts:
-        raise field_error(
-            "placement",
-            "redundant_experts",
-            f"{method} placement has no replicas; use eplb or ilp for redundant experts",
-        )
-    if method == "contiguous":
-        from moesim.simulate import default_placement
-
-        return default_placement(num_experts, num_gpus, num_layers)
-    if method == "round_robin":
-        from tuner.baselines import round_robin
-
-        return round_robin(num_experts, num_gpus, num_layers)
-    counts = np.asarray(trace.counts, dtype=np.float64)  # [L, E]
-    if method == "eplb":
-        from tuner.baselines import eplb
-
-        return eplb(
-            counts,
-            num_gpus,
-            scenario.redundant_experts,
-            num_groups=max(1, int(model.n_group)),
-            num_nodes=cluster.num_nodes,
-        )
-    if method == "ilp":
+    method = PlacementMethod.parse(scenario.placement, "scenario", "placement")
+    if method == PlacementMethod.ILP:
         return _ilp_placement(scenario, model, cluster, trace)
-    raise AssertionError(method)  # scenario.py validates the method
+    try:
+        return place(
+            method,
+            np.asarray(trace.counts, dtype=np.float64),
+            None,
+            model,
+            cluster,
+            scenario.redundant_experts,
+            layers=trace.layers,
+        )
+    except PlacementError as exc:
+        if "redundant_experts" in str(exc):
+            raise field_error(
+                "placement",
+                "redundant_experts",
+                f"{method.value} placement has no replicas; use eplb or ilp for redundant experts",
+            ) from None
+        raise
 
 
 def _ilp_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -> Any:

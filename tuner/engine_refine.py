@@ -79,11 +79,17 @@ def refine_row(
     partners: int = 4,
     max_swaps: int = 200,
     deadline: float | None = None,
+    spread: bool = False,
 ) -> tuple[np.ndarray, int]:
-    """One layer's ``phy2log [P]`` refined (module docstring), and the swaps made."""
+    """One layer's ``phy2log [P]`` refined (module docstring), and the swaps made. ``spread``: no swap puts an
+    expert on a node that already holds it (``tuner.placers.node_spread``'s layout is kept)."""
     phy = np.asarray(phy2log, dtype=np.int64).copy()
     counts = np.asarray(counts, dtype=np.float64)
     spg = phy.shape[0] // num_gpus
+    num_nodes = max(1, num_gpus // gpus_per_node)
+    node_of_slot = np.arange(phy.shape[0]) // spg // gpus_per_node
+    on_node = np.zeros((counts.shape[0], num_nodes), dtype=np.int64)
+    np.add.at(on_node, (phy, node_of_slot), 1)
     loads = _loads(phy, counts, num_gpus, gpus_per_node)
     best = _score(loads)
     swaps = 0
@@ -98,6 +104,9 @@ def refine_row(
                     a, b = int(phy[p]), int(phy[q])
                     if a == b or a in held[g] or b in held[hot]:
                         continue
+                    na, nb = node_of_slot[p], node_of_slot[q]
+                    if spread and na != nb and (on_node[a, nb] or on_node[b, na]):
+                        continue
                     phy[p], phy[q] = b, a
                     trial = _loads(phy, counts, num_gpus, gpus_per_node)
                     phy[p], phy[q] = a, b
@@ -107,7 +116,12 @@ def refine_row(
         if found is None:
             break
         best, p, q, loads = found
-        phy[p], phy[q] = phy[q], phy[p]
+        a, b = int(phy[p]), int(phy[q])
+        on_node[a, node_of_slot[p]] -= 1
+        on_node[b, node_of_slot[q]] -= 1
+        on_node[a, node_of_slot[q]] += 1
+        on_node[b, node_of_slot[p]] += 1
+        phy[p], phy[q] = b, a
         swaps += 1
     return phy, swaps
 
@@ -119,9 +133,10 @@ def refine(
     time_limit_s: float = 5.0,
     partners: int = 4,
     max_swaps: int = 200,
+    spread: bool = False,
 ) -> tuple[Placement, int]:
     """``placement`` with every layer refined under SGLang's rule (shares even, as a placement file implies),
-    and the swaps made; the time limit is shared evenly over the layers."""
+    and the swaps made; the time limit is shared evenly over the layers. ``spread``: see :func:`refine_row`."""
     counts = np.asarray(counts, dtype=np.float64)
     rows = []
     total = 0
@@ -130,7 +145,14 @@ def refine(
     for layer in range(num_layers):
         deadline = start + time_limit_s * (layer + 1) / num_layers
         row, n = refine_row(
-            placement.phy2log[layer], counts[layer], placement.num_gpus, gpus_per_node, partners, max_swaps, deadline
+            placement.phy2log[layer],
+            counts[layer],
+            placement.num_gpus,
+            gpus_per_node,
+            partners,
+            max_swaps,
+            deadline,
+            spread,
         )
         rows.append(row)
         total += n

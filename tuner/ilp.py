@@ -101,6 +101,33 @@ class CostModel:
     us_per_node_token: float  # c_node: per transition crossing nodes (on top of c_gpu)
     us_per_moved_replica: float = 0.0  # c_move: per replica loaded onto a GPU that did not hold it
     bytes_per_token: float = 0.0  # for reporting bytes
+    # c_net: per assignment the busiest node receives over the network from ranks of other nodes (dispatch in,
+    # combine out through that node's NICs); priced under nearest-replica rules (see :func:`node_inbound`)
+    us_per_node_inbound: float = 0.0
+
+
+def node_inbound(phy2log: np.ndarray, counts: np.ndarray, num_experts: int, num_gpus: int,
+                 gpus_per_node: int) -> np.ndarray:
+    """``[L, N]`` assignments each node receives from ranks of other nodes under a nearest-replica rule
+    (SGLang's: a rank uses a replica on its own node if there is one, else one of all ``r_e`` replicas, drawn
+    fairly), every rank routing alike::
+
+        inbound(n) = sum_e c_e * (N - n_e) / N * y_en / r_e
+
+    with ``n_e`` the nodes holding expert e and ``y_en`` its replicas on node n. The ranks of the ``n_e``
+    nodes holding it send nothing over the network; the others split ``c_e (N - n_e) / N`` over all replicas.
+    """
+    phy = np.atleast_2d(np.asarray(phy2log, dtype=np.int64))
+    counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
+    L, P = phy.shape
+    N = max(1, num_gpus // gpus_per_node)
+    node = np.arange(P) // (P // num_gpus) // gpus_per_node
+    y = np.zeros((L, num_experts, N))
+    np.add.at(y, (np.arange(L)[:, None], phy, np.broadcast_to(node, phy.shape)), 1.0)
+    r = y.sum(axis=2)  # [L, E]
+    n_e = (y > 0).sum(axis=2)
+    w = counts * (N - n_e) / N / np.maximum(r, 1.0)  # [L, E] per replica
+    return np.einsum("le,len->ln", w, y)
 
 
 @dataclass
@@ -162,8 +189,10 @@ def _crossings(T: np.ndarray, a: np.ndarray, b: np.ndarray, num_nodes: int) -> t
 
 
 def predicted_terms(placement: Placement, counts: np.ndarray, transitions: np.ndarray | None,
-                    gpus_per_node: int, cost: CostModel, current: Placement | None = None) -> dict[str, float]:
-    """The objective's terms for a whole placement: compute, cross-GPU/node tokens, moved replicas, total us."""
+                    gpus_per_node: int, cost: CostModel, current: Placement | None = None,
+                    network: bool = False) -> dict[str, float]:
+    """The objective's terms for a whole placement: compute, cross-GPU/node tokens, moved replicas, total us;
+    with ``network`` also the busiest node's inbound assignments per layer (:func:`node_inbound`, summed)."""
     counts = np.asarray(counts, dtype=np.float64)
     num_layers = counts.shape[0]
     N = max(1, placement.num_gpus // gpus_per_node)
@@ -179,10 +208,14 @@ def predicted_terms(placement: Placement, counts: np.ndarray, transitions: np.nd
     moved = 0.0
     if current is not None:
         moved = float(moved_replicas(placement, current).sum())
+    inbound = 0.0
+    if network and N > 1:
+        inbound = float(node_inbound(placement.phy2log, counts, placement.num_experts, placement.num_gpus,
+                                     gpus_per_node).max(axis=1).sum())
     total = (compute + cost.us_per_gpu_token * gpu_tok + cost.us_per_node_token * node_tok
-             + cost.us_per_moved_replica * moved)
+             + cost.us_per_moved_replica * moved + cost.us_per_node_inbound * inbound)
     return {"compute_us": compute, "cross_gpu_tokens": gpu_tok, "cross_node_tokens": node_tok,
-            "moved_replicas": moved, "objective_us": total}
+            "moved_replicas": moved, "node_inbound": inbound, "objective_us": total}
 
 
 def held_matrix(placement: Placement, row: int) -> np.ndarray:
@@ -220,6 +253,12 @@ class _Sub:
     warm: tuple[np.ndarray, np.ndarray] | None = None  # (y [n, B], x [n, B])
     min_share: float = MIN_SHARE  # x >= min_share * y (0 in the node stage; fixed after the solve)
     ub: np.ndarray | None = None  # [n] replicas of an item one bin may hold (default max_per_bin)
+    # (bin_group [B], group_ub [n]): replicas of item i over the bins of one group (a node) at most group_ub[i]
+    group_ub: tuple[np.ndarray, np.ndarray] | None = None
+    # network term: c_net * Mnet with Mnet >= sum_i net_w[i] x_ib summed over the bins of each group (a node)
+    net_w: np.ndarray | None = None
+    net_group: np.ndarray | None = None  # [B] group of each bin; None: every bin its own
+    c_net: float = 0.0
     gpu_target: float | None = None  # node stage: mean GPU load; the objective then prices a GPU-level max
     gpus_per_bin: int = 1
 
@@ -295,6 +334,27 @@ def _solve_sub(sub: _Sub, solver: str, time_limit_s: float, gap_rel: float, thre
                     prob += Con(Aff([(xt[c][0], 1.0), (y[c], -sub.min_share)]), GE, rhs=0)
     for b in range(B):
         prob += Con(Aff([(y[c], 1.0) for c in by_bin[b]]), EQ, rhs=int(sub.slots[b]))
+    net_var = None
+    if sub.net_w is not None and sub.c_net > 0:
+        net_var = pulp.LpVariable("Mnet", 0)
+        obj_terms[net_var] = sub.c_net
+        net_group = np.arange(B) if sub.net_group is None else sub.net_group
+        for grp in np.unique(net_group):
+            terms = {}
+            for b in np.nonzero(net_group == grp)[0]:
+                for c in by_bin[b]:
+                    xv, xc = xt[c]
+                    terms[xv] = terms.get(xv, 0.0) + float(sub.net_w[c[0]]) * xc
+            terms[net_var] = -1.0
+            prob += Con(Aff(list(terms.items())), LE, rhs=0)
+        prob.setObjective(Aff(list(obj_terms.items()), constant=sub.const))
+    if sub.group_ub is not None:
+        bin_group, group_ub = sub.group_ub
+        for i in range(n):
+            for grp in np.unique(bin_group):
+                cs = [c for c in by_item[i] if bin_group[c[1]] == grp]
+                if len(cs) > group_ub[i]:
+                    prob += Con(Aff([(y[c], 1.0) for c in cs]), LE, rhs=int(group_ub[i]))
     for k, bins in enumerate(sub.blocks):
         for b in bins:
             terms = {}
@@ -328,6 +388,10 @@ def _solve_sub(sub: _Sub, solver: str, time_limit_s: float, gap_rel: float, thre
             mg = max(max(float(Ms[k].varValue) for k in range(len(Ms))) / sub.gpus_per_bin,
                      float((sub.w[:, None] * wx - sub.gpu_target * (wy - 1)).max()))
             mg_var[0].setInitialValue(mg)
+        if net_var is not None:
+            per_bin_net = sub.net_w @ wx  # [B]
+            grp = np.arange(B) if sub.net_group is None else sub.net_group
+            net_var.setInitialValue(float(np.bincount(grp, weights=per_bin_net).max()))
 
     if solver == "highs":
         status, objective, bound = _run_highs(prob, time_limit_s, gap_rel, threads, sub.warm is not None)
@@ -693,7 +757,7 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
               redundant_experts: int, cost: CostModel, *, warm_start: Placement, solver: str = "cbc",
               time_limit_s: float = 60.0, split: str = "even", hierarchical: bool | None = None,
               current: Placement | None = None, sweeps: int = 2, gap_rel: float = 0.02, threads: int = 1,
-              cluster: bool | None = None,
+              cluster: bool | None = None, spread: bool = False,
               progress: Callable[[int, int, str], None] | None = None) -> ILPResult:
     """Place experts for every layer of ``counts [L, E]`` (transitions ``[L-1, E, E]`` between consecutive rows).
 
@@ -704,6 +768,8 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
         cluster: start the flat sweeps from a joint node clustering (:func:`_cluster_start`); None = automatic
             (flat, more than one node, transitions given).
         current: placement now deployed; its replicas cost ``cost.us_per_moved_replica`` to move.
+        spread: every expert's replicas on distinct nodes (as many as it has, up to N; ``split="even"`` only), the
+            layout under which SGLang's nearest-replica rule splits evenly (``tuner.placers.node_spread``).
         progress: called as ``progress(done, total, text)`` after every subproblem.
     Raises:
         PlacementError (slot counts), SpecError (bad solver/split).
@@ -747,10 +813,15 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
     def budget_left() -> float:
         return time_limit_s - (time.perf_counter() - t0)
 
+    # under spread (nearest-replica rules), the busiest node's network inbound is priced too
+    net = spread and N > 1 and split == "even" and cost.us_per_node_inbound > 0
+
     def layer_cost(l: int, prow: np.ndarray, srow: np.ndarray) -> float:
-        """t_l with the neighbours' current rows: compute + crossings to both neighbours + moves."""
+        """t_l with the neighbours' current rows: compute + crossings to both neighbours + moves (+ network)."""
         a = share_matrix(prow, srow, E, G, S)
         t = c_tok * float((counts[l] @ a).max())
+        if net:
+            t += cost.us_per_node_inbound * float(node_inbound(prow, counts[l], E, G, gpn).max())
         if T is not None:
             for nb, tr in ((l - 1, T[l - 1].T if l > 0 else None), (l + 1, T[l] if l < L - 1 else None)):
                 if tr is not None:
@@ -789,14 +860,27 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
         ycost = np.zeros((E, G)) if held_cur is None else cost.us_per_moved_replica * (1.0 - held_cur[l])
         return cin, tr_mass, warm_a, warm_y, kcounts, ycost
 
+    def spread_ub(kcounts: np.ndarray | None) -> np.ndarray | None:
+        """Replicas an expert may have on one node under ``spread``: 1 while it has at most N."""
+        return None if not spread or kcounts is None else np.maximum(1, -(-kcounts // N))
+
+    def net_weights(l: int, kcounts: np.ndarray | None) -> np.ndarray | None:
+        """``[E]`` node inbound per unit share of expert e (:func:`node_inbound` with its replicas spread)."""
+        if not net or kcounts is None:
+            return None
+        return counts[l] * np.maximum(0, N - kcounts) / N
+
     def flat_step(l: int, sub_limit: float, label: str) -> SubResult:
         """One flat MILP for layer l given its neighbours; its solution replaces the row if :func:`accept`."""
         nonlocal done
         cin, tr_mass, warm_a, warm_y, kcounts, ycost = layer_inputs(l)
+        node_ub = spread_ub(kcounts)
+        # a warm start that breaks the spread is no MIP start
+        spread_ok = node_ub is None or N == 1 or not (warm_y.reshape(E, N, gpn).sum(-1) > node_ub[:, None]).any()
         cin_node = cin.reshape(E, N, gpn).sum(-1)
         benefit = cost.us_per_gpu_token * cin + cost.us_per_node_token * cin_node[:, node_of_gpu]
         per_bin = S if split == "even" else 1
-        warm_ok = warm_y.max() <= per_bin
+        warm_ok = spread_ok and warm_y.max() <= per_bin
         sub = _Sub(w=counts[l], slots=np.full(G, S), max_per_bin=per_bin, counts=kcounts, benefit=benefit,
                    # EPLB's packing may put two replicas of one expert on a GPU: allow what the warm
                    # start has, so that it stays feasible
@@ -804,7 +888,9 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
                    ycost=ycost, c_tok=c_tok,
                    const=(cost.us_per_gpu_token + cost.us_per_node_token) * float(tr_mass.sum()),
                    blocks=[np.arange(G)], allowed=np.ones((E, G), bool), load_cap=warm_max[l] * (1 + 1e-9),
-                   warm=(warm_y, warm_a) if warm_ok else None)
+                   warm=(warm_y, warm_a) if warm_ok else None,
+                   group_ub=None if node_ub is None or N == 1 else (node_of_gpu, node_ub),
+                   net_w=net_weights(l, kcounts), net_group=node_of_gpu, c_net=cost.us_per_node_inbound)
         y, x, r = _timed_solve(sub, l, "flat", E * G, solver, sub_limit, gap_rel, threads, subs)
         done += 1
         if progress:
@@ -833,12 +919,15 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
         top = np.argsort(-cin_node, axis=1, kind="stable")[:, :NODE_CANDIDATES]
         allowed_n[np.arange(E)[:, None], top] = True
         allowed_n[counts[l] > HOT_EXPERT_FACTOR * counts[l].sum() / (G * S)] = True
-        sub_n = _Sub(w=counts[l], slots=np.full(N, S * gpn), max_per_bin=node_per_bin, counts=kcounts,
+        node_ub = spread_ub(kcounts)
+        spread_ok = node_ub is None or not (warm_yn > node_ub[:, None]).any()  # else no MIP start
+        sub_n = _Sub(w=counts[l], slots=np.full(N, S * gpn), max_per_bin=node_per_bin, counts=kcounts, ub=node_ub,
                      benefit=cost.us_per_node_token * cin_node, ycost=ycost_n, c_tok=c_tok,
                      gpu_target=float(counts[l].sum()) / G, gpus_per_bin=gpn,
                      const=cost.us_per_node_token * float(tr_mass.sum()), blocks=[np.arange(N)],
                      allowed=allowed_n, load_cap=float((counts[l] @ warm_an).max()) * (1 + 1e-9),
-                     warm=(warm_yn, warm_an) if warm_yn.max() <= node_per_bin else None, min_share=0.0)
+                     warm=(warm_yn, warm_an) if spread_ok and warm_yn.max() <= node_per_bin else None, min_share=0.0,
+                     net_w=net_weights(l, kcounts), c_net=cost.us_per_node_inbound)
         yn, xn, rn = _timed_solve(sub_n, l, "nodes", int(allowed_n.sum()), solver, HIER_NODE_SHARE * sub_limit,
                                   gap_rel, threads, subs)
         done += 1
@@ -930,7 +1019,7 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
     meta = {"method": "ilp", "solver": solver, "split": split, "hierarchical": hierarchical}
     placement = Placement(num_gpus=G, slots_per_gpu=S, num_experts=E, phy2log=phy, shares=sh, meta=meta)
     placement.validate("ilp")
-    terms = predicted_terms(placement, counts, T, gpn, cost, current)
+    terms = predicted_terms(placement, counts, T, gpn, cost, current, network=net)
     if solved:
         objs = np.array([r.objective for r in solved])
         bounds = np.array([r.bound for r in solved])

@@ -7,10 +7,15 @@ Counts are rescaled to one simulated step: every GPU holds ``T = tokens_per_gpu`
 the same factor (each is one token choice going from expert i in layer l to expert j in layer l+1).
 
 Rows compared (``PlanResult.rows``): ``method``, ``max_mean_load`` (busiest GPU's assignments / mean, the worst
-layer), ``cross_gpu_bytes`` / ``cross_node_bytes`` (per step, over the recorded layer pairs: a transition whose
-two experts sit on different GPUs / nodes moves the token's hidden state, dispatch plus combine, bf16),
-``layer_latency_us`` (mean over the recorded layers of the simulated MoE-layer latency of the tail GPU),
-``solve_s`` and ``gap`` (ILP only). Rows also carry ``predicted_us`` (the MILP objective of the placement) and
+layer), ``cross_gpu_bytes`` / ``cross_node_bytes`` (per step over the recorded layers, the simulator's dispatch
+plus combine bytes that leave their GPU / cross nodes, each rank sending by the engine rule),
+``transition_crossings`` (MoETuner's metric: transitions between consecutive recorded layers whose experts sit on
+different GPUs / nodes; traffic only under ``dependency="transitions"``), ``layer_latency_us`` (mean over the
+recorded layers of the simulated MoE-layer latency of the tail GPU),
+``solve_s`` (ILP only) and ``gap``: ``(predicted_us - bound) / predicted_us`` with ``bound`` a lower bound on the
+objective valid for every placement and replica split (``tuner.bounds``), so how far above optimal the row is,
+at most (the MILP's subproblem gaps, given their neighbours, are ``sub_gap`` and ``max_sub_gap`` in the plan's
+``predicted`` header). Rows also carry ``predicted_us`` (the MILP objective of the placement) and
 ``mean_gpu_latency_us`` (the same mean over layers of the *mean* GPU's simulated latency, what the placement would
 take with its work spread perfectly evenly; the benchmark's balanced floor), ``layer_latencies_us`` and
 ``layer_max_mean`` (per recorded layer), so no caller simulates a plan again. Every row is scored under one engine
@@ -28,11 +33,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moesim.engine_dispatch import apply_engine
-from moesim.placement import Placement, check_memory, contiguous, slots_per_gpu
-from tuner.baselines import round_robin
-from tuner.engine_refine import refine, settle_static
-from tuner.eplb import eplb_placement
-from tuner.ilp import CostModel, ILPResult, predicted_terms, solve_ilp
+from moesim.errors import PlacementError
+from moesim.placement import Placement, PlacementMethod, check_slots_memory, slots_per_gpu
+from tuner.bounds import gap as bound_gap
+from tuner.bounds import objective_bound
+from tuner.engine_refine import settle_static
+from tuner.ilp import CostModel, ILPResult, predicted_terms
+from tuner.placers import Budget, candidates
+from tuner.placers import ilp as ilp_method
+from tuner.placers import place as place_with
+from tuner.placers.base import DEFAULT_AMORTISE_STEPS
+from tuner.placers.ilp import REFINE_SHARE, bytes_per_token, cost_model
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
@@ -40,20 +51,21 @@ if TYPE_CHECKING:
 
 ROW_KEYS = ("method", "max_mean_load", "cross_gpu_bytes", "cross_node_bytes", "layer_latency_us", "solve_s", "gap")
 
-# Replica moves are a one-off cost; spread it over this many steps to compare with per-step time. SGLang's
-# dynamic EPLB rebalances every ``--eplb-rebalance-num-iterations`` forward passes, default 1000
-# (``ServerArgs.eplb_rebalance_num_iterations``, python/sglang/srt/server_args.py), so a placement is assumed to
-# stay deployed that long; a longer-lived plan makes moves cheaper (pass ``amortise_steps``).
-DEFAULT_AMORTISE_STEPS = 1000
-# Share of the time limit spent refining under SGLang's replica choice (tuner.engine_refine), half on the MILP's
-# plan and half on the warm start's (each 3/5 on the expected shares, 2/5 on static's draw); the MILP gets the
-# rest.
-REFINE_SHARE = 0.2
-
-
-def bytes_per_token(model: ModelSpec, dtype_bytes: float = 2.0) -> float:
-    """Hidden state sent and returned (dispatch + combine) per token crossing: ``2 * hidden * dtype_bytes``."""
-    return 2.0 * model.hidden_size * dtype_bytes
+# the objective's prices and constants live with the MILP method (tuner.placers.ilp); re-exported here
+__all__ = [
+    "DEFAULT_AMORTISE_STEPS",
+    "REFINE_SHARE",
+    "ROW_KEYS",
+    "PlanResult",
+    "bytes_per_token",
+    "cost_model",
+    "evaluate",
+    "place",
+    "plan",
+    "scaled_routing",
+]
+# methods that place every expert once: shown at their own slot count when replicas are asked
+NO_REPLICAS = (PlacementMethod.CONTIGUOUS, PlacementMethod.ROUND_ROBIN)
 
 
 def scaled_routing(trace: RoutingTrace, num_gpus: int, tokens_per_gpu: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -67,75 +79,6 @@ def scaled_routing(trace: RoutingTrace, num_gpus: int, tokens_per_gpu: int) -> t
     return scaled, tr
 
 
-def cost_model(
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    tokens_per_gpu: int,
-    slots: int,
-    amortise_steps: int = DEFAULT_AMORTISE_STEPS,
-    weight_dtype_bytes: float = 2.0,
-) -> CostModel:
-    """Linear coefficients of the MILP objective (see ``tuner.ilp``), in microseconds.
-
-    - ``us_per_token`` = d fused_moe_us / d tokens, a central difference at the mean GPU load
-      ``T * k`` spread over ``S`` slots (``moesim.compute.fused_moe_us``, the simulator's own model). The step,
-      +-10% of the mean, is a choice (an assumption): the roofline is piecewise (``BLOCK_SIZE_M`` padding, the
-      compute/memory kink), and at the default 4096 tokens per GPU 10% of a slot's load (hundreds of tokens)
-      spans several 64-token padding steps, so the slope is the trend, not one step's jump;
-    - ``us_per_gpu_token`` = ``2 * hidden * 2 B / (G * intra_bw)``: one crossing's bytes over the aggregate
-      intra-node bandwidth (``levels[0].bw_gb_s`` per GPU);
-    - ``us_per_node_token`` = the same over the network (``levels[1].bw_gb_s`` per GPU), 0 on one node;
-    - ``us_per_moved_replica`` = expert bytes over the slowest link, amortised over ``amortise_steps``.
-    """
-    from moesim.compute import fused_moe_us
-
-    gpu = cluster.gpu
-    G = int(cluster.num_gpus)
-    mean = float(tokens_per_gpu * model.top_k)
-    hi = np.full(slots, 1.1 * mean / slots)
-    lo = np.full(slots, 0.9 * mean / slots)
-    args = (model.hidden_size, model.moe_intermediate_size, model.top_k, weight_dtype_bytes)
-    slope = float((np.asarray(fused_moe_us(gpu, hi, *args)) - np.asarray(fused_moe_us(gpu, lo, *args))) / (0.2 * mean))
-    bpt = bytes_per_token(model)
-    intra = float(cluster.levels[0].bw_gb_s) * 1e3  # bytes per us per GPU
-    c_gpu = bpt / (G * intra)
-    c_node = 0.0
-    if len(cluster.levels) > 1 and cluster.num_nodes > 1:
-        c_node = bpt / (G * float(cluster.levels[1].bw_gb_s) * 1e3)
-    slowest = min(float(lv.bw_gb_s) for lv in cluster.levels) * 1e3
-    c_move = float(model.expert_weight_bytes(weight_dtype_bytes)) / slowest / max(1, amortise_steps)
-    return CostModel(
-        us_per_token=max(slope, 1e-9),
-        us_per_gpu_token=c_gpu,
-        us_per_node_token=c_node,
-        us_per_moved_replica=c_move,
-        bytes_per_token=bpt,
-    )
-
-
-def _eplb(
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    counts: np.ndarray,
-    redundant_experts: int,
-    origin: str,
-    hierarchical: bool | None = None,
-) -> Placement:
-    """The EPLB-equivalent placement with the model's expert groups and the cluster's nodes (as SGLang calls
-    EPLB: hierarchical when the groups divide over the nodes; ``hierarchical=False`` forces the global policy),
-    checked against GPU memory (``PlacementError``). ``meta["method"]`` says which policy ran."""
-    p = eplb_placement(
-        counts,
-        int(cluster.num_gpus),
-        redundant_experts,
-        num_groups=max(1, int(model.n_group)),
-        num_nodes=int(cluster.num_nodes),
-        hierarchical=hierarchical,
-    )
-    check_memory(p, model, cluster.gpu, origin=origin)
-    return p
-
-
 @dataclass
 class PlanResult:
     rows: list[dict[str, Any]]
@@ -144,6 +87,7 @@ class PlanResult:
     best: Placement  # the ILP's plan, with meta filled for the file header
     cost: CostModel
     notes: list[str] = field(default_factory=list)
+    bound: dict[str, Any] = field(default_factory=dict)  # tuner.bounds.objective_bound: valid for every plan
 
 
 def evaluate(
@@ -160,6 +104,7 @@ def evaluate(
     gap: float | None = None,
     calibration: Any | None = None,
     engine: str = "placement",
+    dependency: str = "home",
 ) -> dict[str, Any]:
     """One comparison row (see the module docstring), from one simulation of ``placement`` under ``engine``'s
     dispatch rule (its shares set the loads and crossings; the simulator also sends each rank's tokens by the
@@ -169,7 +114,7 @@ def evaluate(
     gpn = int(cluster.gpus_per_node)
     scored = apply_engine(placement, engine, gpn, model, trace.layers)
     loads = scored.gpu_loads(counts)
-    terms = predicted_terms(scored, counts, transitions, gpn, cost)
+    terms = predicted_terms(scored, counts, transitions, gpn, cost, network=engine.startswith("sglang"))
     step = simulate(
         model,
         cluster,
@@ -182,12 +127,17 @@ def evaluate(
         "method": method,
         "max_mean_load": float((loads.max(axis=1) / loads.mean(axis=1)).max()),
         "layer_max_mean": [float(x) for x in loads.max(axis=1) / loads.mean(axis=1)],
-        "cross_gpu_bytes": terms["cross_gpu_tokens"] * cost.bytes_per_token,
-        "cross_node_bytes": terms["cross_node_tokens"] * cost.bytes_per_token,
+        # what the simulator sends: dispatch + combine bytes leaving their GPU / crossing nodes, per step
+        "cross_gpu_bytes": float(sum(la.nvlink_bytes + la.network_bytes for la in step.layers)),
+        "cross_node_bytes": float(sum(la.network_bytes for la in step.layers)),
+        "transition_crossings": [terms["cross_gpu_tokens"], terms["cross_node_tokens"]],
         "layer_latency_us": float(np.mean([la.latency_us for la in step.layers])),
         "solve_s": float(solve_s),
         "gap": None if gap is None or not np.isfinite(gap) else float(gap),
-        "predicted_us": terms["objective_us"],
+        # the MILP's objective: compute, plus the transitions crossing GPUs and nodes where they are traffic
+        "predicted_us": terms["objective_us"]
+        if dependency == "transitions"
+        else terms["compute_us"] + cost.us_per_node_inbound * terms["node_inbound"],
         "mean_gpu_latency_us": float(np.mean([np.mean(la.gpu_latency_us) for la in step.layers])),
         "layer_latencies_us": [float(la.latency_us) for la in step.layers],
     }
@@ -211,6 +161,7 @@ def plan(
     progress: Callable[[int, int, str], None] | None = None,
     calibration: Any | None = None,
     engine: str = "placement",
+    dependency: str = "home",
 ) -> PlanResult:
     """Run contiguous, round-robin, EPLB (hierarchical where it applies, and global) and the MILP; evaluate
     each (simulated with ``calibration``, a :class:`moesim.calibration.Calibration` or None) with the replica
@@ -224,95 +175,57 @@ def plan(
         TraceError (trace of another model), PlacementError (slots do not divide, more experts than slots,
         memory exceeded, ``current`` of another shape), InfeasibleError (no ILP incumbent within the limit).
     """
-    from moesim.errors import InfeasibleError, PlacementError
-
     trace.check_model(model, trace_name or getattr(trace, "source", "") or "trace")
     G = int(cluster.num_gpus)
     E = int(model.num_experts)
-    L = len(trace.layers)
     S = slots_per_gpu(E, redundant_experts, G, origin="plan")
+    check_slots_memory(S, model, cluster.gpu, origin="plan")  # before any work; the baselines' skips are not this
     counts, transitions = scaled_routing(trace, G, tokens_per_gpu)
-    cost = cost_model(model, cluster, tokens_per_gpu, S, amortise_steps)
+    budget = Budget(
+        time_limit_s=time_limit_s,
+        solver=solver,
+        split=split,
+        hierarchical=hierarchical,
+        tokens_per_gpu=tokens_per_gpu,
+        sweeps=sweeps,
+        amortise_steps=amortise_steps,
+        current=current,
+        dependency=dependency,
+        progress=progress,
+    )
+    # the objective prices cross-layer transitions only where a token stays with its expert between layers
+    priced = transitions if dependency == "transitions" else None
     notes: list[str] = []
 
     placements: dict[str, Placement] = {}
-    base_ok = E % G == 0
-    if base_ok:
-        placements["contiguous"] = contiguous(E, G, L)
-        placements["round-robin"] = round_robin(E, G, L)
-    else:
-        notes.append(f"contiguous and round-robin need E % G == 0 ({E} experts, {G} GPUs): skipped")
-    eplb = _eplb(model, cluster, counts, redundant_experts, "plan")
-    placements[eplb.meta["method"]] = eplb
-    if eplb.meta["method"] != "eplb-global":
-        placements["eplb-global"] = _eplb(model, cluster, counts, redundant_experts, "plan", hierarchical=False)
+    for method in candidates(engine, int(cluster.num_nodes)):
+        reps = 0 if method in NO_REPLICAS else redundant_experts
+        try:
+            p = place_with(method, counts, transitions, model, cluster, reps, engine, budget, layers=trace.layers)
+        except PlacementError as exc:
+            if method != PlacementMethod.EPLB_HIERARCHICAL:  # it not applying is the usual case, not news
+                notes.append(f"{method.value} skipped: {exc}")
+            continue
+        placements.setdefault(method.value, p)
 
-    if current is not None:
-        if current.num_physical != G * S or current.num_experts != E:
-            raise PlacementError(
-                f"--current: {current.num_gpus} GPUs x {current.slots_per_gpu} slots of "
-                f"{current.num_experts} experts, but this plan has {G} x {S} of {E}"
-            )
-        if current.num_layers not in (1, L):
-            raise PlacementError(f"--current: {current.num_layers} layer rows, the trace has {L}")
-
-    # warm start: the heuristic with the right slot count and the lowest predicted objective
-    candidates = {k: p for k, p in placements.items() if p.slots_per_gpu == S}
-    gpn = int(cluster.gpus_per_node)
-
-    def predicted_us(name: str) -> float:
-        scored = apply_engine(candidates[name], engine, gpn, model, trace.layers)
-        return predicted_terms(scored, counts, transitions, gpn, cost, current)["objective_us"]
-
-    warm_name = min(candidates, key=predicted_us)
-    # SGLang's rule splits replicas unevenly where the MILP assumes even shares: keep a share of the time to
-    # refine the plan under the rule itself (tuner.engine_refine)
-    refine_s = REFINE_SHARE * time_limit_s if engine.startswith("sglang") else 0.0
-    t0 = time.perf_counter()
-    result = solve_ilp(
-        counts,
-        transitions,
-        G,
-        gpn,
-        redundant_experts,
-        cost,
-        warm_start=candidates[warm_name],
-        solver=solver,
-        time_limit_s=time_limit_s - refine_s,
-        split=split,
-        hierarchical=hierarchical,
-        current=current,
-        sweeps=sweeps,
-        progress=progress,
+    # the MILP, warm-started from the baseline with the right slot count and the lowest objective under the rule
+    out = ilp_method.solve(
+        counts, transitions, model, cluster, redundant_experts, engine, budget, placements, layers=trace.layers
     )
-    if result.status == "warm-start":
-        raise InfeasibleError(
-            f"ilp: no incumbent from {solver} within --time-limit {time_limit_s:g} s "
-            f"(0 of {L} layers solved); raise the time limit"
-        )
-    if result.status == "partial":
-        notes.append(f"time limit reached: some layers keep the {warm_name} warm start")
-    placements["ilp"] = result.placement
-    extra: dict[str, Placement] = {}  # candidates for the per-layer choice that are not rows of their own
+    result, warm_name, refine_s, cost = out.result, out.warm_name, out.refine_s, out.cost
+    notes.extend(out.notes)
+    placements["ilp"] = out.placement
+    extra = dict(out.extra)  # candidates for the per-layer choice that are not rows of their own
     static = engine == "sglang-static"
-    if refine_s > 0:
-        if progress is not None:
-            progress(0, 1, f"refining under {engine}")
-        swaps = []
-        share = 0.4 if static else 0.5  # static keeps a fifth for settling on its draw (below)
-        for name, start in (("ilp", result.placement), (f"{warm_name} refined", candidates[warm_name])):
-            refined, n = refine(start, counts, gpn, share * refine_s)
-            (placements if name == "ilp" else extra)[name] = refined
-            swaps.append(n)
-        notes.append(
-            f"refined under {engine}'s replica choice: {swaps[0]} slot swaps on the MILP's plan, "
-            f"{swaps[1]} on {warm_name}'s"
-        )
-    solve_s = time.perf_counter() - t0
+    gpn = int(cluster.gpus_per_node)
+    solve_s = out.solve_s
+
+    # valid for every placement and rule
+    bound = objective_bound(counts, priced, G, gpn, S, cost, network=engine.startswith("sglang"))
 
     def row(p: Placement, name: str) -> dict[str, Any]:
-        timing = (solve_s, result.gap) if name == "ilp" else (0.0, None)
-        return evaluate(
+        timing = (solve_s, None) if name == "ilp" else (0.0, None)
+        r = evaluate(
             p,
             model,
             cluster,
@@ -325,7 +238,10 @@ def plan(
             *timing,
             calibration=calibration,
             engine=engine,
+            dependency=dependency,
         )
+        r["gap"] = bound_gap(r["predicted_us"], bound["objective_us"])
+        return r
 
     rows = [row(p, name) for name, p in placements.items()]
     if current is None:
@@ -360,9 +276,12 @@ def plan(
         {
             "objective_us": result.objective_us,
             "status": result.status,
+            "lower_bound_us": bound["objective_us"],
+            "sub_gap": None if not np.isfinite(result.gap) else result.gap,
             "max_sub_gap": None if not np.isfinite(result.max_sub_gap) else result.max_sub_gap,
             "warm_start": warm_name,
             "engine": engine,
+            "dependency": dependency,
         }
     )
     best = placements["ilp"].with_meta(
@@ -374,7 +293,7 @@ def plan(
         predicted=predicted,
         redundant_experts=int(redundant_experts),
     )
-    return PlanResult(rows=rows, placements=placements, ilp=result, best=best, cost=cost, notes=notes)
+    return PlanResult(rows=rows, placements=placements, ilp=result, best=best, cost=cost, notes=notes, bound=bound)
 
 
 def _keep_better_layers(placements: dict[str, Placement], rows: list[dict[str, Any]], slots: int) -> list[str]:
@@ -415,48 +334,21 @@ def place(
     split: str = "even",
     hierarchical: bool | None = None,
     tokens_per_gpu: int = 4096,
+    engine: str = "placement",
 ) -> Placement:
-    """One placement over the trace's layers, without the comparison: ``method`` is ``contiguous``,
-    ``round_robin``, ``eplb`` or ``ilp`` (for ``moesim whatif`` and scripts).
+    """One placement over the trace's layers by ``method`` (a :class:`moesim.placement.PlacementMethod` name),
+    without the comparison: :func:`tuner.placers.place` on the trace's counts scaled to one step.
 
     Raises:
-        SpecError (unknown method, replicas asked of a baseline that has none), PlacementError, TraceError,
+        PlacementError (unknown method, replicas asked of a method that has none, slots, memory), TraceError,
         InfeasibleError as :func:`plan`.
     """
-    from moesim.errors import InfeasibleError, SpecError
-
-    G, E, L = int(cluster.num_gpus), int(model.num_experts), len(trace.layers)
-    if method in ("contiguous", "round_robin", "round-robin"):
-        if redundant_experts:
-            raise SpecError(f"placement: redundant_experts: {method} has no replicas; use eplb or ilp")
-        return contiguous(E, G, L) if method == "contiguous" else round_robin(E, G, L)
-    if method not in ("eplb", "ilp"):
-        raise SpecError(f"placement: method: must be contiguous, round_robin, eplb or ilp, got {method!r}")
+    method = PlacementMethod.parse(method)
     trace.check_model(model, getattr(trace, "source", "") or "trace")
-    S = slots_per_gpu(E, redundant_experts, G, origin="placement")
-    counts, transitions = scaled_routing(trace, G, tokens_per_gpu)
-    eplb = _eplb(model, cluster, counts, redundant_experts, "placement")
-    if method == "eplb":
-        return eplb
-    cost = cost_model(model, cluster, tokens_per_gpu, S)
-    res = solve_ilp(
-        counts,
-        transitions,
-        G,
-        int(cluster.gpus_per_node),
-        redundant_experts,
-        cost,
-        warm_start=eplb,
-        solver=solver,
-        time_limit_s=time_limit_s,
-        split=split,
-        hierarchical=hierarchical,
+    counts, transitions = scaled_routing(trace, int(cluster.num_gpus), tokens_per_gpu)
+    budget = Budget(
+        time_limit_s=time_limit_s, solver=solver, split=split, hierarchical=hierarchical, tokens_per_gpu=tokens_per_gpu
     )
-    if res.status == "warm-start":
-        raise InfeasibleError(f"ilp: no incumbent from {solver} within {time_limit_s:g} s; raise the time limit")
-    return res.placement.with_meta(
-        gap=None if not np.isfinite(res.gap) else res.gap,
-        solve_s=res.solve_s,
-        status=res.status,
-        layers=[int(x) for x in trace.layers],
+    return place_with(
+        method, counts, transitions, model, cluster, redundant_experts, engine, budget, layers=trace.layers
     )

@@ -37,7 +37,14 @@ def print_rows(rows: list[dict[str, Any]], notes: list[str], console: Any) -> No
     table = Table(title="Expert placement: methods compared (per step, recorded layers)")
     # Headers wrap; the cells never do, so an 80-column terminal still shows every number whole.
     table.add_column("method", min_width=11, no_wrap=True)
-    for col in ("max/mean GPU tokens", "cross-GPU", "cross-node", "MoE layer latency (us)", "solve (s)", "gap"):
+    for col in (
+        "max/mean GPU tokens",
+        "cross-GPU",
+        "cross-node",
+        "MoE layer latency (us)",
+        "solve (s)",
+        "gap to bound",
+    ):
         table.add_column(col, justify="right", overflow="fold")
     base = rows[0]["layer_latency_us"] if rows else None
     for r in rows:
@@ -103,6 +110,13 @@ def plan_cmd(
     engine: str | None = typer.Option(
         None, "--engine", help=engine_help() + ". Default: sglang-static with --sglang, else placement"
     ),
+    dependency: str = typer.Option(
+        "home",
+        "--dependency",
+        help="where a token goes between MoE layers: home (back to its rank, as SGLang/vLLM with DP attention and "
+        "DeepEP and Megatron run: no cross-layer term) | transitions (it stays with its expert, MoETuner's "
+        "assumption: transitions across GPUs and nodes priced as traffic)",
+    ),
     calibration: str = calibration_option(),
     as_json: bool = typer.Option(False, "--json", help="print the comparison rows as JSON"),
 ) -> None:
@@ -128,6 +142,10 @@ def plan_cmd(
         raise SpecError(f"plan: --engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
     if not time_limit > 0:
         raise SpecError(f"plan: --time-limit: must be > 0, got {time_limit}")
+    from tuner.placers.base import DEPENDENCIES
+
+    if dependency not in DEPENDENCIES:
+        raise SpecError(f"plan: --dependency: must be one of {', '.join(DEPENDENCIES)}, got {dependency!r}")
     if not output.parent.exists():
         raise SpecError(f"{output}: -o: directory {output.parent} does not exist")
     if sglang is not None:
@@ -178,6 +196,7 @@ def plan_cmd(
             progress=progress,
             calibration=cal,
             engine=engine,
+            dependency=dependency,
         )
 
     notes = list(result.notes)
@@ -210,9 +229,10 @@ def plan_cmd(
         print_rows(rows, notes, out)
         ilp = result.ilp
         out.print(
-            f"ILP: {ilp.solver}, status {ilp.status}, objective {ilp.objective_us:,.1f} us predicted, "
-            f"gap {100 * ilp.gap:.2f}% (worst subproblem {100 * ilp.max_sub_gap:.2f}%), "
-            f"{len(ilp.subproblems)} subproblems in {ilp.solve_s:.1f} s"
+            f"ILP: {ilp.solver}, status {ilp.status}, objective {result.rows[-1]['predicted_us']:,.1f} us "
+            f"predicted, lower bound {result.bound['objective_us']:,.1f} us: gap {100 * result.rows[-1]['gap']:.2f}% "
+            f"(subproblems, each given its neighbours: {100 * ilp.gap:.2f}%, worst {100 * ilp.max_sub_gap:.2f}%; "
+            f"{len(ilp.subproblems)} in {ilp.solve_s:.1f} s)"
         )
         out.print(f"wrote {output}" + (f" and {sglang}" if sglang else ""))
         if sglang is not None:

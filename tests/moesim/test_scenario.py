@@ -64,7 +64,8 @@ def test_base_alone_is_one_scenario():
     (_doc(axes={"tokens_per_gpu": []}), "x.yaml: axes.tokens_per_gpu: must be a non-empty list"),
     (_doc(axes={"tokens_per_gpu": [1, 1]}), "x.yaml: axes.tokens_per_gpu: repeated value"),
     ({"base": {"model": "m", "cluster": "c", "placement": "greedy"}},
-     "x.yaml: base.placement: must be one of contiguous, round_robin, eplb, ilp, got 'greedy'"),
+     "x.yaml: base.placement: must be one of contiguous, round-robin, eplb, eplb-hierarchical, eplb-global, "
+     "node-spread, ilp, got 'greedy'"),
     ({"base": {"model": "m", "cluster": "c", "tokens_per_gpu": 1.5}},
      "x.yaml: base.tokens_per_gpu: must be an integer, got 1.5"),
     ({"base": {"model": "m", "cluster": "c", "name": "b"}}, "x.yaml: base.name:"),

@@ -172,8 +172,11 @@ def test_default_placement_shapes() -> None:
     pl = default_placement(256, 1024, 2)
     assert pl.slots_per_gpu == 1
     assert np.allclose(pl.shares, 0.25)
-    with pytest.raises(SpecError, match="evenly"):
-        default_placement(256, 384, 1)
+    # 384 GPUs for 256 experts: one slot each, every other expert on two GPUs (shares 1/2), the rest on one
+    odd = default_placement(256, 384, 1)
+    odd.validate()
+    assert odd.slots_per_gpu == 1 and np.bincount(odd.phy2log[0], minlength=256).tolist() == [2, 1] * 128
+    assert np.allclose(odd.shares[0], 1.0 / np.bincount(odd.phy2log[0])[odd.phy2log[0]])
     # 60 experts on 8 GPUs: 8 slots each, the last GPU's 4 spare slots carry no tokens
     uneven = default_placement(60, 8, 2)
     assert uneven.slots_per_gpu == 8

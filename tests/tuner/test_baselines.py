@@ -72,9 +72,12 @@ def test_round_robin_spreads_hot_neighbours() -> None:
     assert round_robin(16, 4, 1).gpu_loads(counts).max() < contiguous(16, 4, 1).gpu_loads(counts).max()
 
 
-def test_uneven_rejected() -> None:
-    # vLLM would give the first E % G ranks an extra expert; our placements need equal slot counts
+def test_uneven_round_robin_rejected_contiguous_padded() -> None:
+    # vLLM would give the first E % G ranks an extra expert; our placements need equal slot counts, so
+    # round-robin refuses and contiguous pads the last GPUs with share-0 copies (the default is valid for any E, G)
     with pytest.raises(PlacementError):
         round_robin(10, 4, 1)
-    with pytest.raises(PlacementError):
-        contiguous(10, 4, 1)
+    p = contiguous(10, 4, 1)
+    p.validate()
+    assert p.slots_per_gpu == 3 and p.phy2log[0, :10].tolist() == list(range(10))
+    assert p.shares[0, :10].tolist() == [1.0] * 10 and p.shares[0, 10:].tolist() == [0.0, 0.0]

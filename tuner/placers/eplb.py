@@ -1,0 +1,86 @@
+"""EPLB placements (DeepSeek's algorithm, ``tuner.eplb``) with the model's expert groups and the cluster's nodes,
+checked against GPU memory: ``eplb`` as SGLang calls it (hierarchical when the groups divide over the nodes,
+else global), and each policy forced."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from moesim.errors import PlacementError
+from moesim.placement import Placement, check_memory
+from tuner.eplb import eplb_placement
+from tuner.placers.base import Budget
+
+if TYPE_CHECKING:
+    from moesim.specs import ClusterSpec, ModelSpec
+
+
+def _eplb(
+    counts: np.ndarray, model: ModelSpec, cluster: ClusterSpec, redundant_experts: int, hierarchical: bool | None
+) -> Placement:
+    p = eplb_placement(
+        np.asarray(counts, dtype=np.float64),
+        int(cluster.num_gpus),
+        int(redundant_experts),
+        num_groups=max(1, int(model.n_group)),
+        num_nodes=int(cluster.num_nodes),
+        hierarchical=hierarchical,
+    )
+    check_memory(p, model, cluster.gpu, origin="placement")
+    return p
+
+
+def place(
+    counts: np.ndarray,
+    transitions: np.ndarray | None,
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    redundant_experts: int,
+    engine: str,
+    budget: Budget,
+    *,
+    layers: Sequence[int] | None = None,
+) -> Placement:
+    """EPLB as SGLang runs it: ``meta["method"]`` says which policy applied."""
+    return _eplb(counts, model, cluster, redundant_experts, None)
+
+
+def place_hierarchical(
+    counts: np.ndarray,
+    transitions: np.ndarray | None,
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    redundant_experts: int,
+    engine: str,
+    budget: Budget,
+    *,
+    layers: Sequence[int] | None = None,
+) -> Placement:
+    """EPLB's hierarchical policy (groups to nodes, then replicas within nodes); ``PlacementError`` where it
+    does not apply (one node, or groups, experts or slots not divisible by the nodes)."""
+    p = _eplb(counts, model, cluster, redundant_experts, True)
+    if p.meta["method"] != "eplb-hierarchical":
+        raise PlacementError(
+            f"placement: method: eplb-hierarchical needs more than one node and {model.n_group} expert groups, "
+            f"{model.num_experts} experts and {model.num_experts + redundant_experts} slots divisible by "
+            f"{cluster.num_nodes} nodes"
+        )
+    return p
+
+
+def place_global(
+    counts: np.ndarray,
+    transitions: np.ndarray | None,
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    redundant_experts: int,
+    engine: str,
+    budget: Budget,
+    *,
+    layers: Sequence[int] | None = None,
+) -> Placement:
+    """EPLB's global policy (replicas and packing over all GPUs at once)."""
+    return _eplb(counts, model, cluster, redundant_experts, False)

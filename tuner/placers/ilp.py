@@ -1,0 +1,240 @@
+"""The MILP placement (``tuner.ilp``): warm-started from the best baseline under the engine's rule, then refined
+under SGLang's replica choice (``tuner.engine_refine``) when that is the engine.
+
+The objective's prices (:func:`cost_model`) come from the simulator's own compute model and the cluster's links.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from moesim.engine_dispatch import apply_engine
+from moesim.errors import InfeasibleError, PlacementError
+from moesim.placement import Placement, PlacementMethod, slots_per_gpu
+from tuner.engine_refine import refine
+from tuner.ilp import CostModel, ILPResult, predicted_terms, solve_ilp
+from tuner.placers.base import DEFAULT_AMORTISE_STEPS, Budget, recorded_layers
+
+if TYPE_CHECKING:
+    from moesim.specs import ClusterSpec, ModelSpec
+
+# Share of the time limit spent refining under SGLang's replica choice (tuner.engine_refine), half on the MILP's
+# plan and half on the warm start's (each 3/5 on the expected shares, 2/5 on static's draw); the MILP gets the
+# rest.
+REFINE_SHARE = 0.2
+
+
+def bytes_per_token(model: ModelSpec, dtype_bytes: float = 2.0) -> float:
+    """Hidden state sent and returned (dispatch + combine) per token crossing: ``2 * hidden * dtype_bytes``."""
+    return 2.0 * model.hidden_size * dtype_bytes
+
+
+def cost_model(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    tokens_per_gpu: int,
+    slots: int,
+    amortise_steps: int = DEFAULT_AMORTISE_STEPS,
+    weight_dtype_bytes: float = 2.0,
+) -> CostModel:
+    """Linear coefficients of the MILP objective (see ``tuner.ilp``), in microseconds.
+
+    - ``us_per_token`` = d fused_moe_us / d tokens, a central difference at the mean GPU load
+      ``T * k`` spread over ``S`` slots (``moesim.compute.fused_moe_us``, the simulator's own model). The step,
+      +-10% of the mean, is a choice (an assumption): the roofline is piecewise (``BLOCK_SIZE_M`` padding, the
+      compute/memory kink), and at the default 4096 tokens per GPU 10% of a slot's load (hundreds of tokens)
+      spans several 64-token padding steps, so the slope is the trend, not one step's jump;
+    - ``us_per_gpu_token`` = ``2 * hidden * 2 B / (G * intra_bw)``: one crossing's bytes over the aggregate
+      intra-node bandwidth (``levels[0].bw_gb_s`` per GPU);
+    - ``us_per_node_token`` = the same over the network (``levels[1].bw_gb_s`` per GPU), 0 on one node;
+    - ``us_per_moved_replica`` = expert bytes over the slowest link, amortised over ``amortise_steps``;
+    - ``us_per_node_inbound`` = ``2 * hidden * 2 B / (gpn * network bw per GPU)``: one assignment the busiest node
+      receives from other nodes (dispatch) and sends back (combine) through its ``gpn`` NICs, 0 on one node.
+    """
+    from moesim.compute import fused_moe_us
+
+    gpu = cluster.gpu
+    G = int(cluster.num_gpus)
+    mean = float(tokens_per_gpu * model.top_k)
+    hi = np.full(slots, 1.1 * mean / slots)
+    lo = np.full(slots, 0.9 * mean / slots)
+    args = (model.hidden_size, model.moe_intermediate_size, model.top_k, weight_dtype_bytes)
+    slope = float((np.asarray(fused_moe_us(gpu, hi, *args)) - np.asarray(fused_moe_us(gpu, lo, *args))) / (0.2 * mean))
+    bpt = bytes_per_token(model)
+    intra = float(cluster.levels[0].bw_gb_s) * 1e3  # bytes per us per GPU
+    c_gpu = bpt / (G * intra)
+    c_node = 0.0
+    if len(cluster.levels) > 1 and cluster.num_nodes > 1:
+        c_node = bpt / (G * float(cluster.levels[1].bw_gb_s) * 1e3)
+    slowest = min(float(lv.bw_gb_s) for lv in cluster.levels) * 1e3
+    c_move = float(model.expert_weight_bytes(weight_dtype_bytes)) / slowest / max(1, amortise_steps)
+    c_net = 0.0
+    if len(cluster.levels) > 1 and cluster.num_nodes > 1:
+        c_net = bpt / (int(cluster.gpus_per_node) * float(cluster.levels[1].bw_gb_s) * 1e3)
+    return CostModel(
+        us_per_token=max(slope, 1e-9),
+        us_per_gpu_token=c_gpu,
+        us_per_node_token=c_node,
+        us_per_moved_replica=c_move,
+        bytes_per_token=bpt,
+        us_per_node_inbound=c_net,
+    )
+
+
+@dataclass(frozen=True)
+class IlpOutcome:
+    """What the MILP method produced: ``placement`` (the MILP's plan, refined under the engine's rule),
+    ``result`` (the MILP's own report: status, gaps, subproblems), the baseline it was warm-started from, and the
+    refined warm start (``extra``: a candidate for a per-layer choice, not a plan of its own)."""
+
+    placement: Placement
+    result: ILPResult
+    warm_name: str
+    cost: CostModel
+    solve_s: float
+    refine_s: float
+    extra: dict[str, Placement] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def solve(
+    counts: np.ndarray,
+    transitions: np.ndarray | None,
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    redundant_experts: int,
+    engine: str,
+    budget: Budget,
+    candidates: dict[str, Placement],
+    *,
+    layers: Sequence[int] | None = None,
+) -> IlpOutcome:
+    """The MILP warm-started from the candidate (a baseline with ``E + redundant_experts`` slots) with the
+    lowest objective under ``engine``'s rule, then, under SGLang's rules, :data:`REFINE_SHARE` of the time
+    refining both the MILP's plan and the warm start under the rule.
+
+    Raises ``PlacementError`` (no candidate with the right slot count, ``current`` of another shape),
+    ``InfeasibleError`` (no MILP incumbent within the limit).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    lay = recorded_layers(model, counts, layers)
+    L, E = counts.shape
+    G, gpn = int(cluster.num_gpus), int(cluster.gpus_per_node)
+    S = slots_per_gpu(E, redundant_experts, G, origin="plan")
+    current = budget.current
+    if current is not None:
+        if current.num_physical != G * S or current.num_experts != E:
+            raise PlacementError(
+                f"--current: {current.num_gpus} GPUs x {current.slots_per_gpu} slots of "
+                f"{current.num_experts} experts, but this plan has {G} x {S} of {E}"
+            )
+        if current.num_layers not in (1, L):
+            raise PlacementError(f"--current: {current.num_layers} layer rows, the trace has {L}")
+    cost = cost_model(model, cluster, budget.tokens_per_gpu, S, budget.amortise_steps)
+    pool = {k: p for k, p in candidates.items() if p.slots_per_gpu == S}
+    if not pool:
+        raise PlacementError(f"plan: no baseline with {S} slots per GPU to warm-start the MILP from")
+
+    priced = transitions if budget.dependency == "transitions" else None
+    sglang = engine.startswith("sglang")  # nearest-replica rules: replica locality decides the network inbound
+
+    def predicted_us(name: str) -> float:
+        scored = apply_engine(pool[name], engine, gpn, model, lay)
+        return predicted_terms(scored, counts, priced, gpn, cost, current, network=sglang)["objective_us"]
+
+    # under SGLang's nearest-replica rule, replicas on distinct nodes split evenly and are local to more ranks
+    spread = sglang and budget.split == "even"
+    if spread and PlacementMethod.NODE_SPREAD.value in pool:
+        warm_name = PlacementMethod.NODE_SPREAD.value
+    else:
+        warm_name = min(pool, key=predicted_us)
+    # SGLang's rule splits replicas unevenly where the MILP assumes even shares: keep a share of the time to
+    # refine the plan under the rule itself (tuner.engine_refine)
+    refine_s = REFINE_SHARE * budget.time_limit_s if sglang else 0.0
+    t0 = time.perf_counter()
+    result = solve_ilp(
+        counts,
+        priced,
+        G,
+        gpn,
+        redundant_experts,
+        cost,
+        warm_start=pool[warm_name],
+        solver=budget.solver,
+        time_limit_s=budget.time_limit_s - refine_s,
+        split=budget.split,
+        hierarchical=budget.hierarchical,
+        current=current,
+        sweeps=budget.sweeps,
+        spread=spread,
+        progress=budget.progress,
+    )
+    if result.status == "warm-start":
+        raise InfeasibleError(
+            f"ilp: no incumbent from {budget.solver} within --time-limit {budget.time_limit_s:g} s "
+            f"(0 of {L} layers solved); raise the time limit"
+        )
+    notes: list[str] = []
+    if result.status == "partial":
+        notes.append(f"time limit reached: some layers keep the {warm_name} warm start")
+    placement, extra = result.placement, {}
+    if refine_s > 0:
+        if budget.progress is not None:
+            budget.progress(0, 1, f"refining under {engine}")
+        share = 0.4 if engine == "sglang-static" else 0.5  # static keeps a fifth for settling on its draw
+        placement, n_ilp = refine(result.placement, counts, gpn, share * refine_s, spread=spread)
+        extra[f"{warm_name} refined"], n_warm = refine(pool[warm_name], counts, gpn, share * refine_s, spread=spread)
+        notes.append(
+            f"refined under {engine}'s replica choice: {n_ilp} slot swaps on the MILP's plan, {n_warm} on {warm_name}'s"
+        )
+    return IlpOutcome(
+        placement=placement,
+        result=result,
+        warm_name=warm_name,
+        cost=cost,
+        solve_s=time.perf_counter() - t0,
+        refine_s=refine_s,
+        extra=extra,
+        notes=tuple(notes),
+    )
+
+
+def place(
+    counts: np.ndarray,
+    transitions: np.ndarray | None,
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    redundant_experts: int,
+    engine: str,
+    budget: Budget,
+    *,
+    layers: Sequence[int] | None = None,
+) -> Placement:
+    """The MILP's plan, warm-started from the best of the baselines that have ``E + redundant_experts`` slots
+    (:func:`solve`); ``meta`` carries its gap, status, solve time and warm start."""
+    from tuner.placers import candidates as methods
+    from tuner.placers import place as place_with
+
+    candidates: dict[str, Placement] = {}
+    for method in methods(engine, int(cluster.num_nodes)):
+        try:
+            p = place_with(
+                method, counts, transitions, model, cluster, redundant_experts, engine, budget, layers=layers
+            )
+        except PlacementError:
+            continue  # a baseline that cannot place this shape (replicas, divisibility)
+        candidates.setdefault(p.meta.get("method", method.value), p)
+    out = solve(counts, transitions, model, cluster, redundant_experts, engine, budget, candidates, layers=layers)
+    res = out.result
+    return out.placement.with_meta(
+        gap=None if not np.isfinite(res.gap) else res.gap,
+        solve_s=out.solve_s,
+        status=res.status,
+        warm_start=out.warm_name,
+        layers=[int(x) for x in recorded_layers(model, np.asarray(counts), layers)],
+    )
