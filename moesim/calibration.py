@@ -390,10 +390,11 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
             "calibration",
             "no such file (give a calibration.json, its directory, or a device under profiles/measured/)",
         )
+    from moesim.fileio import read_text
+
+    text = read_text(file, source, "calibration")
     try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _err(source, "calibration", f"cannot read: {exc}") from None
+        doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise _err(source, "calibration", f"bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     return calibration_from_dict(doc, source)

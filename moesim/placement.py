@@ -40,7 +40,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -389,17 +388,14 @@ def placement_from_dict(doc: Any, origin: str = "placement") -> Placement:
 
 def load_placement(path: str | os.PathLike) -> Placement:
     """Read a native placement YAML (``PlacementError`` naming the file on any problem)."""
-    import yaml
+    from moesim.errors import SpecError
+    from moesim.fileio import read_yaml
 
     origin = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PlacementError(f"{origin}: cannot read: {exc.strerror or exc}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PlacementError(f"{origin}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        doc = read_yaml(path, origin, mapping=False)
+    except SpecError as exc:
+        raise PlacementError(str(exc)) from None
     return placement_from_dict(doc, origin)
 
 

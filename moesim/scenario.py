@@ -404,21 +404,7 @@ def parse_scenarios(data: Any, source: str = "<scenarios>") -> ScenarioFile:
 
 def load_scenarios(path: str | Path) -> ScenarioFile:
     """Read and validate a scenario YAML file. Raises ``SpecError`` (one line, naming the file) when bad."""
-    import yaml
+    from moesim.fileio import read_yaml
 
-    p = Path(path)
     src = str(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise field_error(src, "<file>", "no such file") from None
-    except OSError as exc:
-        raise field_error(src, "<file>", f"cannot read: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "<yaml>"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise field_error(src, where, f"invalid YAML: {problem}") from None
-    return parse_scenarios(data, source=src)
+    return parse_scenarios(read_yaml(path, src, mapping=False), source=src)

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from moesim.errors import SpecError, field_error
 
@@ -267,6 +266,8 @@ def _resolve(kind: str, name_or_path: str | Path, base: Path | None = None) -> P
         for candidate in ([base / path] if base is not None and not path.is_absolute() else []) + [path]:
             if candidate.is_file():
                 return candidate
+            if candidate.is_dir():
+                raise SpecError(f"{text}: {kind[:-1]}: is a directory, not a YAML file")
         raise SpecError(f"{text}: {kind[:-1]}: no such file")
     shipped = profiles_dir() / kind / f"{text}.yaml"
     if shipped.is_file():
@@ -278,21 +279,9 @@ def _resolve(kind: str, name_or_path: str | Path, base: Path | None = None) -> P
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    src = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise field_error(src, "file", f"cannot read ({exc.strerror or exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "yaml"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise field_error(src, where, f"malformed YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise field_error(src, "(top level)", f"expected a mapping, got {type(data).__name__}")
-    return data
+    from moesim.fileio import read_yaml
+
+    return read_yaml(path)  # type: ignore[return-value]  # mapping=True checks the top level
 
 
 # --------------------------------------------------------------------------------------------- field checks

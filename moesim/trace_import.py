@@ -136,10 +136,12 @@ def import_trace(path: str | os.PathLike[str], model: ModelSpec | None = None,
 # JSON: native or OLMoE analysis
 # ----------------------------------------------------------------------------------------------------------
 def _load_json(path: Path) -> RoutingTrace:
+    from moesim.fileio import read_text
+
     origin = str(path)
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        doc = json.loads(read_text(path, origin))
+    except json.JSONDecodeError as e:
         raise _err(origin, "json", f"cannot parse: {e}") from None
     if not isinstance(doc, dict):
         raise _err(origin, "json", "top level is not an object; looked for " + ", ".join(FORMATS))

@@ -210,6 +210,10 @@ def register(app: typer.Typer) -> None:
 
         if tokens_per_gpu < 1:
             raise field_error("--tokens-per-gpu", "value", f"must be >= 1, got {tokens_per_gpu}")
+        from moesim.fileio import check_outputs
+
+        inputs = {"--model": model, "--cluster": cluster, "--trace": trace, "--calibration": calibration}
+        check_outputs({"-o": out}, inputs)
         model_spec = load_model(model)
         cluster_spec = load_cluster(cluster)
         trace_obj = _load_or_synthesize(trace, model_spec, synthetic_tokens, seed)

@@ -68,15 +68,30 @@ _register_all()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; any ``MoesimError`` becomes one line on stderr and exit code 2."""
+    """Run the CLI; any ``MoesimError`` and any usage error (an unknown option, a value of the wrong type)
+    becomes one line on stderr and exit code 2."""
+    # the exceptions of the click that typer runs on (typer >= 0.29 vendors it as typer._click)
+    click_exc = importlib.import_module(typer.BadParameter.__module__)
+    no_args = getattr(click_exc, "NoArgsIsHelpError", ())
+
     try:
-        app(args=argv, prog_name="moesim")
+        # standalone_mode=False: click raises its usage errors instead of printing a multi-line box
+        rc = app(args=argv, prog_name="moesim", standalone_mode=False)
     except MoesimError as exc:
         print(f"moesim: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except no_args as exc:  # a bare command group: its help, as before
+        print(exc.ctx.get_help() if exc.ctx is not None else str(exc))
+        sys.exit(0)
+    except click_exc.ClickException as exc:
+        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+        message = " ".join(exc.format_message().split())
+        print(f"moesim: error: {where}{message} (see --help)", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         print("moesim: interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)  # as click's standalone mode does
 
 
 if __name__ == "__main__":

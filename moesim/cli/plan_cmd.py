@@ -148,6 +148,13 @@ def plan_cmd(
         raise SpecError(f"plan: --dependency: must be one of {', '.join(DEPENDENCIES)}, got {dependency!r}")
     if not output.parent.exists():
         raise SpecError(f"{output}: -o: directory {output.parent} does not exist")
+    from moesim.fileio import check_outputs
+
+    # no output may be a directory, an input (model, cluster, trace, --current, calibration files) or the other
+    check_outputs(
+        {"-o": output, "--sglang": sglang},
+        {"--model": model, "--cluster": cluster, "--trace": trace, "--current": current, "--calibration": calibration},
+    )
     if sglang is not None:
         from tuner.sglang import check_sglang_path
 

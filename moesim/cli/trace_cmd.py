@@ -125,8 +125,10 @@ def register(app: typer.Typer) -> None:
         drop_topk_ids: bool = typer.Option(False, "--drop-topk-ids", help="Keep counts and transitions only."),
         dedup_ranks: bool = dedup_ranks_option(),
     ) -> None:
+        from moesim.fileio import check_outputs
         from moesim.trace import load_trace, resolve_trace, save_trace
 
+        check_outputs({"DST": dst}, {"SRC": src, "--model": model})
         trace = load_trace(resolve_trace(src), model=_load_model(model), dedup_ranks=dedup_ranks)
         if drop_topk_ids:
             trace = trace.without_topk_ids()
@@ -144,8 +146,10 @@ def register(app: typer.Typer) -> None:
                                       f"only when tokens x layers x top_k <= {MAX_DEFAULT_TOPK_IDS:,})."),
         out: Path = typer.Option(..., "-o", "--output", help="Output .npz (or .json)."),
     ) -> None:
+        from moesim.fileio import check_outputs
         from moesim.trace import parse_synthetic, save_trace, synthetic_trace
 
+        check_outputs({"-o": out}, {"--model": model})
         spec = _load_model(model)
         params = parse_synthetic(skew)
         if affinity is not None:

@@ -84,5 +84,11 @@ def test_load_errors(tmp_path) -> None:
                    "layers:\n  - layer: 0\n    gpus:\n      - [[0, 1.0], [1, 1.0]]\n      - [[2, 1.0]]\n")
     with pytest.raises(PlacementError, match=r"gpus\[1\]: expected 2 slots"):
         load_placement(bad)
-    with pytest.raises(PlacementError, match="cannot read"):
+    with pytest.raises(PlacementError, match=r"missing.yaml: file: no such file$"):
         load_placement(tmp_path / "missing.yaml")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"format: \xff\xfe\x00bad")
+    with pytest.raises(PlacementError, match=r"binary.yaml: file: not UTF-8 text \(byte 0xff at offset 8\)$"):
+        load_placement(binary)
+    with pytest.raises(PlacementError, match=r": file: is a directory, not a file$"):
+        load_placement(tmp_path)
