@@ -340,15 +340,20 @@ def placement_from_dict(doc: Any, origin: str = "placement") -> Placement:
         raise PlacementError(f"{origin}: not a placement document (expected a mapping)")
     if doc.get("format") != FORMAT:
         raise PlacementError(f"{origin}: format: expected {FORMAT!r}, got {doc.get('format')!r}")
+    from moesim.errors import SpecError
+    from moesim.schema import Fields
+    from moesim.specs import MAX_EXPERTS, MAX_GPUS, MAX_LAYERS
+
+    f = Fields(origin, doc)
     try:
-        num_experts = int(doc["num_experts"])
-        num_gpus = int(doc["num_gpus"])
-        slots = int(doc["slots_per_gpu"])
-        rows = doc["layers"]
-    except KeyError as exc:
-        raise PlacementError(f"{origin}: {exc.args[0]}: missing") from None
-    except (TypeError, ValueError) as exc:
-        raise PlacementError(f"{origin}: header: {exc}") from None
+        num_experts = f.int_("num_experts", minimum=1, maximum=MAX_EXPERTS)
+        num_gpus = f.int_("num_gpus", minimum=1, maximum=MAX_GPUS)
+        slots = f.int_("slots_per_gpu", minimum=1, maximum=MAX_EXPERTS)
+        rows = f.raw("layers")
+    except SpecError as exc:
+        raise PlacementError(str(exc)) from None
+    if isinstance(rows, list) and len(rows) > MAX_LAYERS:
+        raise PlacementError(f"{origin}: layers: {len(rows)} rows, more than moesim's limit of {MAX_LAYERS}")
     if not isinstance(rows, list) or not rows:
         raise PlacementError(f"{origin}: layers: expected a non-empty list")
     phy2log = np.zeros((len(rows), num_gpus * slots), dtype=np.int64)
@@ -358,7 +363,10 @@ def placement_from_dict(doc: Any, origin: str = "placement") -> Placement:
         where = f"{origin}: layers[{i}]"
         if not isinstance(row, dict) or "gpus" not in row:
             raise PlacementError(f"{where}: expected a mapping with 'layer' and 'gpus'")
-        layer_ids.append(int(row.get("layer", i)))
+        layer = row.get("layer", i)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < MAX_LAYERS:
+            raise PlacementError(f"{where}: layer: expected a layer index in [0, {MAX_LAYERS}), got {layer!r}")
+        layer_ids.append(layer)
         gpus = row["gpus"]
         if not isinstance(gpus, list) or len(gpus) != num_gpus:
             raise PlacementError(f"{where}: gpus: expected {num_gpus} GPUs, got "
@@ -368,12 +376,18 @@ def placement_from_dict(doc: Any, origin: str = "placement") -> Placement:
                 raise PlacementError(f"{where}: gpus[{g}]: expected {slots} slots (every GPU the same), got "
                                      f"{len(gslots) if isinstance(gslots, list) else gslots!r}")
             for s, slot in enumerate(gslots):
-                try:
-                    expert, share = (slot[0], slot[1]) if isinstance(slot, list) else (slot, 1.0)
-                    phy2log[i, g * slots + s] = int(expert)
-                    shares[i, g * slots + s] = float(share)
-                except (TypeError, ValueError, IndexError):
-                    raise PlacementError(f"{where}: gpus[{g}][{s}]: expected [expert, share], got {slot!r}") from None
+                expert, share = (slot[0], slot[1]) if isinstance(slot, list) and len(slot) == 2 else (slot, 1.0)
+                ok_expert = isinstance(expert, int) and not isinstance(expert, bool) and 0 <= expert < num_experts
+                ok_share = (
+                    isinstance(share, (int, float)) and not isinstance(share, bool) and 0 <= share <= 1 + _SHARE_ATOL
+                )
+                if not (ok_expert and ok_share):
+                    raise PlacementError(
+                        f"{where}: gpus[{g}][{s}]: expected [expert in 0..{num_experts - 1}, share in [0, 1]], "
+                        f"got {slot!r}"
+                    )
+                phy2log[i, g * slots + s] = expert
+                shares[i, g * slots + s] = float(share)
     meta: dict[str, Any] = {k: doc.get(k, "") for k in ("model", "cluster", "trace", "method")}
     meta["predicted"] = doc.get("predicted") or {}
     meta["layers"] = layer_ids

@@ -319,7 +319,7 @@ def parse_scenarios(data: Any, source: str = "<scenarios>") -> ScenarioFile:
         if not isinstance(val, str):
             raise field_error(src, key, f"must be a string, got {val!r}")
     objective = data.get("objective", "step_latency_us")
-    if objective not in OBJECTIVES:
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
         raise field_error(src, "objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
 
     axes: list[tuple[str, tuple[Any, ...]]] = []
@@ -382,7 +382,7 @@ def parse_scenarios(data: Any, source: str = "<scenarios>") -> ScenarioFile:
 
     if "baseline" in data:
         bl = data["baseline"]
-        if bl not in seen:
+        if not isinstance(bl, str) or bl not in seen:
             raise field_error(src, "baseline", f"no scenario is named {bl!r} (have: {', '.join(seen)})")
         baseline_index = seen[bl]
     else:

@@ -94,8 +94,8 @@ class SimOptions:
             name, value = f.name, getattr(self, f.name)
             if name in ("tokens_per_gpu", "overlap_chunks", "block_size_m", "seq_len") and value < 1:
                 problem = f"must be >= 1, got {value}"
-            elif name == "capacity_factor" and value is not None and not value > 0:
-                problem = f"must be > 0, got {value}"
+            elif name == "capacity_factor" and value is not None and not (np.isfinite(value) and value > 0):
+                problem = f"must be a finite number > 0 (omit it for no capacity limit), got {value}"
             elif name in one_of and value not in one_of[name]:
                 problem = f"must be one of {', '.join(one_of[name])}, got {value!r}"
             else:

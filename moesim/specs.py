@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import SpecError, field_error
+from moesim.schema import Fields
 
 __all__ = [
     "ClusterSpec",
@@ -62,6 +62,16 @@ SCORE_FUNCTIONS = ("softmax", "sigmoid")
 LEVEL_KINDS = ("nvswitch", "nvlink", "pcie", "ib", "roce")
 NIC_LAYOUTS = ("rail", "shared")
 FABRIC_KINDS = ("fat-tree", "none")
+
+# Sizes moesim accepts, each far above any published model or cluster and low enough that its arrays fit in
+# memory (limits, not measurements): per-layer transitions are [E, E] float64, 8,192 experts make 512 MB
+# (DeepSeek-V3 and Kimi K2 have 256 and 384); 1,024 hidden layers (DeepSeek-V3: 61, Llama 3 405B: 126);
+# widths up to 2^20 (DeepSeek-V3 hidden 7,168); 131,072 GPUs in one cluster (the largest announced training
+# clusters hold about 100,000), checked per level and for their product.
+MAX_EXPERTS = 8192
+MAX_LAYERS = 1024
+MAX_WIDTH = 1 << 20
+MAX_GPUS = 1 << 17
 
 
 # --------------------------------------------------------------------------------------------- dataclasses
@@ -285,88 +295,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- field checks
-class _Fields:
-    """Typed access to one mapping of a spec file; every failure names the file and the dotted field."""
-
-    def __init__(self, src: str, data: dict[str, Any], prefix: str = "") -> None:
-        self.src = src
-        self.data = data
-        self.prefix = prefix
-        self.used: set[str] = set()
-
-    def name(self, key: str) -> str:
-        return f"{self.prefix}{key}"
-
-    def err(self, key: str, problem: str) -> SpecError:
-        return field_error(self.src, self.name(key), problem)
-
-    def raw(
-        self,
-        key: str,
-        default: Any = ...,
-    ) -> Any:
-        self.used.add(key)
-        if key not in self.data or self.data[key] is None:
-            if default is ...:
-                raise self.err(key, "missing")
-            return default
-        return self.data[key]
-
-    def str_(self, key: str, default: Any = ..., choices: tuple[str, ...] | None = None) -> str:
-        v = self.raw(key, default)
-        if not isinstance(v, str):
-            raise self.err(key, f"expected a string, got {v!r}")
-        if choices is not None and v not in choices:
-            raise self.err(key, f"must be one of {', '.join(choices)}, got {v!r}")
-        return v
-
-    def int_(self, key: str, default: Any = ..., minimum: int = 0) -> int:
-        v = self.raw(key, default)
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self.err(key, f"expected an integer, got {v!r}")
-        if v < minimum:
-            raise self.err(key, f"must be >= {minimum}, got {v}")
-        return v
-
-    def float_(
-        self,
-        key: str,
-        default: Any = ...,
-        minimum: float = 0.0,
-        positive: bool = False,
-        maximum: float | None = None,
-    ) -> float:
-        v = self.raw(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise self.err(key, f"expected a number, got {v!r}")
-        v = float(v)
-        if not math.isfinite(v):
-            raise self.err(key, f"must be finite, got {v}")
-        if positive and v <= 0:
-            raise self.err(key, f"must be > 0, got {v:g}")
-        if v < minimum:
-            raise self.err(key, f"must be >= {minimum:g}, got {v:g}")
-        if maximum is not None and v > maximum:
-            raise self.err(key, f"must be <= {maximum:g}, got {v:g}")
-        return v
-
-    def section(self, key: str, required_because: str | None = None) -> _Fields | None:
-        """An optional sub-mapping; ``required_because`` makes it required (the reason goes in the message)."""
-        v = self.raw(key, None)
-        if v is None:
-            if required_because:
-                raise self.err(key, f"missing: {required_because}")
-            return None
-        if not isinstance(v, dict):
-            raise self.err(key, f"expected a mapping, got {v!r}")
-        return _Fields(self.src, v, f"{self.name(key)}.")
-
-    def done(self, optional: tuple[str, ...] = ()) -> None:
-        """Unknown keys are errors: a typo (``top_K``) must not silently fall back to a default."""
-        unknown = sorted(set(map(str, self.data)) - self.used - set(optional))
-        if unknown:
-            known = ", ".join(sorted(self.used | set(optional)))
-            raise self.err(unknown[0], f"unknown field (known fields: {known})")
+# typed field access lives in moesim.schema (one walker for every loader); the name here stays for this module
+_Fields = Fields
 
 
 def _moe_layers(f: _Fields, num_layers: int) -> tuple[int, ...]:
@@ -412,8 +342,8 @@ def _model_from(path: Path) -> ModelSpec:
     src = str(path)
     f = _Fields(src, _read_yaml(path))
     slug = f.str_("slug", path.stem)
-    num_layers = f.int_("num_layers", minimum=1)
-    num_experts = f.int_("num_experts", minimum=1)
+    num_layers = f.int_("num_layers", minimum=1, maximum=MAX_LAYERS)
+    num_experts = f.int_("num_experts", minimum=1, maximum=MAX_EXPERTS)
     top_k = f.int_("top_k", minimum=1)
     if top_k > num_experts:
         raise f.err("top_k", f"must be <= num_experts ({num_experts}), got {top_k}")
@@ -443,8 +373,8 @@ def _model_from(path: Path) -> ModelSpec:
         source=f.str_("source"),
         num_layers=num_layers,
         moe_layers=moe_layers,
-        hidden_size=f.int_("hidden_size", minimum=1),
-        moe_intermediate_size=f.int_("moe_intermediate_size", minimum=1),
+        hidden_size=f.int_("hidden_size", minimum=1, maximum=MAX_WIDTH),
+        moe_intermediate_size=f.int_("moe_intermediate_size", minimum=1, maximum=MAX_WIDTH),
         dense_intermediate_size=dense,
         num_experts=num_experts,
         top_k=top_k,
@@ -525,7 +455,7 @@ def _level_from(f: _Fields, i: int, raw: Any) -> LinkLevel:
     lf = _Fields(f.src, raw, f"levels[{i}].")
     level = LinkLevel(
         kind=lf.str_("kind", choices=LEVEL_KINDS),
-        size=lf.int_("size", minimum=1),
+        size=lf.int_("size", minimum=1, maximum=MAX_GPUS),
         bw_gb_s=lf.float_("bw_gb_s", positive=True),
         latency_ns=lf.float_("latency_ns", 0.0),
         efficiency=_efficiency_curve(lf, "efficiency"),
@@ -549,6 +479,9 @@ def _cluster_from(path: Path) -> ClusterSpec:
     if not isinstance(raw_levels, list) or not 1 <= len(raw_levels) <= 2:
         raise f.err("levels", f"expected a list of 1 (one node) or 2 (nodes) levels, got {raw_levels!r}")
     levels = tuple(_level_from(f, i, lv) for i, lv in enumerate(raw_levels))
+    total = int(np.prod([lv.size for lv in levels], dtype=object))
+    if total > MAX_GPUS:
+        raise f.err("levels", f"{total:,} GPUs in all, more than moesim's limit of {MAX_GPUS:,}")
     if levels[0].kind not in ("nvswitch", "nvlink", "pcie"):
         raise f.err("levels[0].kind", f"the intra-node level must be nvswitch, nvlink or pcie, got {levels[0].kind}")
     if len(levels) == 2 and levels[1].kind not in ("ib", "roce"):

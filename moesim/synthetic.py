@@ -126,11 +126,16 @@ def parse_synthetic(spec: str) -> dict[str, Any]:
             out[key] = int(val) if key == "seed" else float(val)
         except ValueError:
             raise TraceError(f"{origin}: {key}: not a number: {val!r}") from None
-    _check_params(origin, out["skew"], out["alpha"], out.get("affinity", 0.0))
+    _check_params(origin, out["skew"], out["alpha"], out.get("affinity", 0.0), out.get("seed", 0))
     return out
 
 
-def _check_params(origin: str, skew: str, alpha: float, affinity: float) -> None:
+# Largest synthetic trace: 2^40 tokens (T * k assignments must stay within numpy's int64 multinomial draws; a
+# simulated step draws at most MAX_SYNTHETIC_TOKENS anyway).
+MAX_TOKENS = 1 << 40
+
+
+def _check_params(origin: str, skew: str, alpha: float, affinity: float, seed: int = 0) -> None:
     if skew not in SKEWS:
         raise TraceError(f"{origin}: skew: unknown {skew!r}; expected one of {', '.join(SKEWS)}")
     if skew == "zipf" and not (np.isfinite(alpha) and alpha >= 0):
@@ -139,6 +144,8 @@ def _check_params(origin: str, skew: str, alpha: float, affinity: float) -> None
         raise TraceError(f"{origin}: alpha: dirichlet concentration must be > 0, got {alpha}")
     if not (0.0 <= affinity <= 1.0):
         raise TraceError(f"{origin}: affinity: must be in [0, 1], got {affinity}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TraceError(f"{origin}: seed: must be an integer >= 0, got {seed!r}")
 
 
 def popularity(rng: np.random.Generator, num_experts: int, num_layers: int, skew: str,
@@ -494,9 +501,11 @@ def synthetic_trace(model: ModelSpec, num_tokens: int, skew: str = "zipf", alpha
     Same arguments and seed give the same trace.
     """
     origin = f"synthetic {skew}:{alpha} affinity={affinity} seed={seed}"
-    _check_params(origin, skew, float(alpha), float(affinity))
+    _check_params(origin, skew, float(alpha), float(affinity), seed)
     if num_tokens < 1:
         raise TraceError(f"{origin}: num_tokens: must be >= 1, got {num_tokens}")
+    if num_tokens > MAX_TOKENS:
+        raise TraceError(f"{origin}: num_tokens: must be <= {MAX_TOKENS:,} (moesim's limit), got {num_tokens:,}")
     E, k = int(model.num_experts), int(model.top_k)
     lay = tuple(int(x) for x in (model.moe_layers if layers is None else layers))
     if not lay:

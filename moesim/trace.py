@@ -313,26 +313,35 @@ def trace_from_native(doc: dict[str, Any], origin: str) -> RoutingTrace:
     """Build a trace from the native key/value layout (shared by the .npz and JSON readers)."""
     if doc.get("format") != NATIVE_FORMAT:
         raise _err(origin, "format", f"expected {NATIVE_FORMAT!r}, got {doc.get('format')!r}")
-    if int(doc.get("version", -1)) > NATIVE_VERSION:
-        raise _err(origin, "version", f"file is version {doc.get('version')}, this moesim reads <= {NATIVE_VERSION}")
-    try:
-        E, k, L = int(doc["num_experts"]), int(doc["top_k"]), len(doc["layers"])
+    from functools import partial
 
-        def opt(key: str, dtype: Any, tail: tuple[int, ...]) -> np.ndarray | None:
-            v = doc.get(key)
-            if v is None:
-                return None
-            a = np.asarray(v, dtype=dtype)
-            return a.reshape((0, *tail)) if a.size == 0 else a  # JSON "[]" loses the trailing dims
-        return RoutingTrace(model=str(doc.get("model", "")), num_experts=E,
-                            top_k=k, layers=tuple(int(x) for x in doc["layers"]),
-                            counts=np.asarray(doc["counts"], dtype=np.int64), num_tokens=int(doc["num_tokens"]),
-                            transitions=opt("transitions", np.int64, (E, E)),
-                            topk_ids=opt("topk_ids", np.int32, (L, k)), source=str(doc.get("source", "")))
-    except KeyError as e:
-        raise _err(origin, str(e.args[0]), "missing") from None
-    except (TypeError, ValueError) as e:
-        raise _err(origin, "trace", f"malformed: {e}") from None
+    from moesim.schema import Fields
+    from moesim.schema import int_array as _int_array
+
+    int_array = partial(_int_array, error=TraceError)
+    from moesim.specs import MAX_EXPERTS, MAX_LAYERS
+
+    f = Fields(origin, doc, error=TraceError)
+    version = f.int_("version", 1, minimum=1)
+    if version > NATIVE_VERSION:
+        raise _err(origin, "version", f"file is version {version}, this moesim reads <= {NATIVE_VERSION}")
+    E = f.int_("num_experts", minimum=1, maximum=MAX_EXPERTS)
+    k = f.int_("top_k", minimum=1, maximum=E)
+    num_tokens = f.int_("num_tokens", minimum=0)
+    layers = tuple(int(x) for x in int_array(f.raw("layers"), origin, "layers", 0, MAX_LAYERS - 1, ndim=1))
+    L = len(layers)
+    counts = int_array(f.raw("counts"), origin, "counts", minimum=0)
+
+    def opt(key: str, dtype: Any, tail: tuple[int, ...]) -> np.ndarray | None:
+        v = doc.get(key)
+        if v is None:
+            return None
+        a = int_array(v, origin, key, minimum=0, dtype=dtype)
+        return a.reshape((0, *tail)) if a.size == 0 else a  # JSON "[]" loses the trailing dims
+
+    return RoutingTrace(model=str(doc.get("model", "")), num_experts=E, top_k=k, layers=layers, counts=counts,
+                        num_tokens=num_tokens, transitions=opt("transitions", np.int64, (E, E)),
+                        topk_ids=opt("topk_ids", np.int32, (L, k)), source=str(doc.get("source", "")))
 
 
 def load_native_npz(path: str | os.PathLike[str]) -> RoutingTrace:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from moesim.errors import TraceError
 from moesim.trace import RoutingTrace, _err, load_native_npz, trace_from_native
 
 if TYPE_CHECKING:
@@ -159,15 +160,22 @@ def from_olmoe_json(doc: dict[str, Any], origin: str) -> RoutingTrace:
     counts = ``expert_counts`` [3, E] (all top-k choices); transitions = ``expert_counts_crosslayer.counts``
     [2, E, E], rank-paired, between recorded layers 0->7 and 7->15.
     """
-    try:
-        E, k = int(doc["num_experts"]), int(doc["top_k"])
-        layers = tuple(int(x) for x in doc["layers"])
-        counts = np.asarray(doc["expert_counts"], dtype=np.int64)
-        cross = doc.get("expert_counts_crosslayer")
-    except KeyError as e:
-        raise _err(origin, str(e.args[0]), "missing") from None
-    except (TypeError, ValueError) as e:
-        raise _err(origin, "expert_counts", f"malformed: {e}") from None
+    from functools import partial
+
+    from moesim.schema import Fields
+    from moesim.schema import int_array as _int_array
+
+    int_array = partial(_int_array, error=TraceError)
+    from moesim.specs import MAX_EXPERTS, MAX_LAYERS
+
+    f = Fields(origin, doc, error=TraceError)
+    E = f.int_("num_experts", minimum=1, maximum=MAX_EXPERTS)
+    k = f.int_("top_k", minimum=1, maximum=E)
+    layers = tuple(int(x) for x in int_array(f.raw("layers"), origin, "layers", 0, MAX_LAYERS - 1, ndim=1))
+    counts = int_array(f.raw("expert_counts"), origin, "expert_counts", minimum=0, ndim=2)
+    cross = doc.get("expert_counts_crosslayer")
+    if cross is not None and not isinstance(cross, dict):
+        raise _err(origin, "expert_counts_crosslayer", f"expected a mapping, got {type(cross).__name__}")
     if counts.shape != (len(layers), E):
         raise _err(origin, "expert_counts", f"shape {counts.shape}, expected [{len(layers)}, {E}]")
     sums = counts.sum(axis=1)
@@ -175,12 +183,15 @@ def from_olmoe_json(doc: dict[str, Any], origin: str) -> RoutingTrace:
         raise _err(origin, "expert_counts", f"row sums {sums.tolist()} are not one multiple of top_k={k}")
     transitions = None
     if cross is not None:
-        pairs = [tuple(int(x) for x in pr) for pr in cross.get("layer_pairs", [])]
+        raw_pairs = int_array(cross.get("layer_pairs", []), origin, "expert_counts_crosslayer.layer_pairs", 0)
+        pairs = [tuple(int(x) for x in pr) for pr in raw_pairs.reshape(-1, 2)] if raw_pairs.size % 2 == 0 else []
         want = list(itertools.pairwise(layers))
         if pairs != want:
             raise _err(origin, "expert_counts_crosslayer.layer_pairs", f"{pairs}, expected consecutive recorded "
                        f"layers {want}")
-        transitions = np.asarray(cross["counts"], dtype=np.int64)
+        if "counts" not in cross:
+            raise _err(origin, "expert_counts_crosslayer.counts", "missing")
+        transitions = int_array(cross["counts"], origin, "expert_counts_crosslayer.counts", minimum=0, ndim=3)
     hf = str(doc.get("model", ""))
     slug = HF_TO_SLUG.get(hf.lower(), "")
     domain = doc.get("domain", "")
@@ -368,24 +379,32 @@ def from_sglang_records(obj: dict[str, Any] | list[dict[str, Any]], model: Model
     """
     dumps = obj if isinstance(obj, list) else [obj]
     seen: set[tuple[Any, ...]] = set()
+    from functools import partial
+
+    from moesim.schema import int_array as _int_array
+
+    int_array = partial(_int_array, error=TraceError)
     ids_parts: list[np.ndarray] = []   # logical [L_model, T_pass, 8]
     count_parts: list[np.ndarray] = []  # logical [L_model, E]
     n_records = 0
     for dump in dumps:
         records = dump.get("records") or []
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise _err(origin, "records", "expected a list of record mappings")
         n_records += len(records)
         p2l = dump.get("last_physical_to_logical_map")
-        p2l = _np(p2l).astype(np.int64) if p2l is not None else None  # [L_model, P]
+        if p2l is not None:  # [L_model, P]
+            p2l = int_array(_np(p2l), origin, "last_physical_to_logical_map", minimum=0, ndim=2)
         for r in records:
             if "topk_ids_of_layer" in r:
-                phys = _np(r["topk_ids_of_layer"]).astype(np.int64)
+                phys = int_array(_np(r["topk_ids_of_layer"]), origin, "topk_ids_of_layer", minimum=-1)
                 if phys.ndim != 3:
                     raise _err(origin, "topk_ids_of_layer", f"expected [num_layers, num_tokens, k], got {phys.shape}")
                 part, kind = _to_logical(phys, p2l, origin), "ids"
             elif "global_physical_count" in r:
                 if p2l is None:
                     raise _err(origin, "last_physical_to_logical_map", "missing (needed to map physical counts)")
-                phys = _np(r["global_physical_count"]).astype(np.int64)  # [L_model, P]
+                phys = int_array(_np(r["global_physical_count"]), origin, "global_physical_count", 0, ndim=2)
                 E = int(model.num_experts) if model is not None else int(p2l.max()) + 1
                 part = np.zeros((phys.shape[0], E), dtype=np.int64)
                 np.add.at(part, (np.arange(phys.shape[0])[:, None], p2l), phys)

@@ -142,6 +142,10 @@ def plan_cmd(
         raise SpecError(f"plan: --engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
     if not time_limit > 0:
         raise SpecError(f"plan: --time-limit: must be > 0, got {time_limit}")
+    if tokens_per_gpu < 1:
+        raise SpecError(f"plan: --tokens-per-gpu: must be >= 1, got {tokens_per_gpu}")
+    if redundant_experts < 0:
+        raise SpecError(f"plan: --redundant-experts: must be >= 0, got {redundant_experts}")
     from tuner.placers.base import DEPENDENCIES
 
     if dependency not in DEPENDENCIES:
