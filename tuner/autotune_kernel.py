@@ -429,8 +429,10 @@ def tune_loop(
                     return result
                 continue
             pruned_in_row = 0
-            trial.set_user_attr("counted", True)
+            # owner before counted: a kill between the two must not leave a counted RUNNING trial that names no
+            # owner, which no later worker could tell dead (it would hold a budget slot for stale_after_s)
             trial.set_user_attr("owner", owner)
+            trial.set_user_attr("counted", True)
             cached = _cached_outcome(counted, config)
         if cached is not None and cached[0] == "running":
             # Another worker is measuring this very config now: wait for its result instead of measuring twice.

@@ -52,6 +52,13 @@ def register(app: typer.Typer) -> None:
             raise field_error("--workers", "value", f"must be >= 1, got {workers}")
         if out.exists() and not out.is_dir():
             raise field_error(str(out), "-o", "exists and is not a directory")
+        from moesim.fileio import check_outputs
+
+        # the report's own names inside -o: nothing in their way, none of them an input
+        names = ("report.html", "report.md", "results.csv", "results.json")
+        check_outputs({f"-o ({n})": out / n for n in names}, {"SCENARIOS": scenarios})
+        if (out / "plots").exists() and not (out / "plots").is_dir():
+            raise field_error(str(out / "plots"), "-o (plots)", "exists and is not a directory")
         sf = load_scenarios(scenarios)
         err = Console(stderr=True)
         hits = 0

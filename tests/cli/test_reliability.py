@@ -420,3 +420,38 @@ def test_bad_values_are_one_line(work, capsys, case) -> None:
     code, _, err = _run(args, capsys)
     _one_line_error(code, err, needle)
     assert _tree(work) == before
+
+
+SWEEP = (
+    'base: {model: olmoe-1b-7b, cluster: dgx-h100, trace: "synthetic:zipf:1.2"}\naxes: {capacity_factor: [1.0, 1.25]}\n'
+)
+
+
+@pytest.mark.parametrize("case", ["plots_file", "results_dir", "scenario_is_output", "axes_product"])
+def test_whatif_output_folder_checked_first(work, capsys, case) -> None:
+    out = work / "wi"
+    out.mkdir()
+    scen = work / "s.yaml"
+    scen.write_text(SWEEP)
+    if case == "plots_file":
+        (out / "plots").write_text("x")
+        needle = "plots: -o (plots): exists and is not a directory"
+    elif case == "results_dir":
+        (out / "results.json").mkdir()
+        needle = "results.json: -o (results.json): is a directory"
+    elif case == "scenario_is_output":
+        scen = out / "results.json"
+        scen.write_text(SWEEP)
+        needle = "results.json: -o (results.json): is also the input of SCENARIOS"
+    else:  # 100 x 1,000 x 2 = 200,000 points
+        cfs = ", ".join(str(1 + i / 100) for i in range(100))
+        tokens = ", ".join(str(i) for i in range(1, 1001))
+        scen.write_text(
+            SWEEP.split("axes")[0] + f"axes: {{capacity_factor: [{cfs}], tokens_per_gpu: [{tokens}], "
+            "trace_seed: [0, 1]}\n"
+        )
+        needle = "s.yaml: axes: 200,000 scenarios, more than moesim's limit of 100,000"
+    before = _tree(work)
+    code, _, err = _run(["whatif", scen, "-o", out], capsys)
+    _one_line_error(code, err, needle)
+    assert _tree(work) == before

@@ -128,7 +128,7 @@ def solve(
     S = slots_per_gpu(E, redundant_experts, G, origin="plan")
     current = budget.current
     if current is not None:
-        if current.num_physical != G * S or current.num_experts != E:
+        if (current.num_gpus, current.slots_per_gpu, current.num_experts) != (G, S, E):
             raise PlacementError(
                 f"--current: {current.num_gpus} GPUs x {current.slots_per_gpu} slots of "
                 f"{current.num_experts} experts, but this plan has {G} x {S} of {E}"
