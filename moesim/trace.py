@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,11 +124,14 @@ class RoutingTrace:
     transitions: np.ndarray | None = None
     topk_ids: np.ndarray | None = None
     source: str = ""
+    # the file it was read from, for error messages only (the embedded ``source`` may describe its origin);
+    # not data: it is left out of equality and of the saved file
+    origin: str = field(default="", repr=False, compare=False)
     # not part of equality: arrays compare elementwise
     __hash__ = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        origin = self.source or "trace"
+        origin = self.origin or self.source or "trace"
         set_ = object.__setattr__
         E, k = int(self.num_experts), int(self.top_k)
         set_(self, "num_experts", E)
@@ -341,7 +344,8 @@ def trace_from_native(doc: dict[str, Any], origin: str) -> RoutingTrace:
 
     return RoutingTrace(model=str(doc.get("model", "")), num_experts=E, top_k=k, layers=layers, counts=counts,
                         num_tokens=num_tokens, transitions=opt("transitions", np.int64, (E, E)),
-                        topk_ids=opt("topk_ids", np.int32, (L, k)), source=str(doc.get("source", "")))
+                        topk_ids=opt("topk_ids", np.int32, (L, k)), source=str(doc.get("source", "")),
+                        origin=origin)
 
 
 def load_native_npz(path: str | os.PathLike[str]) -> RoutingTrace:

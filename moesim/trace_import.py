@@ -196,7 +196,7 @@ def from_olmoe_json(doc: dict[str, Any], origin: str) -> RoutingTrace:
     slug = HF_TO_SLUG.get(hf.lower(), "")
     domain = doc.get("domain", "")
     source = f"{hf} routing on {domain} text, {OLMOE_ATTRIBUTION}" if hf else origin
-    return RoutingTrace(model=slug, num_experts=E, top_k=k, layers=layers, counts=counts,
+    return RoutingTrace(model=slug, num_experts=E, top_k=k, layers=layers, counts=counts, origin=origin,
                         num_tokens=int(sums[0]) // k, transitions=transitions, topk_ids=None, source=source)
 
 
@@ -346,7 +346,7 @@ def from_sglang_stat(logical_count: np.ndarray, model: ModelSpec | None, top_k: 
         raise _err(origin, "logical_count", f"per-layer totals {sorted(set(sums.tolist()))[:4]} are not one "
                    f"multiple of top_k={k}")
     return RoutingTrace(model=model.slug if model is not None else "", num_experts=counts.shape[1], top_k=k,
-                        layers=layers, counts=counts, num_tokens=int(sums[0]) // k, transitions=None,
+                        origin=origin, layers=layers, counts=counts, num_tokens=int(sums[0]) // k, transitions=None,
                         topk_ids=None, source=f"SGLang expert distribution (stat) {origin}")
 
 

@@ -293,6 +293,9 @@ def suggest_config(trial: Any) -> Config:
     return {name: int(trial.suggest_categorical(name, list(choices))) for name, choices in PARAM_CHOICES.items()}
 
 
+SAMPLERS = ("tpe", "gp", "random")
+
+
 def make_sampler(name: str = "tpe", seed: int | None = None) -> Any:
     """``"tpe"``: TPESampler(multivariate=True, constant_liar=True); ``"gp"``: GPSampler; ``"random"``."""
     import optuna
@@ -762,6 +765,15 @@ def autotune_kernel(spec: KernelTuneSpec, workers: int = 1, save_dir: str | None
     smem_kb, _ = _smem_limit(spec)
     kernel_space.feasible_grid(smem_kb, kernel_space.DTYPE_BYTES.get(spec.dtype, 2))
     device = device_label(spec.backend)
+    # everything that can be wrong with the input fails here, before the storage (journal, lock) is touched
+    if spec.sampler not in SAMPLERS:
+        raise SpecError(f"--sampler: {spec.sampler}: expected {', '.join(SAMPLERS)}")
+    if spec.trace:
+        from moesim.trace import load_trace
+
+        load_trace(spec.trace)
+    if save_dir is not None:
+        check_save_dir(spec, save_dir, device)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = tstorage.open_storage(spec.storage)
 
@@ -812,6 +824,28 @@ def autotune_kernel(spec: KernelTuneSpec, workers: int = 1, save_dir: str | None
     if save_dir is not None:
         save_results(spec, results_out, save_dir, device)
     return results_out
+
+
+def check_save_dir(spec: KernelTuneSpec, save_dir: str, device: str) -> Path:
+    """The config file ``save_results`` will write, checked before any tuning: ``--save-dir`` must be a folder
+    (or not exist yet) and a file already there must load, since the new configs are merged into it."""
+    from kernels import configs as kconfigs
+
+    folder = Path(save_dir)
+    if folder.exists() and not folder.is_dir():
+        raise SpecError(f"{save_dir}: --save-dir: exists and is not a directory")
+    dtype_tag = None if spec.dtype in ("bf16", "fp16") else spec.dtype
+    path = folder / kconfigs.config_file_name(spec.E, spec.N, device, dtype_tag)
+    if path.is_dir():
+        raise SpecError(f"{path}: --save-dir: is a directory, where the config file goes")
+    if path.exists():
+        try:
+            kconfigs.load_configs(str(path))
+        except (OSError, ValueError, TypeError, KeyError) as exc:  # json.JSONDecodeError is a ValueError
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SpecError(f"{path}: --save-dir: the config file there does not load ({first}); "
+                            "move it or pick another folder") from None
+    return path
 
 
 def save_results(spec: KernelTuneSpec, results: Sequence[MResult], save_dir: str, device: str) -> Path:

@@ -455,3 +455,56 @@ def test_whatif_output_folder_checked_first(work, capsys, case) -> None:
     code, _, err = _run(["whatif", scen, "-o", out], capsys)
     _one_line_error(code, err, needle)
     assert _tree(work) == before
+
+
+@pytest.mark.parametrize("case", ["save_dir_file", "corrupt_config", "bad_sampler"])
+def test_autotune_kernel_checks_inputs_before_touching_storage(work, capsys, case) -> None:
+    pytest.importorskip("triton", reason="autotune kernel needs the kernels extra")
+    journal = work / "j.log"
+    args = [
+        "autotune",
+        "kernel",
+        "--backend",
+        "interpret",
+        "--E",
+        "4",
+        "--N",
+        "32",
+        "--K",
+        "64",
+        "--ms",
+        "4",
+        "--trials",
+        "2",
+        "--storage",
+        f"journal://{journal}",
+    ]
+    if case == "save_dir_file":
+        (work / "cfg").write_text("")
+        args += ["--save-dir", work / "cfg"]
+        needle = "cfg: --save-dir: exists and is not a directory"
+    elif case == "corrupt_config":
+        (work / "cfg").mkdir()
+        (work / "cfg" / "E=4,N=32,device_name=TRITON_INTERPRET.json").write_text("{bad")
+        args += ["--save-dir", work / "cfg"]
+        needle = "--save-dir: the config file there does not load"
+    else:
+        args += ["--sampler", "bogus"]
+        needle = "--sampler: bogus: expected tpe, gp, random"
+    before = _tree(work)
+    code, out, err = _run(args, capsys)
+    _one_line_error(code, err, needle)
+    assert _tree(work) == before and not journal.exists()
+
+
+def test_trace_errors_name_the_file_not_its_embedded_source(work, capsys) -> None:
+    import json
+
+    code, _, err = _run(["trace", "convert", work / "t.npz", work / "n.json"], capsys)
+    assert code == 0, err
+    doc = json.loads((work / "n.json").read_text())
+    doc["num_tokens"] += 1  # counts no longer sum to num_tokens * top_k
+    (work / "bad.json").write_text(json.dumps(doc))
+    code, _, err = _run(["trace", "inspect", work / "bad.json"], capsys)
+    _one_line_error(code, err, f"{work / 'bad.json'}: counts: layer 0 sums to")
+    assert doc["source"] not in err
