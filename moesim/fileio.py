@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "OutputSet",
     "check_outputs",
     "read_text",
     "read_yaml",
@@ -144,3 +145,86 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+STAGE_PREFIX = ".moesim-stage-"
+
+
+def _sweep_stale_stages(folder: Path) -> None:
+    """Remove the staging folders that killed runs left in ``folder`` (their pid, in the name, is gone)."""
+    import shutil
+
+    for stage in folder.glob(f"{STAGE_PREFIX}*"):
+        pid = stage.name[len(STAGE_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its run is still going
+        except ProcessLookupError:
+            shutil.rmtree(stage, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+class OutputSet:
+    """A command's outputs, written whole or not at all.
+
+    ``staged(target)`` gives a path inside a hidden staging folder beside ``target``; the command writes there.
+    Leaving the ``with`` block without an error renames every staged file (and folder) onto its target; an error,
+    Ctrl-C or SIGTERM removes the staging folders instead, so a failed run leaves none of its outputs. A run
+    killed with SIGKILL leaves only a staging folder, which the next run in that folder removes.
+    """
+
+    def __init__(self) -> None:
+        self._stages: dict[Path, Path] = {}  # target folder -> its staging folder
+        self._moves: list[tuple[Path, Path]] = []
+        self._old_term: object = None
+
+    def staged(self, target: str | os.PathLike) -> Path:
+        target = Path(target)
+        folder = target.parent
+        if folder not in self._stages:
+            folder.mkdir(parents=True, exist_ok=True)
+            _sweep_stale_stages(folder)
+            self._stages[folder] = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-", dir=folder))
+        path = self._stages[folder] / target.name
+        self._moves.append((path, target))
+        return path
+
+    def __enter__(self) -> OutputSet:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+
+            def on_term(signum: int, frame: object) -> None:
+                raise KeyboardInterrupt  # unwinds through __exit__, which removes the staging folders
+
+            self._old_term = signal.signal(signal.SIGTERM, on_term)
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        import shutil
+        import signal
+
+        try:
+            if exc_type is None:
+                for staged, target in self._moves:
+                    if not staged.exists():
+                        continue  # a writer that decided not to write (e.g. nothing to say)
+                    if staged.is_dir() and target.is_dir():
+                        for item in staged.rglob("*"):  # merge a staged folder into an existing one
+                            if item.is_file():
+                                dest = target / item.relative_to(staged)
+                                dest.parent.mkdir(parents=True, exist_ok=True)
+                                os.replace(item, dest)
+                    else:
+                        if staged.is_file():
+                            os.chmod(staged, _default_mode())
+                        os.replace(staged, target)
+        finally:
+            for stage in self._stages.values():
+                shutil.rmtree(stage, ignore_errors=True)
+            if self._old_term is not None:
+                signal.signal(signal.SIGTERM, self._old_term)  # type: ignore[arg-type]

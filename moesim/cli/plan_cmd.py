@@ -216,9 +216,13 @@ def plan_cmd(
         from tuner.sglang import physical_to_logical_map, save_sglang, support_note
 
         physical_to_logical_map(result.best, model_spec)
-    save_placement(result.best, output)
+    from moesim.fileio import OutputSet
+
+    with OutputSet() as outputs:  # the placement and SGLang's file appear together, or neither
+        save_placement(result.best, outputs.staged(output))
+        if sglang is not None:
+            filled = save_sglang(result.best, model_spec, outputs.staged(sglang))
     if sglang is not None:
-        filled = save_sglang(result.best, model_spec, sglang)
         if filled:
             notes.append(f"{sglang}: {len(filled)} MoE layers not in the trace take SGLang's trivial mapping")
         warning = support_note(model_spec)

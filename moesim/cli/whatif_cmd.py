@@ -75,7 +75,12 @@ def register(app: typer.Typer) -> None:
                 progress.update(task, advance=1)
 
             run = run_whatif(sf, workers=workers, use_cache=not no_cache, on_done=on_done)
-        paths = write_report(run, out)
+        from moesim.fileio import OutputSet
+
+        with OutputSet() as outputs:  # the report's files appear together, or none of them
+            staged = outputs.staged(out)
+            paths = write_report(run, staged)
+        paths = {k: out / Path(v).relative_to(staged) for k, v in paths.items()}
 
         if json_out:
             doc = {
