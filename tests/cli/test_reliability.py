@@ -508,3 +508,71 @@ def test_trace_errors_name_the_file_not_its_embedded_source(work, capsys) -> Non
     code, _, err = _run(["trace", "inspect", work / "bad.json"], capsys)
     _one_line_error(code, err, f"{work / 'bad.json'}: counts: layer 0 sums to")
     assert doc["source"] not in err
+
+
+def test_plan_killed_at_random_points_leaves_whole_outputs_or_none(tmp_path) -> None:
+    """SIGKILL `moesim plan --sglang` at spread-out moments: the trace is unchanged, the placement and SGLang files
+    are both there or both absent, and the next run sweeps any staging folder the kill left."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    from moesim.fileio import STAGE_PREFIX
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moesim",
+            "trace",
+            "synth",
+            "--model",
+            "deepseek-v3",
+            "--tokens",
+            "4096",
+            "--counts-only",
+            "-o",
+            str(tmp_path / "t.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    digest = hashlib.sha256((tmp_path / "t.npz").read_bytes()).hexdigest()
+    cmd = [
+        sys.executable,
+        "-m",
+        "moesim",
+        "plan",
+        "--model",
+        "deepseek-v3",
+        "--cluster",
+        "h100-8x8-ib400",
+        "--trace",
+        str(tmp_path / "t.npz"),
+        "--redundant-experts",
+        "64",
+        "--time-limit",
+        "2",
+        "-o",
+        str(tmp_path / "p.yaml"),
+        "--sglang",
+        str(tmp_path / "p.json"),
+    ]
+    rng = random.Random(0)
+    for _ in range(5):
+        for name in ("p.yaml", "p.json"):
+            (tmp_path / name).unlink(missing_ok=True)
+        run = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 9.0))
+        run.kill()
+        run.wait()
+        outputs = {(tmp_path / n).exists() for n in ("p.yaml", "p.json")}
+        assert len(outputs) == 1, "one output without the other"
+        assert hashlib.sha256((tmp_path / "t.npz").read_bytes()).hexdigest() == digest
+    finished = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert (tmp_path / "p.yaml").exists() and (tmp_path / "p.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(STAGE_PREFIX)]
