@@ -3,7 +3,8 @@
 Storage: by default an embedded Optuna journal file under the user's cache directory
 (``$XDG_CACHE_HOME/moesim/optuna/studies.log``, else ``~/.cache/moesim/optuna/studies.log``; overridable with
 ``MOESIM_CACHE_DIR``). Optuna's ``JournalStorage(JournalFileBackend(path))`` appends every operation to the file
-under a file lock, so several processes on one host share it and a killed run resumes from the finished trials.
+under a file lock (:class:`FlockJournalLock`, which a killed holder releases at once), so several processes on one
+host share it and a killed run resumes from the finished trials.
 ``--storage URL`` takes any Optuna storage URL instead: ``postgresql+psycopg2://user@host/db`` for many hosts,
 ``sqlite:///x.db``, or ``journal:///path/to/file.log`` for an explicit journal file.
 
@@ -65,6 +66,43 @@ def sqlite_path(url: str) -> Path | None:
     return Path(match.group(1))
 
 
+class FlockJournalLock:
+    """The journal file's write lock as an ``fcntl.flock`` on ``<journal>.lock`` (Optuna's lock protocol:
+    ``acquire() -> True``, ``release()``).
+
+    Optuna's default symlink lock survives its holder: after a SIGKILL the next writer waits out a 30 s grace
+    period before it breaks the lock. The kernel drops a flock when its holder dies, so a killed run costs the
+    next one nothing. Each acquire opens its own descriptor, so threads of one process exclude each other too.
+    One host only (flock is local), as the budget lock already assumes.
+    """
+
+    def __init__(self, lock_path: str) -> None:
+        import threading
+
+        self._path = lock_path
+        self._held = threading.local()
+
+    def acquire(self) -> bool:
+        fd = os.open(self._path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held.fd = fd
+        return True
+
+    def release(self) -> None:
+        fd = getattr(self._held, "fd", None)
+        if fd is None:
+            return
+        self._held.fd = None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
 def open_storage(url: str | None = None):  # -> optuna.storages.BaseStorage
     """Open an Optuna storage from a URL (None: the default journal file). Creates parent folders.
 
@@ -77,7 +115,7 @@ def open_storage(url: str | None = None):  # -> optuna.storages.BaseStorage
     try:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(JournalFileBackend(str(path), lock_obj=FlockJournalLock(f"{path}.lock")))
         sqlite = sqlite_path(url)
         if sqlite is not None:
             sqlite.parent.mkdir(parents=True, exist_ok=True)

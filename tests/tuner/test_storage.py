@@ -74,3 +74,63 @@ def test_budget_lock_serialises(tmp_path):
     for t in threads:
         t.join()
     assert not overlap
+
+
+def test_journal_lock_of_a_killed_holder_is_free_at_once(tmp_path):
+    """Optuna's symlink lock made the next writer wait a 30 s grace period after a SIGKILL; the flock does not."""
+    import subprocess
+    import sys
+    import time
+
+    from tuner.storage import FlockJournalLock, open_storage
+
+    lock_path = tmp_path / "studies.log.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom tuner.storage import FlockJournalLock\n"
+            f"FlockJournalLock({str(lock_path)!r}).acquire()\nprint('held', flush=True)\ntime.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    mine = FlockJournalLock(str(lock_path))
+    holder.kill()
+    holder.wait()
+    t0 = time.monotonic()
+    assert mine.acquire()
+    assert time.monotonic() - t0 < 2.0
+    mine.release()
+    # the journal storage uses it: a study can be created right after
+    storage = open_storage(f"journal://{tmp_path / 'studies.log'}")
+    import optuna
+
+    optuna.create_study(study_name="after-kill", storage=storage)
+
+
+def test_journal_lock_excludes_threads_of_one_process(tmp_path):
+    import threading
+    import time
+
+    from tuner.storage import FlockJournalLock
+
+    lock = FlockJournalLock(str(tmp_path / "x.lock"))
+    inside, worst = [0], [0]
+
+    def work():
+        for _ in range(20):
+            lock.acquire()
+            inside[0] += 1
+            worst[0] = max(worst[0], inside[0])
+            time.sleep(0.001)
+            inside[0] -= 1
+            lock.release()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert worst[0] == 1
