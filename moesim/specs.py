@@ -63,11 +63,11 @@ LEVEL_KINDS = ("nvswitch", "nvlink", "pcie", "ib", "roce")
 NIC_LAYOUTS = ("rail", "shared")
 FABRIC_KINDS = ("fat-tree", "none")
 
-# Sizes moesim accepts, each far above any published model or cluster and low enough that its arrays fit in
-# memory (limits, not measurements): per-layer transitions are [E, E] float64, 8,192 experts make 512 MB
-# (DeepSeek-V3 and Kimi K2 have 256 and 384); 1,024 hidden layers (DeepSeek-V3: 61, Llama 3 405B: 126);
-# widths up to 2^20 (DeepSeek-V3 hidden 7,168); 131,072 GPUs in one cluster (the largest announced training
-# clusters hold about 100,000), checked per level and for their product.
+# Sizes moesim accepts: limits, not measurements, far above the shipped models and clusters and low enough that
+# their arrays fit in memory. Per-layer transitions are [E, E] float64: 8,192 experts make 512 MB (DeepSeek-V3
+# has 256, Kimi K2 384); 1,024 hidden layers (DeepSeek-V3: 61); widths up to 2^20 (DeepSeek-V3 hidden: 7,168);
+# 2^17 GPUs in one cluster, checked per level and for their product (the largest shipped profile has 64; the
+# placement benchmark scales one to 256).
 MAX_EXPERTS = 8192
 MAX_LAYERS = 1024
 MAX_WIDTH = 1 << 20

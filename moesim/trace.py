@@ -30,6 +30,7 @@ import numpy as np
 
 from moesim.errors import TraceError
 from moesim.fileio import atomic_write, atomic_write_text
+from moesim.schema import int_array as _schema_int_array
 
 if TYPE_CHECKING:  # specs.py is light, but keep the import graph one-way at runtime too
     from moesim.specs import ModelSpec
@@ -37,6 +38,11 @@ if TYPE_CHECKING:  # specs.py is light, but keep the import graph one-way at run
 NATIVE_FORMAT = "moesim-trace"
 NATIVE_VERSION = 1
 
+
+
+def int_array(value: Any, source: str, field: str, *args: Any, **kwargs: Any) -> np.ndarray:
+    """:func:`moesim.schema.int_array` raising ``TraceError`` (every trace loader's error)."""
+    return _schema_int_array(value, source, field, *args, error=TraceError, **kwargs)
 
 def _err(origin: str, fld: str, problem: str) -> TraceError:
     return TraceError(f"{origin}: {fld}: {problem}")
@@ -316,12 +322,7 @@ def trace_from_native(doc: dict[str, Any], origin: str) -> RoutingTrace:
     """Build a trace from the native key/value layout (shared by the .npz and JSON readers)."""
     if doc.get("format") != NATIVE_FORMAT:
         raise _err(origin, "format", f"expected {NATIVE_FORMAT!r}, got {doc.get('format')!r}")
-    from functools import partial
-
     from moesim.schema import Fields
-    from moesim.schema import int_array as _int_array
-
-    int_array = partial(_int_array, error=TraceError)
     from moesim.specs import MAX_EXPERTS, MAX_LAYERS
 
     f = Fields(origin, doc, error=TraceError)

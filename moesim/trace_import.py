@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moesim.errors import TraceError
-from moesim.trace import RoutingTrace, _err, load_native_npz, trace_from_native
+from moesim.trace import RoutingTrace, _err, int_array, load_native_npz, trace_from_native
 
 if TYPE_CHECKING:
     from moesim.specs import ModelSpec
@@ -160,12 +160,7 @@ def from_olmoe_json(doc: dict[str, Any], origin: str) -> RoutingTrace:
     counts = ``expert_counts`` [3, E] (all top-k choices); transitions = ``expert_counts_crosslayer.counts``
     [2, E, E], rank-paired, between recorded layers 0->7 and 7->15.
     """
-    from functools import partial
-
     from moesim.schema import Fields
-    from moesim.schema import int_array as _int_array
-
-    int_array = partial(_int_array, error=TraceError)
     from moesim.specs import MAX_EXPERTS, MAX_LAYERS
 
     f = Fields(origin, doc, error=TraceError)
@@ -379,11 +374,6 @@ def from_sglang_records(obj: dict[str, Any] | list[dict[str, Any]], model: Model
     """
     dumps = obj if isinstance(obj, list) else [obj]
     seen: set[tuple[Any, ...]] = set()
-    from functools import partial
-
-    from moesim.schema import int_array as _int_array
-
-    int_array = partial(_int_array, error=TraceError)
     ids_parts: list[np.ndarray] = []   # logical [L_model, T_pass, 8]
     count_parts: list[np.ndarray] = []  # logical [L_model, E]
     n_records = 0

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from moesim.calibration import calibration_to_dict
-from moesim.errors import InfeasibleError, MoesimError, PlacementError, TraceError, field_error
+from moesim.errors import InfeasibleError, MoesimError, TraceError, field_error
 from moesim.fileio import atomic_write_text
 from moesim.scenario import Scenario, ScenarioFile
 from moesim.synthetic import step_synthetic_tokens
@@ -293,24 +293,9 @@ def _solve_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -
     method = PlacementMethod.parse(scenario.placement, "scenario", "placement")
     if method == PlacementMethod.ILP:
         return _ilp_placement(scenario, model, cluster, trace)
-    try:
-        return place(
-            method,
-            np.asarray(trace.counts, dtype=np.float64),
-            None,
-            model,
-            cluster,
-            scenario.redundant_experts,
-            layers=trace.layers,
-        )
-    except PlacementError as exc:
-        if "redundant_experts" in str(exc):
-            raise field_error(
-                "placement",
-                "redundant_experts",
-                f"{method.value} placement has no replicas; use eplb or ilp for redundant experts",
-            ) from None
-        raise
+    # a method without replicas asked for some raises PlacementError itself ("has no replicas; use eplb or ilp")
+    counts = np.asarray(trace.counts, dtype=np.float64)
+    return place(method, counts, None, model, cluster, scenario.redundant_experts, layers=trace.layers)
 
 
 def _ilp_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -> Any:

@@ -33,13 +33,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moesim.engine_dispatch import apply_engine
-from moesim.errors import PlacementError
 from moesim.placement import Placement, PlacementMethod, check_slots_memory, slots_per_gpu
 from tuner.bounds import gap as bound_gap
 from tuner.bounds import objective_bound
 from tuner.engine_refine import settle_static
 from tuner.ilp import CostModel, ILPResult, predicted_terms
-from tuner.placers import Budget, candidates
+from tuner.placers import Budget, compared
 from tuner.placers import ilp as ilp_method
 from tuner.placers import place as place_with
 from tuner.placers.base import DEFAULT_AMORTISE_STEPS
@@ -64,8 +63,6 @@ __all__ = [
     "plan",
     "scaled_routing",
 ]
-# methods that place every expert once: shown at their own slot count when replicas are asked
-NO_REPLICAS = (PlacementMethod.CONTIGUOUS, PlacementMethod.ROUND_ROBIN)
 
 
 def scaled_routing(trace: RoutingTrace, num_gpus: int, tokens_per_gpu: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -197,16 +194,10 @@ def plan(
     priced = transitions if dependency == "transitions" else None
     notes: list[str] = []
 
-    placements: dict[str, Placement] = {}
-    for method in candidates(engine, int(cluster.num_nodes)):
-        reps = 0 if method in NO_REPLICAS else redundant_experts
-        try:
-            p = place_with(method, counts, transitions, model, cluster, reps, engine, budget, layers=trace.layers)
-        except PlacementError as exc:
-            if method != PlacementMethod.EPLB_HIERARCHICAL:  # it not applying is the usual case, not news
-                notes.append(f"{method.value} skipped: {exc}")
-            continue
-        placements.setdefault(method.value, p)
+    placements, skipped = compared(
+        counts, transitions, model, cluster, redundant_experts, engine, budget, layers=trace.layers
+    )
+    notes.extend(skipped)
 
     # the MILP, warm-started from the baseline with the right slot count and the lowest objective under the rule
     out = ilp_method.solve(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from moesim.errors import PlacementError
 from moesim.placement import Placement, PlacementMethod
 from tuner.placers import contiguous, eplb, ilp, node_spread, round_robin
 from tuner.placers.base import Budget, Placer
@@ -22,7 +23,18 @@ from tuner.placers.base import Budget, Placer
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
 
-__all__ = ["BASELINES", "REGISTRY", "Budget", "PlacementMethod", "Placer", "candidates", "get_placer", "place"]
+__all__ = [
+    "BASELINES",
+    "REGISTRY",
+    "WITHOUT_REPLICAS",
+    "Budget",
+    "PlacementMethod",
+    "Placer",
+    "candidates",
+    "compared",
+    "get_placer",
+    "place",
+]
 
 REGISTRY: dict[PlacementMethod, Placer] = {
     PlacementMethod.CONTIGUOUS: contiguous.place,
@@ -50,6 +62,38 @@ def candidates(engine: str, num_nodes: int) -> tuple[PlacementMethod, ...]:
     for them."""
     spread = engine.startswith("sglang") and num_nodes > 1
     return BASELINES + ((PlacementMethod.NODE_SPREAD,) if spread else ())
+
+
+# methods that place every expert once: compared at their own slot count when replicas are asked
+WITHOUT_REPLICAS = (PlacementMethod.CONTIGUOUS, PlacementMethod.ROUND_ROBIN)
+
+
+def compared(
+    counts: np.ndarray,
+    transitions: np.ndarray | None,
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    redundant_experts: int,
+    engine: str,
+    budget: Budget,
+    *,
+    layers: Sequence[int] | None = None,
+) -> tuple[dict[str, Placement], list[str]]:
+    """The :func:`candidates` a plan compares, by ``meta["method"]`` (methods without replicas at their own slot
+    count), and a note for each that cannot place this shape (``eplb-hierarchical`` not applying is the usual
+    case, so it gets none)."""
+    out: dict[str, Placement] = {}
+    notes: list[str] = []
+    for method in candidates(engine, int(cluster.num_nodes)):
+        reps = 0 if method in WITHOUT_REPLICAS else redundant_experts
+        try:
+            p = place(method, counts, transitions, model, cluster, reps, engine, budget, layers=layers)
+        except PlacementError as exc:
+            if method != PlacementMethod.EPLB_HIERARCHICAL:
+                notes.append(f"{method.value} skipped: {exc}")
+            continue
+        out.setdefault(method.value, p)
+    return out, notes
 
 
 def get_placer(method: str | PlacementMethod) -> Placer:

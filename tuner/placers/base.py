@@ -87,6 +87,27 @@ class Placer(Protocol):
     ) -> Placement: ...
 
 
+def heuristic(fn: Callable[[np.ndarray, ModelSpec, ClusterSpec, int], Placement]) -> Placer:
+    """A :class:`Placer` from a method that needs only ``counts [L, E]``, the model, the cluster and the
+    replica count (the baselines and node-spread take no transitions, engine rule or budget)."""
+
+    def place(
+        counts: np.ndarray,
+        transitions: np.ndarray | None,
+        model: ModelSpec,
+        cluster: ClusterSpec,
+        redundant_experts: int,
+        engine: str,
+        budget: Budget,
+        *,
+        layers: Sequence[int] | None = None,
+    ) -> Placement:
+        return fn(np.asarray(counts, dtype=np.float64), model, cluster, int(redundant_experts))
+
+    place.__doc__, place.__name__ = fn.__doc__, fn.__name__
+    return place
+
+
 def no_replicas(method: str, redundant_experts: int) -> None:
     """``PlacementError`` when replicas are asked of a method that places each expert once."""
     if redundant_experts:

@@ -4,7 +4,6 @@ else global), and each policy forced."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,7 +11,7 @@ import numpy as np
 from moesim.errors import PlacementError
 from moesim.placement import Placement, check_memory
 from tuner.eplb import eplb_placement
-from tuner.placers.base import Budget
+from tuner.placers.base import heuristic
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
@@ -33,32 +32,14 @@ def _eplb(
     return p
 
 
-def place(
-    counts: np.ndarray,
-    transitions: np.ndarray | None,
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    redundant_experts: int,
-    engine: str,
-    budget: Budget,
-    *,
-    layers: Sequence[int] | None = None,
-) -> Placement:
+@heuristic
+def place(counts: np.ndarray, model: ModelSpec, cluster: ClusterSpec, redundant_experts: int) -> Placement:
     """EPLB as SGLang runs it: ``meta["method"]`` says which policy applied."""
     return _eplb(counts, model, cluster, redundant_experts, None)
 
 
-def place_hierarchical(
-    counts: np.ndarray,
-    transitions: np.ndarray | None,
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    redundant_experts: int,
-    engine: str,
-    budget: Budget,
-    *,
-    layers: Sequence[int] | None = None,
-) -> Placement:
+@heuristic
+def place_hierarchical(counts: np.ndarray, model: ModelSpec, cluster: ClusterSpec, redundant_experts: int) -> Placement:
     """EPLB's hierarchical policy (groups to nodes, then replicas within nodes); ``PlacementError`` where it
     does not apply (one node, or groups, experts or slots not divisible by the nodes)."""
     p = _eplb(counts, model, cluster, redundant_experts, True)
@@ -71,16 +52,7 @@ def place_hierarchical(
     return p
 
 
-def place_global(
-    counts: np.ndarray,
-    transitions: np.ndarray | None,
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    redundant_experts: int,
-    engine: str,
-    budget: Budget,
-    *,
-    layers: Sequence[int] | None = None,
-) -> Placement:
+@heuristic
+def place_global(counts: np.ndarray, model: ModelSpec, cluster: ClusterSpec, redundant_experts: int) -> Placement:
     """EPLB's global policy (replicas and packing over all GPUs at once)."""
     return _eplb(counts, model, cluster, redundant_experts, False)

@@ -150,7 +150,7 @@ def solve(
     # under SGLang's nearest-replica rule, replicas on distinct nodes split evenly and are local to more ranks
     spread = sglang and budget.split == "even"
     if spread and PlacementMethod.NODE_SPREAD.value in pool:
-        warm_name = PlacementMethod.NODE_SPREAD.value
+        warm_name = PlacementMethod.NODE_SPREAD.value  # made for this rule; scoring the others would cost draws
     else:
         warm_name = min(pool, key=predicted_us)
     # SGLang's rule splits replicas unevenly where the MILP assumes even shares: keep a share of the time to
@@ -217,18 +217,9 @@ def place(
 ) -> Placement:
     """The MILP's plan, warm-started from the best of the baselines that have ``E + redundant_experts`` slots
     (:func:`solve`); ``meta`` carries its gap, status, solve time and warm start."""
-    from tuner.placers import candidates as methods
-    from tuner.placers import place as place_with
+    from tuner.placers import compared
 
-    candidates: dict[str, Placement] = {}
-    for method in methods(engine, int(cluster.num_nodes)):
-        try:
-            p = place_with(
-                method, counts, transitions, model, cluster, redundant_experts, engine, budget, layers=layers
-            )
-        except PlacementError:
-            continue  # a baseline that cannot place this shape (replicas, divisibility)
-        candidates.setdefault(p.meta.get("method", method.value), p)
+    candidates, _ = compared(counts, transitions, model, cluster, redundant_experts, engine, budget, layers=layers)
     out = solve(counts, transitions, model, cluster, redundant_experts, engine, budget, candidates, layers=layers)
     res = out.result
     return out.placement.with_meta(

@@ -21,14 +21,13 @@ replica):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from moesim.placement import Placement, check_memory, even_shares, slots_per_gpu
 from tuner.eplb import replicate_experts
-from tuner.placers.base import Budget
+from tuner.placers.base import heuristic
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
@@ -80,19 +79,9 @@ def spread_row(counts: np.ndarray, replicas: np.ndarray, num_gpus: int, gpus_per
     return phy
 
 
-def place(
-    counts: np.ndarray,
-    transitions: np.ndarray | None,
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    redundant_experts: int,
-    engine: str,
-    budget: Budget,
-    *,
-    layers: Sequence[int] | None = None,
-) -> Placement:
+@heuristic
+def place(counts: np.ndarray, model: ModelSpec, cluster: ClusterSpec, redundant_experts: int) -> Placement:
     """Node-spread placement of every layer (module docstring), checked against GPU memory."""
-    counts = np.asarray(counts, dtype=np.float64)
     E, G, gpn = int(model.num_experts), int(cluster.num_gpus), int(cluster.gpus_per_node)
     S = slots_per_gpu(E, redundant_experts, G, origin="placement")
     _, _, replicas = replicate_experts(counts, G * S)  # [L, E] EPLB's replica counts
