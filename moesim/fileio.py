@@ -67,15 +67,20 @@ def read_text(
         raise _error(src, field, f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
 
 
-def read_yaml(path: str | os.PathLike, source: str | None = None, mapping: bool = True) -> object:
+def read_yaml(
+    path: str | os.PathLike, source: str | None = None, mapping: bool = True, shipped: bool = False
+) -> object:
     """``yaml.safe_load`` of :func:`read_text`; a syntax error names its line. ``mapping``: the top level must
-    be a mapping."""
+    be a mapping. ``shipped``: a file moesim ships (its profiles), parsed by libyaml where PyYAML has it (8x
+    faster, the same objects for every shipped file); never for a user's file, as libyaml crashes the process
+    on deeply nested input where the pure-Python parser raises."""
     import yaml
 
     src = str(path) if source is None else source
     text = read_text(path, src)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader) if shipped else yaml.SafeLoader
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=loader)  # a safe loader either way
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "yaml"

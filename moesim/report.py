@@ -2,9 +2,15 @@
 
 The HTML embeds every plot as a base64 PNG and needs nothing else (no scripts, no network), so it can be
 attached to a design review as one file. ``report.md`` shows the same tables and links the PNGs written to
-``plots/``. ``results.csv`` has one flat row per scenario; ``results.json`` carries every record in full,
-including the simulator's own ``StepResult.to_dict()`` per scenario. Every file is written to a temporary file
-in the output directory and ``os.replace``-d into place.
+``plots/``. ``results.csv`` has one flat row per scenario; ``results.json`` (compact, no indent) carries every
+record, including the simulator's own ``StepResult.to_dict()`` per scenario; the per-GPU arrays
+(``DETAIL_FIELDS``) and the step's per-layer rows (``simulate.layers``) only with ``detail=True``
+(``moesim whatif --detail``). Every file is written to a
+temporary file in the output directory and ``os.replace``-d into place.
+
+Each figure is drawn once, as PNG bytes that both the HTML and ``plots/`` use. With ``workers > 1`` (and fork)
+the figures are drawn in that many worker processes while this one writes the CSV and JSON; only those
+processes import matplotlib (0.25 s), the caller never does.
 """
 
 from __future__ import annotations
@@ -19,6 +25,20 @@ from typing import Any
 
 from moesim.fileio import atomic_write_bytes, atomic_write_text
 from moesim.whatif import PHASES, WhatifRun
+
+# Record fields with one entry per GPU or per physical expert slot (the placement's phy2log and shares are
+# [L, P] each), and the simulated step's rows per MoE layer (14 numbers x 58 layers for DeepSeek-V3): written
+# only on request, the totals always (benchmarks/bench_whatif.py prints the size). The cache and
+# WhatifRun.records always keep them.
+DETAIL_FIELDS = ("gpu_load", "gpu_load_max", "placement")
+DETAIL_STEP_FIELDS = ("layers",)  # of a record's "simulate" (StepResult.to_dict())
+
+
+def _without_detail(record: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in record.items() if k not in DETAIL_FIELDS}
+    if isinstance(out.get("simulate"), dict):
+        out["simulate"] = {k: v for k, v in out["simulate"].items() if k not in DETAIL_STEP_FIELDS}
+    return out
 
 SETTING_COLUMNS = (
     "model", "cluster", "trace", "tokens_per_gpu", "placement", "redundant_experts", "capacity_factor",
@@ -60,9 +80,11 @@ def flat_row(run: WhatifRun, rec: dict) -> dict[str, Any]:
     return row
 
 
-def results_document(run: WhatifRun) -> dict[str, Any]:
-    """The JSON document: what was asked, which scenario is the baseline and the best, every record."""
+def results_document(run: WhatifRun, detail: bool = False) -> dict[str, Any]:
+    """The JSON document: what was asked, which scenario is the baseline and the best, every record
+    (without ``DETAIL_FIELDS`` and the step's ``DETAIL_STEP_FIELDS`` unless ``detail``)."""
     sf = run.scenario_file
+    records = run.records if detail else [_without_detail(r) for r in run.records]
     return {
         "title": sf.title,
         "scenario_file": sf.path,
@@ -71,7 +93,8 @@ def results_document(run: WhatifRun) -> dict[str, Any]:
         "baseline": run.baseline["name"],
         "best": run.best["name"],
         "best_gain_vs_baseline": run.gain(),
-        "scenarios": run.records,
+        "detail": detail,
+        "scenarios": records,
     }
 
 
@@ -84,13 +107,32 @@ def _fig_png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def make_plots(run: WhatifRun) -> list[tuple[str, str, str, bytes]]:
-    """(file stem, title, caption, PNG bytes) for every plot that applies to this sweep."""
+def _render(plot: str, args: tuple) -> bytes:
+    """PNG bytes of ``moesim.plots.<plot>(*args)`` (run in a plot worker, or here without one)."""
     from moesim import plots
 
+    return _fig_png(getattr(plots, plot)(*args))
+
+
+# what a plot never reads: left out of what goes to a plot worker (the simulator's per-layer detail and the
+# placement are 95% of a record's pickle)
+_NOT_PLOTTED = ("simulate", "placement")
+
+
+def _slim(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k not in _NOT_PLOTTED}
+
+
+def plot_jobs(run: WhatifRun) -> list[tuple[str, str, str, str, tuple]]:
+    """(file stem, title, caption, ``moesim.plots`` function, its arguments) for every plot that applies."""
+    from moesim import plots  # no matplotlib: plots imports it where it draws
+
     sf = run.scenario_file
-    ok = run.feasible
-    shown, cut = plots.shown_records(ok, ok.index(run.baseline), sf.minimize, sf.objective)
+    feasible = run.feasible
+    ok = [_slim(r) for r in feasible]
+    base_i = next(i for i, r in enumerate(feasible) if r is run.baseline)
+    base, best = ok[base_i], ok[next(i for i, r in enumerate(feasible) if r is run.best)]
+    shown, cut = plots.shown_records(ok, base_i, sf.minimize, sf.objective)
     cut_note = (f" Showing the {len(shown)} best of {len(ok)} scenarios (and the baseline); "
                 "results.csv has them all." if cut else "")
     latency_caption = (
@@ -105,20 +147,78 @@ def make_plots(run: WhatifRun) -> list[tuple[str, str, str, bytes]]:
         "layers."
     )
     out = [
-        ("latency", "Step latency by phase", latency_caption, _fig_png(plots.plot_latency(shown))),
-        ("gpu_load", "Per-GPU load: baseline and best", load_caption,
-         _fig_png(plots.plot_gpu_load(run.baseline, run.best))),
+        ("latency", "Step latency by phase", latency_caption, "plot_latency", (shown,)),
+        ("gpu_load", "Per-GPU load: baseline and best", load_caption, "plot_gpu_load", (base, best)),
     ]
     if plots.has_capacity_sweep(ok):
         caption = ("Each point is a capacity factor; a lower capacity drops more assignments and shortens the "
                    "slowest expert. The star is the dropless run. Dropped assignments cost model quality, which "
                    "moesim does not model: read a latency gain together with its drop rate.")
-        out.append(("capacity", "Latency vs dropped tokens", caption, _fig_png(plots.plot_capacity(ok))))
+        out.append(("capacity", "Latency vs dropped tokens", caption, "plot_capacity", (ok,)))
     if any(r["traffic_bytes"] for r in shown):
         caption = ("Bytes moved by dispatch and combine per step, by the class of link they cross."
                    + cut_note)
-        out.append(("traffic", "Traffic by link class", caption, _fig_png(plots.plot_traffic(shown))))
+        out.append(("traffic", "Traffic by link class", caption, "plot_traffic", (shown,)))
     return out
+
+
+# Drawing time per figure, benchmark sweep (2 cores): latency 0.5 s, traffic and capacity 0.37, gpu_load 0.23.
+# Submitted heaviest first so two workers finish together (0.75 s each instead of 0.8 and 0.6).
+_DRAW_ORDER = ("plot_latency", "plot_traffic", "plot_capacity", "plot_gpu_load")
+MAX_PLOT_WORKERS = 4  # a report has at most four figures
+
+
+def _import_matplotlib() -> None:
+    from moesim.plots import _plt
+
+    _plt()
+
+
+def start_plot_pool(workers: int) -> Any:
+    """A fork pool of ``min(workers, MAX_PLOT_WORKERS)`` plot workers, already importing matplotlib, for
+    ``write_report(pool=...)``; None for one worker or without fork (the figures are then drawn in-process).
+
+    Start it before a sweep: its import (0.25 s per worker) then overlaps the sweep's serial trace drawing,
+    when a core is idle. The caller shuts it down.
+    """
+    import multiprocessing as mp
+
+    n = min(workers, MAX_PLOT_WORKERS)
+    if n <= 1 or "fork" not in mp.get_all_start_methods():
+        return None
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("fork"), initializer=_import_matplotlib)
+    pool.submit(int)  # a fork pool starts all its workers at the first submit
+    return pool
+
+
+def _draw_all(jobs: list[tuple[str, str, str, str, tuple]], pool: Any) -> list[Any]:
+    """One future per job (in the pool, heaviest first), or None without a pool."""
+    if pool is None:
+        return [None] * len(jobs)
+    order = sorted(range(len(jobs)), key=lambda i: _DRAW_ORDER.index(jobs[i][3]) if jobs[i][3] in _DRAW_ORDER
+                   else len(_DRAW_ORDER))
+    futures: list[Any] = [None] * len(jobs)
+    for i in order:
+        futures[i] = pool.submit(_render, jobs[i][3], jobs[i][4])
+    return futures
+
+
+def _collect(jobs: list[tuple[str, str, str, str, tuple]], futures: list[Any]) -> list[tuple[str, str, str, bytes]]:
+    return [(stem, title, caption, _render(plot, args) if f is None else f.result())
+            for (stem, title, caption, plot, args), f in zip(jobs, futures)]
+
+
+def make_plots(run: WhatifRun, workers: int = 1) -> list[tuple[str, str, str, bytes]]:
+    """(file stem, title, caption, PNG bytes) for every plot that applies to this sweep."""
+    jobs = plot_jobs(run)
+    pool = start_plot_pool(min(workers, len(jobs)))
+    try:
+        return _collect(jobs, _draw_all(jobs, pool))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
 def time_unit(run: WhatifRun) -> tuple[str, float]:
@@ -307,7 +407,8 @@ def render_html(run: WhatifRun, plot_list: list[tuple[str, str, str, bytes]], sc
     from moesim import __version__
 
     parts.append(f"<p class='fixed'>moesim {esc(__version__)} · <code>moesim whatif {esc(sf.path)}</code> · "
-                 "every number is in results.json, with the simulator's per-layer detail.</p>")
+                 "every number is in results.json (with --detail, each step's per-layer rows and per-GPU arrays "
+                 "too).</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -341,8 +442,15 @@ def render_markdown(run: WhatifRun, plot_list: list[tuple[str, str, str, bytes]]
     return "\n".join(out)
 
 
-def write_report(run: WhatifRun, out_dir: str | Path, scenario_text: str | None = None) -> dict[str, Path]:
-    """Write report.html, report.md, results.csv, results.json and plots/*.png into ``out_dir``."""
+def write_report(run: WhatifRun, out_dir: str | Path, scenario_text: str | None = None, *, detail: bool = False,
+                 workers: int = 1, pool: Any = None) -> dict[str, Path]:
+    """Write report.html, report.md, results.csv, results.json and plots/*.png into ``out_dir``.
+
+    ``detail``: results.json keeps ``DETAIL_FIELDS`` (per-GPU load, the placement's arrays) and each step's
+    per-layer rows. ``workers``:
+    plot worker processes (see the module docstring), or ``pool`` from ``start_plot_pool`` (left running); the
+    files are the same either way.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if scenario_text is None:
@@ -350,12 +458,30 @@ def write_report(run: WhatifRun, out_dir: str | Path, scenario_text: str | None 
             scenario_text = Path(run.scenario_file.path).read_text()
         except OSError:
             scenario_text = ""
-    plot_list = make_plots(run)
-    paths: dict[str, Path] = {}
+    jobs = plot_jobs(run)
+    paths: dict[str, Path] = {f"plot:{stem}": out / "plots" / f"{stem}.png" for stem, *_ in jobs}
+    own = pool is None
+    if own:
+        pool = start_plot_pool(min(workers, len(jobs)))
+    try:
+        # the figures draw in the pool while this process writes the tables (1.5 s of drawing vs 0.05 s)
+        futures = _draw_all(jobs, pool)
+        _write_tables(run, out, paths, detail)
+        plot_list = _collect(jobs, futures)
+    finally:
+        if own and pool is not None:
+            pool.shutdown(cancel_futures=True)
     for stem, _, _, png in plot_list:
-        paths[f"plot:{stem}"] = out / "plots" / f"{stem}.png"
         atomic_write_bytes(paths[f"plot:{stem}"], png)
+    paths["md"] = out / "report.md"
+    atomic_write_text(paths["md"], render_markdown(run, plot_list))
+    paths["html"] = out / "report.html"
+    atomic_write_text(paths["html"], render_html(run, plot_list, scenario_text))
+    return paths
 
+
+def _write_tables(run: WhatifRun, out: Path, paths: dict[str, Path], detail: bool) -> None:
+    """results.csv and results.json (compact: the indent made the benchmark's file 2.2x larger)."""
     buf = io.StringIO()
     rows = [flat_row(run, r) for r in run.records]
     fieldnames = list(rows[0])
@@ -373,9 +499,5 @@ def write_report(run: WhatifRun, out_dir: str | Path, scenario_text: str | None 
     atomic_write_text(paths["csv"], buf.getvalue())
 
     paths["json"] = out / "results.json"
-    atomic_write_text(paths["json"], json.dumps(results_document(run), indent=1, sort_keys=False) + "\n")
-    paths["md"] = out / "report.md"
-    atomic_write_text(paths["md"], render_markdown(run, plot_list))
-    paths["html"] = out / "report.html"
-    atomic_write_text(paths["html"], render_html(run, plot_list, scenario_text))
-    return paths
+    doc = results_document(run, detail=detail)
+    atomic_write_text(paths["json"], json.dumps(doc, separators=(",", ":")) + "\n")

@@ -27,7 +27,8 @@ Everything is vectorised over layers and GPUs: no Python loop over tokens, layer
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -289,10 +290,17 @@ def _simulate_arrays(
     options: SimOptions,
     calibration: Any | None,
     rank_weights: np.ndarray | None = None,
+    capacity_factors: Sequence[float | None] | None = None,
+    drop_policies: Sequence[str] | None = None,
 ) -> _Arrays:
     """The vectorised core over L layers (see the module docstring). ``rank_weights [L, G, P]``: each source
     rank's split of an expert's tokens over its replicas (an engine rule, ``moesim.engine_dispatch``); None when
-    every rank splits by ``shares``."""
+    every rank splits by ``shares``. ``capacity_factors [L]`` / ``drop_policies [L]``: each layer's own capacity
+    (None: ``options.capacity_factor`` / ``options.drop_policy`` for every layer).
+
+    Every step works row by row (element-wise, or reduced within a layer's own row), so a layer's result does
+    not depend on which other layers share the call: :func:`simulate_layers` relies on that.
+    """
     gpu = cluster.gpu
     links = link_classes(cluster)  # cached per cluster
     num_gpus = links.num_gpus
@@ -311,24 +319,21 @@ def _simulate_arrays(
     p = counts / total  # [L, E]
     assignments = tokens * num_gpus * top_k
 
-    # capacity: Megatron applies it per source rank on its T tokens; with every source sharing the
-    # distribution that is the global count against G * capacity(T)
-    if options.capacity_factor is not None:
-        cap = num_gpus * capacity_per_expert(options.tokens_per_gpu, top_k, num_experts, options.capacity_factor)
-        slot_gpu_l = np.broadcast_to(np.arange(phy2log.shape[1]) // slots_per_gpu, phy2log.shape)
-        # primary GPU of each expert: the GPU of its first slot (slots are numbered GPU by GPU)
-        expert_gpu = np.full((num_layers, num_experts), np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(expert_gpu, (np.broadcast_to(layer_idx, phy2log.shape), phy2log), slot_gpu_l)
-        kept, dropped, rerouted = apply_capacity_counts_batched(
-            np.rint(p * assignments), cap, options.drop_policy, expert_gpu
-        )
-        p_kept = kept / assignments
-        dropped_frac = dropped / assignments
-        rerouted_frac = rerouted / assignments
-    else:
-        p_kept = p
-        dropped_frac = np.zeros(num_layers)
-        rerouted_frac = np.zeros(num_layers)
+    if capacity_factors is None:
+        capacity_factors = [options.capacity_factor] * num_layers
+    if drop_policies is None:
+        drop_policies = [options.drop_policy] * num_layers
+    p_kept, dropped_frac, rerouted_frac = _capacity_rows(
+        p,
+        assignments,
+        phy2log,
+        slots_per_gpu,
+        num_gpus,
+        options.tokens_per_gpu,
+        top_k,
+        capacity_factors,
+        drop_policies,
+    )
 
     # slots
     slot_mass = p_kept[layer_idx, phy2log] * shares  # [L, P] fraction of assignments per slot
@@ -471,6 +476,52 @@ def _simulate_arrays(
         nvlink_bytes=nvlink_bytes,
         network_bytes=network_bytes,
     )
+
+
+def _capacity_rows(
+    p: np.ndarray,
+    assignments: float,
+    phy2log: np.ndarray,
+    slots_per_gpu: int,
+    num_gpus: int,
+    tokens_per_gpu: int,
+    top_k: int,
+    capacity_factors: Sequence[float | None],
+    drop_policies: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each layer's capacity: ``(p_kept [L, E], dropped [L], rerouted [L])``, the distribution the experts
+    process and the shares of the ``A = T*G*k`` assignments dropped and rerouted.
+
+    Row l is capped at ``G * capacity_per_expert(T, k, E, capacity_factors[l])`` assignments per expert under
+    ``drop_policies[l]`` (``moesim.capacity``), applied to ``rint(p_l * A)``; ``capacity_factors[l]`` None
+    leaves the row dropless (``p_kept = p``). Megatron applies capacity per source rank on its T tokens; with
+    every source sharing the distribution that is the global count against ``G * capacity(T)``.
+    """
+    num_layers, num_experts = p.shape
+    capped = [i for i, f in enumerate(capacity_factors) if f is not None]
+    if not capped:
+        return p, np.zeros(num_layers), np.zeros(num_layers)
+    layer_idx = np.arange(num_layers)[:, None]
+    slot_gpu_l = np.broadcast_to(np.arange(phy2log.shape[1]) // slots_per_gpu, phy2log.shape)
+    # primary GPU of each expert: the GPU of its first slot (slots are numbered GPU by GPU)
+    expert_gpu = np.full((num_layers, num_experts), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(expert_gpu, (np.broadcast_to(layer_idx, phy2log.shape), phy2log), slot_gpu_l)
+    p_kept = p.copy() if len(capped) < num_layers else np.empty_like(p)
+    dropped = np.zeros(num_layers)
+    rerouted = np.zeros(num_layers)
+    caps: dict[float, int] = {}  # capacity_per_expert works in exact fractions: once per distinct factor
+    for f in (capacity_factors[i] for i in capped):
+        if f not in caps:
+            caps[f] = num_gpus * capacity_per_expert(tokens_per_gpu, top_k, num_experts, f)
+    # layers sharing a policy are capped in one batched call (apply_capacity_counts_batched is row-wise)
+    for policy in dict.fromkeys(drop_policies[i] for i in capped):
+        rows = [i for i in capped if drop_policies[i] == policy]
+        cap = np.array([caps[capacity_factors[i]] for i in rows], dtype=np.int64)
+        kept, drop, rer = apply_capacity_counts_batched(np.rint(p[rows] * assignments), cap, policy, expert_gpu[rows])
+        p_kept[rows] = kept / assignments
+        dropped[rows] = drop / assignments
+        rerouted[rows] = rer / assignments
+    return p_kept, dropped, rerouted
 
 
 def _layer_results(arrays: _Arrays, layer_ids: list[int]) -> list[LayerResult]:
@@ -680,6 +731,80 @@ def simulate_layer(
     return _layer_results(arrays, [layer])[0]
 
 
+def simulate_layers(
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    layer_counts: np.ndarray,
+    placement_rows: tuple[np.ndarray, np.ndarray],
+    options: SimOptions = SimOptions(),
+    capacity_factors: Sequence[float | None] | None = None,
+    drop_policies: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    calibration: Any | None = None,
+) -> list[LayerResult]:
+    """Many MoE layers in one vectorised call, each with its own capacity: :func:`simulate_layer` per row.
+
+    Args:
+        layer_counts: ``[L, E]`` per-expert counts, one row per layer.
+        placement_rows: ``(phy2log [L, P], shares [L, P])``, ``P`` a multiple of the cluster's GPU count.
+        capacity_factors: ``[L]`` each row's ``capacity_factor`` (None entries: dropless); None: every row
+            ``options.capacity_factor``.
+        drop_policies: ``[L]`` each row's ``drop_policy``; None: every row ``options.drop_policy``.
+        layers: ``[L]`` labels of the results (default ``0..L-1``).
+
+    Result i equals, bit for bit, ``simulate_layer(model, cluster, layer_counts[i], (phy2log[i], shares[i]),
+    replace(options, capacity_factor=capacity_factors[i], drop_policy=drop_policies[i]), layers[i])``: the core
+    works row by row, so one call over L rows costs about what one row did instead of L times that. No memory
+    check (as :func:`simulate_layer`).
+    """
+    options.validate()
+    num_gpus = int(cluster.num_gpus)
+    phy, sh = np.asarray(placement_rows[0]), np.asarray(placement_rows[1], dtype=np.float64)
+    if phy.ndim != 2 or phy.shape[1] % num_gpus or sh.shape != phy.shape:
+        raise PlacementError(
+            f"placement: phy2log: shape {phy.shape} (shares {sh.shape}) is not [layers, slots] with the slots "
+            f"dividing over {num_gpus} GPUs"
+        )
+    counts = np.asarray(layer_counts, dtype=np.float64)
+    num_layers = phy.shape[0]
+    if counts.shape != (num_layers, model.num_experts) or np.any(counts.sum(axis=1) <= 0):
+        raise TraceError(
+            f"trace: counts: need [{num_layers}, {model.num_experts}] non-negative counts with a positive sum per "
+            f"layer, got shape {counts.shape}"
+        )
+    factors = [options.capacity_factor] * num_layers if capacity_factors is None else list(capacity_factors)
+    policies = [options.drop_policy] * num_layers if drop_policies is None else list(drop_policies)
+    labels = list(range(num_layers)) if layers is None else [int(x) for x in layers]
+    if not len(factors) == len(policies) == len(labels) == num_layers:
+        raise SpecError(
+            f"simulate_layers: {num_layers} layers but {len(factors)} capacity factors, {len(policies)} drop "
+            f"policies and {len(labels)} labels"
+        )
+    for factor, policy in dict.fromkeys(zip(factors, policies, strict=True)):
+        replace(options, capacity_factor=factor, drop_policy=policy).validate()  # each row's options
+    pl = Placement(
+        num_gpus=num_gpus,
+        slots_per_gpu=phy.shape[1] // num_gpus,
+        num_experts=model.num_experts,
+        phy2log=phy.astype(np.int64),
+        shares=sh,
+    )
+    check_placement(pl, model, num_gpus)
+    arrays = _simulate_arrays(
+        model,
+        cluster,
+        counts,
+        pl.phy2log,
+        pl.shares,
+        pl.slots_per_gpu,
+        options,
+        calibration,
+        capacity_factors=factors,
+        drop_policies=policies,
+    )
+    return _layer_results(arrays, labels)
+
+
 def step_from_layers(
     model: ModelSpec,
     cluster: ClusterSpec,
@@ -699,5 +824,6 @@ __all__ = [
     "default_placement",
     "simulate",
     "simulate_layer",
+    "simulate_layers",
     "step_from_layers",
 ]

@@ -291,7 +291,8 @@ def _resolve(kind: str, name_or_path: str | Path, base: Path | None = None) -> P
 def _read_yaml(path: Path) -> dict[str, Any]:
     from moesim.fileio import read_yaml
 
-    return read_yaml(path)  # type: ignore[return-value]  # mapping=True checks the top level
+    shipped = Path(path).resolve().is_relative_to(profiles_dir().resolve())
+    return read_yaml(path, shipped=shipped)  # type: ignore[return-value]  # mapping=True checks the top level
 
 
 # --------------------------------------------------------------------------------------------- field checks

@@ -44,8 +44,9 @@ Cheap summary for the simulator's hot path (no graph walks per call)::
         .leaf_downlink_gb_s    per leaf switch, sum of its NIC links
 
 These are the only capacities the cost model uses: ``moesim.dispatch.link_classes`` builds its per-class view
-from this summary (it adds the spec's latencies and efficiency curves), so the graph is the single source of
-truth for link capacities. The summary is cached per cluster (building the graph of 1024 GPUs takes ~20 ms).
+from this summary (it adds the spec's latencies and efficiency curves). The graph and the summary are both
+read off one list of links (``cluster_links``), the single source of truth for link capacities; the summary
+needs no graph, so the simulator never imports networkx. It is cached per cluster.
 A leaf's uplink carries only traffic that changes rail (``route="spine"``): rail-aligned traffic (DeepEP's
 same-local-rank RDMA, ``route="rail"``) never reaches the spine, whatever the oversubscription.
 """
@@ -58,12 +59,13 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from moesim.errors import SpecError
 
 if TYPE_CHECKING:
+    import networkx as nx
+
     from moesim.specs import ClusterSpec
 
 __all__ = ["PCIE_GEN5_X16_GB_S", "LinkClassCapacities", "Topology", "build_topology", "link_classes"]
@@ -131,9 +133,7 @@ class Topology:
                 return [*hops, ("gpu", dst)]
             return [*hops, ("gpu", via), *self._intra(nd, via - nd * gpn, ld), ("gpu", dst)]
         nic_d = ld // gpus_per_nic
-        leaves: list[Node] = (
-            [("leaf", nic_s)] if nic_s == nic_d else [("leaf", nic_s), ("spine",), ("leaf", nic_d)]
-        )
+        leaves: list[Node] = [("leaf", nic_s)] if nic_s == nic_d else [("leaf", nic_s), ("spine",), ("leaf", nic_d)]
         return [("gpu", src), ("nic", ns, nic_s), *leaves, ("nic", nd, nic_d), ("gpu", dst)]
 
     def _intra(self, node: int, a: int, b: int) -> list[Node]:
@@ -166,8 +166,7 @@ class Topology:
         t = np.asarray(traffic_bytes, dtype=np.float64)
         if t.shape != (self.num_gpus, self.num_gpus):
             raise SpecError(
-                f"{self.cluster.slug}: traffic: expected shape ({self.num_gpus}, {self.num_gpus}) "
-                f"[G, G], got {t.shape}"
+                f"{self.cluster.slug}: traffic: expected shape ({self.num_gpus}, {self.num_gpus}) [G, G], got {t.shape}"
             )
         if (t < 0).any():
             raise SpecError(f"{self.cluster.slug}: traffic: bytes must be >= 0")
@@ -211,52 +210,31 @@ class Topology:
         return edge, times[edge]
 
 
-def _add_link(
-    g: nx.DiGraph, a: Node, b: Node, capacity_gb_s: float, latency_ns: float, kind: str, level: int
-) -> None:
-    """A full-duplex link: two directed edges of the same per-direction capacity."""
-    for u, v in ((a, b), (b, a)):
-        g.add_edge(
-            u, v, capacity_gb_s=float(capacity_gb_s), latency_ns=float(latency_ns), kind=kind, level=level
-        )
+# one full-duplex link: its two ends, per-direction capacity (GB/s), latency (ns), kind and efficiency level
+Link = tuple[Node, Node, float, float, str, int]
 
 
-def build_topology(cluster: ClusterSpec, route: str = "rail") -> Topology:
-    """Turn a cluster spec into a :class:`Topology` (see the module docstring for nodes, edges and routes)."""
-    if route not in ("rail", "spine"):
-        raise SpecError(f"{cluster.slug}: route: must be rail or spine, got {route!r}")
-    g = nx.DiGraph(name=cluster.slug)
+def cluster_links(cluster: ClusterSpec) -> list[Link]:
+    """Every physical link of the cluster (module docstring): the one description the graph and the
+    per-class summary are both built from, so the summary needs no graph (and no networkx import)."""
+    links: list[Link] = []
+
+    def add(a: Node, b: Node, capacity_gb_s: float, latency_ns: float, kind: str, level: int) -> None:
+        links.append((a, b, float(capacity_gb_s), float(latency_ns), kind, level))
+
     intra = cluster.levels[0]
     gpn, nodes = cluster.gpus_per_node, cluster.num_nodes
     for n in range(nodes):
-        for i in range(gpn):
-            g.add_node(("gpu", n * gpn + i), node=n, local=i)
         if intra.kind == "pcie" and cluster.pcie is not None:
             per = cluster.pcie.gpus_per_switch
             for s in range(gpn // per):
                 sw = ("pcie_switch", n, s)
-                _add_link(
-                    g,
-                    sw,
-                    ("host", n),
-                    cluster.pcie.switch_uplink_gb_s,
-                    intra.latency_ns / 2,
-                    "pcie_uplink",
-                    0,
-                )
+                add(sw, ("host", n), cluster.pcie.switch_uplink_gb_s, intra.latency_ns / 2, "pcie_uplink", 0)
                 for i in range(s * per, (s + 1) * per):
-                    _add_link(g, ("gpu", n * gpn + i), sw, intra.bw_gb_s, intra.latency_ns / 2, "pcie", 0)
+                    add(("gpu", n * gpn + i), sw, intra.bw_gb_s, intra.latency_ns / 2, "pcie", 0)
         else:
             for i in range(gpn):
-                _add_link(
-                    g,
-                    ("gpu", n * gpn + i),
-                    ("nvswitch", n),
-                    intra.bw_gb_s,
-                    intra.latency_ns / 2,
-                    intra.kind,
-                    0,
-                )
+                add(("gpu", n * gpn + i), ("nvswitch", n), intra.bw_gb_s, intra.latency_ns / 2, intra.kind, 0)
     if nodes > 1 and cluster.nic is not None:
         inter = cluster.levels[1]
         nic = cluster.nic
@@ -265,23 +243,39 @@ def build_topology(cluster: ClusterSpec, route: str = "rail") -> Topology:
             for j in range(nic.nics_per_node):
                 nic_node = ("nic", n, j)
                 for i in range(j * nic.gpus_per_nic, (j + 1) * nic.gpus_per_nic):
-                    _add_link(g, ("gpu", n * gpn + i), nic_node, PCIE_GEN5_X16_GB_S, NIC_HOP_NS, "nic", 1)
-                _add_link(g, nic_node, ("leaf", j), nic.bw_gb_s, inter.latency_ns / 2, inter.kind, 1)
+                    add(("gpu", n * gpn + i), nic_node, PCIE_GEN5_X16_GB_S, NIC_HOP_NS, "nic", 1)
+                add(nic_node, ("leaf", j), nic.bw_gb_s, inter.latency_ns / 2, inter.kind, 1)
         for j in range(nic.nics_per_node):
-            _add_link(g, ("leaf", j), ("spine",), nodes * nic.bw_gb_s / over, SPINE_HOP_NS, "uplink", 1)
+            add(("leaf", j), ("spine",), nodes * nic.bw_gb_s / over, SPINE_HOP_NS, "uplink", 1)
+    return links
+
+
+def build_topology(cluster: ClusterSpec, route: str = "rail") -> Topology:
+    """Turn a cluster spec into a :class:`Topology` (see the module docstring for nodes, edges and routes)."""
+    import networkx as nx  # only path and bottleneck queries need the graph (0.1-0.5 s to import)
+
+    if route not in ("rail", "spine"):
+        raise SpecError(f"{cluster.slug}: route: must be rail or spine, got {route!r}")
+    g = nx.DiGraph(name=cluster.slug)
+    gpn = cluster.gpus_per_node
+    for n in range(cluster.num_nodes):
+        for i in range(gpn):
+            g.add_node(("gpu", n * gpn + i), node=n, local=i)
+    for a, b, capacity, latency, kind, level in cluster_links(cluster):
+        for u, v in ((a, b), (b, a)):  # full duplex: two directed edges of the same per-direction capacity
+            g.add_edge(u, v, capacity_gb_s=capacity, latency_ns=latency, kind=kind, level=level)
     return Topology(cluster, g, route)
 
 
 @functools.lru_cache(maxsize=64)
 def link_classes(cluster: ClusterSpec) -> LinkClassCapacities:
-    """Per-class capacities read off the built graph once per cluster (cached; for vectorised cost models)."""
-    topo = build_topology(cluster)
-    g = topo.graph
+    """Per-class capacities read off the cluster's links once per cluster (cached; for vectorised cost models)."""
+    capacity = {(a, b): c for a, b, c, *_ in cluster_links(cluster)}
     gpn, nodes = cluster.gpus_per_node, cluster.num_nodes
     gpu0 = ("gpu", 0)
 
     def cap(u: Node, v: Node) -> float:
-        return float(g.edges[u, v]["capacity_gb_s"]) if g.has_edge(u, v) else 0.0
+        return capacity.get((u, v), capacity.get((v, u), 0.0))
 
     is_pcie = cluster.levels[0].kind == "pcie" and cluster.pcie is not None
     per_switch = cluster.pcie.gpus_per_switch if is_pcie and cluster.pcie is not None else 0

@@ -58,11 +58,11 @@ def counts_from_topk(topk_ids: np.ndarray, num_experts: int) -> np.ndarray:
     ``counts[l, e] = #{(t, r) : topk_ids[t, l, r] == e}``.
     """
     ids = np.asarray(topk_ids)
-    T, L, k = ids.shape
-    # offset each layer into its own block of E bins, then one bincount over everything
-    layer_off = (np.arange(L, dtype=np.int64) * num_experts)[:, None]
-    flat = ids.transpose(1, 0, 2).reshape(L, T * k).astype(np.int64) + layer_off
-    return np.bincount(flat.ravel(), minlength=L * num_experts).reshape(L, num_experts).astype(np.int64)
+    _T, L, _k = ids.shape
+    out = np.empty((L, num_experts), dtype=np.int64)
+    for l in range(L):  # one layer at a time: no int64 copy of all the ids (T * L * k * 8 bytes)
+        out[l] = np.bincount(ids[:, l, :].ravel(), minlength=num_experts)
+    return out
 
 
 def transitions_from_topk(topk_ids: np.ndarray, num_experts: int) -> np.ndarray:
@@ -72,15 +72,14 @@ def transitions_from_topk(topk_ids: np.ndarray, num_experts: int) -> np.ndarray:
     ``trans[l, i, j] = #{(t, r) : topk_ids[t, l, r] == i and topk_ids[t, l+1, r] == j}``.
     Row sums equal ``counts[l]``, column sums ``counts[l+1]``.
     """
-    ids = np.asarray(topk_ids).astype(np.int64)
+    ids = np.asarray(topk_ids)
     _T, L, _k = ids.shape
     E = num_experts
-    if L < 2:
-        return np.zeros((0, E, E), dtype=np.int64)
-    src = ids[:, :-1, :]  # [T, L-1, k]
-    dst = ids[:, 1:, :]
-    key = (np.arange(L - 1, dtype=np.int64)[None, :, None] * E + src) * E + dst
-    return np.bincount(key.ravel(), minlength=(L - 1) * E * E).reshape(L - 1, E, E).astype(np.int64)
+    out = np.empty((max(L - 1, 0), E, E), dtype=np.int64)
+    for l in range(L - 1):  # one layer pair at a time: [T, k] keys, not [T, L-1, k]
+        key = ids[:, l, :].astype(np.int64) * E + ids[:, l + 1, :]
+        out[l] = np.bincount(key.ravel(), minlength=E * E).reshape(E, E)
+    return out
 
 
 def top_successor_share(transitions: np.ndarray, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -404,12 +403,12 @@ def load_trace(
 
 def synthetic_trace(model: ModelSpec, num_tokens: int, skew: str = "zipf", alpha: float = 1.2,
                     affinity: float = 0.0, seed: int = 0, layers: Sequence[int] | None = None,
-                    with_topk_ids: bool = True) -> RoutingTrace:
+                    with_topk_ids: bool = True, with_transitions: bool = True) -> RoutingTrace:
     """Seeded synthetic trace for ``model``; see :func:`moesim.synthetic.synthetic_trace`."""
     from moesim import synthetic
 
     return synthetic.synthetic_trace(model, num_tokens, skew=skew, alpha=alpha, affinity=affinity, seed=seed,
-                                     layers=layers, with_topk_ids=with_topk_ids)
+                                     layers=layers, with_topk_ids=with_topk_ids, with_transitions=with_transitions)
 
 
 def parse_synthetic(spec: str) -> dict[str, Any]:

@@ -96,6 +96,14 @@ def _spec_fingerprint(spec: Any) -> Any:
     return json.loads(json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str))
 
 
+@lru_cache(maxsize=64)
+def _specs_fingerprint(model_name: str, cluster_name: str) -> tuple[Any, Any]:
+    """The model's and the cluster's fingerprints, by name as ``_load_specs`` loads them (0.3 ms each, paid
+    once per pair instead of once per scenario). Read-only: ``cache_key`` only serialises them."""
+    model, cluster = _load_specs(model_name, cluster_name)
+    return _spec_fingerprint(model), _spec_fingerprint(cluster)
+
+
 def scenario_calibration(scenario: Scenario, cluster: Any) -> Any:
     """The calibration a scenario runs with (``auto``: the cluster GPU's shipped one, if any)."""
     from moesim.calibration import resolve_calibration
@@ -105,10 +113,9 @@ def scenario_calibration(scenario: Scenario, cluster: Any) -> Any:
 
 def cache_key(scenario: Scenario) -> str:
     """SHA-256 of everything that determines the scenario's record (see module docstring)."""
-    model, cluster = _load_specs(scenario.model, scenario.cluster)
     settings = scenario.settings()
-    settings["model"] = _spec_fingerprint(model)
-    settings["cluster"] = _spec_fingerprint(cluster)
+    settings["model"], settings["cluster"] = _specs_fingerprint(scenario.model, scenario.cluster)
+    cluster = _load_cluster(scenario.cluster)
     cal = scenario_calibration(scenario, cluster)  # by contents: a refitted calibration is a new result
     settings["calibration"] = None if cal is None else calibration_to_dict(cal)
     if not scenario.is_synthetic:
@@ -216,6 +223,7 @@ def _make_synthetic(key: tuple) -> Any:
     if affinity:
         params.setdefault("affinity", affinity)
     params["with_topk_ids"] = False  # the simulator's hot path works on per-expert counts
+    params["with_transitions"] = False  # as `moesim simulate`: no placement here prices transitions
     if layers is not None:
         params["layers"] = layers
     return synthetic_trace(_load_model(model_name), num_tokens, **params)
@@ -262,6 +270,8 @@ def sim_options(scenario: Scenario) -> Any:
 
 # Placements solved in this process, keyed by what determines them: scenarios of a sweep that differ only in
 # capacity, overlap or dtypes share one EPLB/ILP solve. Bounded: a placement is at most L * P numbers.
+# A placement that fails (no replicas for a method without them, an ILP with no incumbent) is kept as its
+# error, so scenarios sharing it do not solve it again.
 _PLACEMENTS: dict[tuple, Any] = {}
 _PLACEMENTS_MAX = 32
 
@@ -270,7 +280,10 @@ def _placement_key(scenario: Scenario, num_gpus: int) -> tuple:
     trace_key = (scenario.trace, scenario.layers)
     if scenario.is_synthetic:
         trace_key += (synthetic_tokens(scenario, num_gpus), scenario.trace_seed, scenario.trace_affinity)
-    ilp = (scenario.ilp_time_limit_s, scenario.tokens_per_gpu) if scenario.placement == "ilp" else ()
+    # the MILP's plan also checks the slots against HBM in the scenario's weight dtype
+    ilp = ()
+    if scenario.placement == "ilp":
+        ilp = (scenario.ilp_time_limit_s, scenario.tokens_per_gpu, scenario.weight_dtype)
     return (scenario.placement, scenario.model, scenario.cluster, trace_key, scenario.redundant_experts, ilp)
 
 
@@ -280,8 +293,14 @@ def build_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) ->
     if key not in _PLACEMENTS:
         if len(_PLACEMENTS) >= _PLACEMENTS_MAX:
             _PLACEMENTS.pop(next(iter(_PLACEMENTS)))
-        _PLACEMENTS[key] = _solve_placement(scenario, model, cluster, trace)
-    return _PLACEMENTS[key]
+        try:
+            _PLACEMENTS[key] = _solve_placement(scenario, model, cluster, trace)
+        except MoesimError as exc:
+            _PLACEMENTS[key] = exc
+    found = _PLACEMENTS[key]
+    if isinstance(found, MoesimError):
+        raise found.with_traceback(None)  # the same type and message as the first time
+    return found
 
 
 def _solve_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -> Any:
@@ -303,6 +322,7 @@ def _ilp_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -> 
 
     Raises ``InfeasibleError`` when the solver finds no incumbent within ``ilp_time_limit_s``.
     """
+    from moesim.simulate import WEIGHT_DTYPES
     from tuner.plan import plan
 
     result = plan(
@@ -313,6 +333,7 @@ def _ilp_placement(scenario: Scenario, model: Any, cluster: Any, trace: Any) -> 
         time_limit_s=scenario.ilp_time_limit_s,
         tokens_per_gpu=scenario.tokens_per_gpu,
         trace_name="synthetic:" + scenario.synthetic_spec if scenario.is_synthetic else scenario.trace,
+        weight_bytes=WEIGHT_DTYPES[scenario.weight_dtype],
     )
     return result.best
 

@@ -159,6 +159,7 @@ def plan(
     calibration: Any | None = None,
     engine: str = "placement",
     dependency: str = "home",
+    weight_bytes: float = 2.0,
 ) -> PlanResult:
     """Run contiguous, round-robin, EPLB (hierarchical where it applies, and global) and the MILP; evaluate
     each (simulated with ``calibration``, a :class:`moesim.calibration.Calibration` or None) with the replica
@@ -176,7 +177,8 @@ def plan(
     G = int(cluster.num_gpus)
     E = int(model.num_experts)
     S = slots_per_gpu(E, redundant_experts, G, origin="plan")
-    check_slots_memory(S, model, cluster.gpu, origin="plan")  # before any work; the baselines' skips are not this
+    # before any work, in the deployed weights' bytes per parameter (bf16: 2; whatif passes its scenario's)
+    check_slots_memory(S, model, cluster.gpu, weight_bytes, origin="plan")
     counts, transitions = scaled_routing(trace, G, tokens_per_gpu)
     budget = Budget(
         time_limit_s=time_limit_s,

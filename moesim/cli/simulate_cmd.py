@@ -48,6 +48,7 @@ def load_inputs(
         params = dict(params)
         params.setdefault("seed", seed)
         params["with_topk_ids"] = False
+        params["with_transitions"] = False  # the simulator reads counts only
         routing = tr.synthetic_trace(model_spec, num_tokens, **params)
     return model_spec, cluster_spec, routing
 

@@ -32,6 +32,11 @@ def register(app: typer.Typer) -> None:
         no_cache: Annotated[bool, typer.Option("--no-cache",
                                                help="Recompute every scenario (and do not store).")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print one JSON summary document on stdout.")] = False,
+        detail: Annotated[bool, typer.Option("--detail", help=(
+            "Keep the detail in results.json: the per-GPU arrays (gpu_load, gpu_load_max and, for solved "
+            "placements, placement: phy2log and shares, to rerun with moesim simulate --placement) and each "
+            "step's per-layer rows (simulate.layers); without it the file leaves them out.")
+        )] = False,
     ) -> None:
         from rich.console import Console
         from rich.progress import (
@@ -44,7 +49,7 @@ def register(app: typer.Typer) -> None:
         )
 
         from moesim.errors import field_error
-        from moesim.report import flat_row, write_report
+        from moesim.report import flat_row, start_plot_pool, write_report
         from moesim.scenario import load_scenarios
         from moesim.whatif import run_whatif
 
@@ -60,26 +65,33 @@ def register(app: typer.Typer) -> None:
         if (out / "plots").exists() and not (out / "plots").is_dir():
             raise field_error(str(out / "plots"), "-o (plots)", "exists and is not a directory")
         sf = load_scenarios(scenarios)
-        err = Console(stderr=True)
-        hits = 0
-        with Progress(
-            TextColumn("[bold]whatif[/bold] {task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
-            disable=json_out and not err.is_terminal,
-        ) as progress:
-            task = progress.add_task(Path(sf.path).name, total=len(sf.scenarios))
-
-            def on_done(i: int, rec: dict, cached: bool) -> None:
-                nonlocal hits
-                hits += cached
-                progress.update(task, advance=1)
-
-            run = run_whatif(sf, workers=workers, use_cache=not no_cache, on_done=on_done)
         from moesim.fileio import OutputSet
 
-        with OutputSet() as outputs:  # the report's files appear together, or none of them
-            staged = outputs.staged(out)
-            paths = write_report(run, staged)
+        err = Console(stderr=True)
+        hits = 0
+        # started before the sweep: the plot workers import matplotlib (0.25 s) while the sweep draws its traces
+        plot_pool = start_plot_pool(workers)
+        try:
+            with Progress(
+                TextColumn("[bold]whatif[/bold] {task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
+                disable=json_out and not err.is_terminal,
+            ) as progress:
+                task = progress.add_task(Path(sf.path).name, total=len(sf.scenarios))
+
+                def on_done(i: int, rec: dict, cached: bool) -> None:
+                    nonlocal hits
+                    hits += cached
+                    progress.update(task, advance=1)
+
+                run = run_whatif(sf, workers=workers, use_cache=not no_cache, on_done=on_done)
+
+            with OutputSet() as outputs:  # the report's files appear together, or none of them
+                staged = outputs.staged(out)
+                paths = write_report(run, staged, detail=detail, pool=plot_pool)
+        finally:
+            if plot_pool is not None:
+                plot_pool.shutdown(cancel_futures=True)
         paths = {k: out / Path(v).relative_to(staged) for k, v in paths.items()}
 
         if json_out:

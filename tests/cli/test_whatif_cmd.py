@@ -86,3 +86,26 @@ def test_help_shows_an_example():
     res = CliRunner().invoke(app, ["whatif", "--help"])
     assert res.exit_code == 0
     assert "moesim whatif profiles/scenarios/" in res.stdout
+
+
+def test_detail_flag_keeps_the_per_gpu_arrays_and_layer_rows(sweep, tmp_path):
+    from moesim.report import DETAIL_FIELDS
+
+    plain, full = tmp_path / "plain", tmp_path / "full"
+    res = CliRunner().invoke(app, ["whatif", str(sweep), "-o", str(plain), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["whatif", str(sweep), "-o", str(full), "--workers", "2", "--detail"])
+    assert res.exit_code == 0, res.output
+    p, f = (json.loads((d / "results.json").read_text()) for d in (plain, full))
+    assert (p["detail"], f["detail"]) == (False, True)
+    assert all("gpu_load" in r and "gpu_load_max" in r for r in f["scenarios"])
+    assert not any(set(DETAIL_FIELDS) & set(r) for r in p["scenarios"])
+    assert all(r["simulate"]["layers"] for r in f["scenarios"])
+    assert not any("layers" in r["simulate"] for r in p["scenarios"])
+    strip = [{**{k: v for k, v in r.items() if k not in DETAIL_FIELDS},
+              "simulate": {k: v for k, v in r["simulate"].items() if k != "layers"}} for r in f["scenarios"]]
+    assert p["scenarios"] == strip  # the second run is served from the cache: the same numbers
+    assert len(list((plain / "plots").glob("*.png"))) >= 2
+    # --help documents the flag and every field it keeps
+    help_text = " ".join(CliRunner().invoke(app, ["whatif", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    assert "--detail" in help_text and all(field in help_text for field in (*DETAIL_FIELDS, "simulate.layers"))

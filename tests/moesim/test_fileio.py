@@ -108,3 +108,23 @@ def test_check_outputs(tmp_path) -> None:
         check_outputs({"-o": tmp_path / "x" / ".." / "t.npz"}, {"--trace": inp})  # the same file, spelled otherwise
     with pytest.raises(SpecError, match=r"q: --b: is also the output of --a"):
         check_outputs({"--a": tmp_path / "q", "--b": tmp_path / "q"})
+
+
+def test_shipped_profiles_parse_the_same_with_libyaml() -> None:
+    """``shipped=True`` (libyaml, for moesim's own profiles) gives the objects the pure-Python parser gives."""
+    from moesim.specs import profiles_dir
+
+    files = sorted(profiles_dir().rglob("*.yaml"))
+    assert len(files) > 20
+    for f in files:
+        assert read_yaml(f, mapping=False, shipped=True) == read_yaml(f, mapping=False), f
+
+
+def test_a_users_deep_yaml_spec_is_a_clean_error(tmp_path) -> None:
+    """A user's model file goes through the pure-Python parser (libyaml would crash the process on it): a
+    subprocess, so a crash would fail the test rather than the run."""
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 100000 + "]" * 100000)
+    code = f"from moesim.specs import load_model\nload_model({str(deep)!r})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "SpecError" in out.stderr and "deep.yaml" in out.stderr, out.stderr[-500:]

@@ -21,3 +21,27 @@ def test_moesim_never_imports_tuner_or_kernels_at_import_time() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"imported at import time: {out.stdout.strip()}"
+
+
+HEAVY = ("networkx", "matplotlib", "optuna", "pulp", "highspy", "scipy", "pandas", "torch", "triton")
+
+
+def test_simulate_command_imports_only_what_it_uses() -> None:
+    """`moesim simulate` (what a user waits for most often) loads none of the heavy optional layers: the
+    topology summary needs no graph, plots and solvers are imported where they are used (issue 17)."""
+    code = (
+        "import sys\n"
+        "from moesim.cli.main import main\n"
+        "sys.argv = ['moesim', 'simulate', '--model', 'deepseek-v3', '--cluster', 'h100-8x8-ib400',\n"
+        "            '--synthetic', 'zipf:1.2', '--tokens-per-gpu', '256', '--json']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))\n"
+        "print('HEAVY:' + ','.join(bad), file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    heavy = [line for line in out.stderr.splitlines() if line.startswith("HEAVY:")]
+    assert heavy == ["HEAVY:"], f"imported: {heavy}"

@@ -92,3 +92,63 @@ def test_many_scenarios_show_best_subset_in_bar_charts(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "Showing the 40 best of 61 scenarios" in html
     assert len(list(csv.DictReader((tmp_path / "results.csv").open()))) == 61
+
+
+def test_plot_workers_write_the_same_files(tmp_path):
+    """Figures drawn in two worker processes (without fork: in-process): the same bytes in every file as drawn
+    in-process."""
+    run = make_run()
+    serial = write_report(run, tmp_path / "serial", scenario_text="x\n")
+    pooled = write_report(run, tmp_path / "pooled", scenario_text="x\n", workers=2)
+    assert list(serial) == list(pooled)
+    for key, path in serial.items():
+        assert path.read_bytes() == pooled[key].read_bytes(), key
+
+
+def test_results_json_compact_and_detail_on_request(tmp_path):
+    from moesim.report import DETAIL_FIELDS
+
+    run = make_run()
+    run.records[1]["placement"] = {"num_gpus": 16, "phy2log": [list(range(16))], "shares": [[1.0] * 16]}
+    write_report(run, tmp_path / "plain")
+    write_report(run, tmp_path / "full", detail=True)
+    text = (tmp_path / "plain" / "results.json").read_text()
+    plain, full = json.loads(text), json.loads((tmp_path / "full" / "results.json").read_text())
+    assert text == json.dumps(plain, separators=(",", ":")) + "\n"  # compact: no indent, no spaces
+    assert (plain["detail"], full["detail"]) == (False, True)
+    assert full["scenarios"] == run.records
+    assert full["scenarios"][1]["placement"]["phy2log"] == [list(range(16))]
+    for p, f in zip(plain["scenarios"], full["scenarios"]):
+        assert not set(DETAIL_FIELDS) & set(p)
+        assert p == _stripped(f)
+
+
+def test_the_report_process_never_imports_matplotlib(tmp_path):
+    """With plot workers (fork) only they import matplotlib; the PNGs still land in plots/ and the HTML."""
+    import pickle
+    import subprocess
+    import sys
+
+    if "fork" not in __import__("multiprocessing").get_all_start_methods():
+        pytest.skip("no fork: the figures are drawn in-process")
+    (tmp_path / "run.pkl").write_bytes(pickle.dumps(make_run()))
+    code = (
+        "import pickle, sys\n"
+        "from moesim.report import write_report\n"
+        f"run = pickle.loads(open({str(tmp_path / 'run.pkl')!r}, 'rb').read())\n"
+        f"paths = write_report(run, {str(tmp_path / 'out')!r}, workers=2)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert len(list((tmp_path / "out" / "plots").glob("*.png"))) == 4
+    assert (tmp_path / "out" / "report.html").read_text().count("data:image/png;base64,") == 4
+
+
+def _stripped(record: dict) -> dict:
+    """What results.json keeps of a record without --detail (written out here, not taken from moesim.report)."""
+    out = {k: v for k, v in record.items() if k not in ("gpu_load", "gpu_load_max", "placement")}
+    if isinstance(out.get("simulate"), dict):
+        out["simulate"] = {k: v for k, v in out["simulate"].items() if k != "layers"}
+    return out

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from moesim.errors import PlacementError, SpecError, TraceError
 from moesim.placement import Placement, contiguous
-from moesim.simulate import LayerResult, SimOptions, default_placement, simulate, simulate_layer
+from moesim.simulate import (
+    LayerResult,
+    SimOptions,
+    default_placement,
+    simulate,
+    simulate_layer,
+    simulate_layers,
+)
 
 # The issue's per-layer JSON contract, spelled out on purpose: a test that only read LayerResult.JSON_FIELDS could
 # not notice a contract key dropped from it. Other tests (tests/cli) use LayerResult.JSON_FIELDS.
@@ -260,3 +267,68 @@ def test_overlap_pipeline_bounds(dsv3, cluster) -> None:
     tiny_seq = simulate_layer(dsv3, cluster, counts, pl, tiny)
     tiny_piped = simulate_layer(dsv3, cluster, counts, pl, dataclasses.replace(tiny, overlap_chunks=8))
     assert tiny_piped.latency_us > tiny_seq.latency_us
+
+
+def _exactly_equal(a: LayerResult, b: LayerResult) -> bool:
+    """Every field, the per-GPU arrays included, bit for bit."""
+    return all(
+        np.array_equal(np.asarray(getattr(a, f.name)), np.asarray(getattr(b, f.name)))
+        for f in dataclasses.fields(LayerResult)
+    )
+
+
+@pytest.mark.parametrize(
+    "slug, opts",
+    [
+        ("h100-8x8-ib400", SimOptions()),
+        ("h100-8x8-ib400", SimOptions(tokens_per_gpu=1024, overlap_chunks=3, alltoall="hierarchical")),
+        ("h100-2x8-ib200", SimOptions(dedup=False, dispatch_dtype="fp8", ep_mode="allgather")),
+        ("h100-pcie-8", SimOptions(tokens_per_gpu=333, weight_dtype="fp8")),
+    ],
+)
+def test_simulate_layers_equals_simulate_layer_row_by_row(dsv3, zipf_trace, slug, opts) -> None:
+    """One vectorised call over layers with mixed capacities gives each layer exactly its own simulate_layer."""
+    from moesim.calibration import resolve_calibration
+    from moesim.specs import load_cluster
+
+    cluster = load_cluster(slug)
+    cal = resolve_calibration("auto", cluster.gpu.slug)
+    layers = list(zipf_trace.layers[:9])
+    counts = np.asarray(zipf_trace.counts[:9])
+    pl = default_placement(dsv3.num_experts, cluster.num_gpus, len(layers))
+    # every policy, dropless rows between capped ones, a factor repeated, one low enough to drop a lot
+    factors = [None, 1.0, 1.25, None, 0.5, 1.25, 2.0, 3.7, 1.1]
+    policies = ["probs", "probs", "reroute", "position", "position", "probs", "reroute", "position", "reroute"]
+    batch = simulate_layers(dsv3, cluster, counts, (pl.phy2log, pl.shares), opts, factors, policies, layers, cal)
+    assert [r.layer for r in batch] == layers
+    assert any(r.dropped_fraction > 0 for r in batch) and any(r.rerouted_fraction > 0 for r in batch)
+    for i, got in enumerate(batch):
+        row_opts = dataclasses.replace(opts, capacity_factor=factors[i], drop_policy=policies[i])
+        ref = simulate_layer(dsv3, cluster, counts[i], (pl.phy2log[i], pl.shares[i]), row_opts, layers[i], cal)
+        assert _exactly_equal(got, ref), f"row {i}"
+
+
+def test_simulate_layers_without_per_row_capacity_equals_simulate(dsv3, cluster, zipf_trace) -> None:
+    """Rows default to the options' capacity: the same layers as ``simulate`` (default placement)."""
+    opts = SimOptions(capacity_factor=1.2, drop_policy="reroute")
+    step = simulate(dsv3, cluster, zipf_trace, None, opts)
+    pl = default_placement(dsv3.num_experts, cluster.num_gpus, len(zipf_trace.layers))
+    batch = simulate_layers(dsv3, cluster, zipf_trace.counts, (pl.phy2log, pl.shares), opts, layers=zipf_trace.layers)
+    assert len(batch) == len(step.layers)
+    assert all(_exactly_equal(a, b) for a, b in zip(batch, step.layers, strict=True))
+
+
+def test_simulate_layers_bad_input(dsv3, cluster, zipf_trace) -> None:
+    pl = default_placement(dsv3.num_experts, cluster.num_gpus, 2)
+    rows = (pl.phy2log, pl.shares)
+    counts = np.asarray(zipf_trace.counts[:2])
+    with pytest.raises(SpecError, match="2 layers but 1 capacity factors"):
+        simulate_layers(dsv3, cluster, counts, rows, capacity_factors=[1.0])
+    with pytest.raises(SpecError, match="capacity_factor"):
+        simulate_layers(dsv3, cluster, counts, rows, capacity_factors=[1.0, -1.0])
+    with pytest.raises(SpecError, match="drop_policy"):
+        simulate_layers(dsv3, cluster, counts, rows, capacity_factors=[1.0, 1.0], drop_policies=["probs", "nope"])
+    with pytest.raises(TraceError, match="counts"):
+        simulate_layers(dsv3, cluster, counts[:1], rows)
+    with pytest.raises(PlacementError, match="phy2log"):
+        simulate_layers(dsv3, cluster, counts, (pl.phy2log[:, :-1], pl.shares[:, :-1]))

@@ -325,3 +325,43 @@ def test_ungrouped_models_unchanged(name: str, skew: str, alpha: float, affinity
     t = synthetic_trace(m, 600, skew=skew, alpha=alpha, affinity=affinity, seed=seed,
                         layers=m.moe_layers[:n_layers], with_topk_ids=ids)
     assert _digest(t) == want
+
+
+@pytest.mark.parametrize("name, affinity", [("olmoe-1b-7b", 0.0), ("olmoe-1b-7b", 0.6), ("deepseek-v3", 0.5)])
+def test_counts_without_transitions_match_counts_with_them(name: str, affinity: float) -> None:
+    """The counts-only draw without transition matrices (what ``moesim simulate`` uses) draws the column sums
+    of the transition draw: same totals and caps, same skew, the same hottest experts, the same
+    layer-to-layer following; another random stream."""
+    m = load_model(name)
+    lay = m.moe_layers[:6]
+    T = 40000
+    kw = dict(skew="zipf", alpha=1.2, affinity=affinity, seed=3, layers=lay, with_topk_ids=False)
+    full = synthetic_trace(m, T, **kw)
+    only = synthetic_trace(m, T, with_transitions=False, **kw)
+    assert only.transitions is None and full.transitions is not None
+    assert np.array_equal(only.counts.sum(axis=1), full.counts.sum(axis=1))  # T * k per layer
+    assert only.counts.max() <= T and only.counts.min() >= 0
+    assert not np.array_equal(only.counts, full.counts)  # another stream, not a copy
+    assert np.array_equal(only.counts.argmax(axis=1), full.counts.argmax(axis=1))
+    rel = np.abs(only.counts - full.counts) / full.counts.clip(min=1)
+    heavy = full.counts > 0.2 * T * m.top_k / m.num_experts
+    assert np.median(rel[heavy]) < 0.05
+    # affinity carries layer l's counts to the successors: same correlation in both
+    sigma = successor_maps(popularity(np.random.default_rng(3), m.num_experts, len(lay), "zipf", 1.2))
+
+    def follow(c: np.ndarray) -> float:
+        return float(np.mean([np.corrcoef(c[l], c[l + 1][sigma[l]])[0, 1] for l in range(len(lay) - 1)]))
+
+    assert follow(only.counts) == pytest.approx(follow(full.counts), abs=0.05)
+
+
+def test_log_root_finds_each_rows_root() -> None:
+    from moesim.synthetic import _log_root
+
+    scale = np.array([1e-6, 0.3, 1.0, 7.0, 5e4])
+
+    def f(x: np.ndarray) -> np.ndarray:  # increasing in x, root at x = (target / scale) ** (1 / 3)
+        return scale * x**3
+
+    x = _log_root(f, 2.0, np.ones_like(scale))
+    assert np.allclose(x, (2.0 / scale) ** (1 / 3), rtol=1e-10)

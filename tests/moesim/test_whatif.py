@@ -114,7 +114,8 @@ def direct_simulate_api(rec: dict) -> dict:
         params = dict(parse_synthetic(s["trace"][len("synthetic:"):]))
         params.setdefault("seed", s["trace_seed"])
         tokens = s["trace_tokens"] or min(s["tokens_per_gpu"] * cluster.num_gpus, 1 << 18)
-        trace = synthetic_trace(model, tokens, layers=s["layers"], with_topk_ids=False, **params)
+        trace = synthetic_trace(model, tokens, layers=s["layers"], with_topk_ids=False, with_transitions=False,
+                                **params)
     else:
         full = load_trace(s["trace"])
         idx = [list(full.layers).index(x) for x in s["layers"]]
@@ -207,7 +208,7 @@ def test_shipped_example_matches_direct_simulate(example, overrides, tmp_path):
     sf = load_scenarios(path)
     run = run_whatif(sf, workers=1)
     out = tmp_path / "out"
-    write_report(run, out)
+    write_report(run, out, detail=True)  # check_outputs reruns solved placements from results.json
     check_outputs(run, out, tmp_path)
 
 
@@ -218,7 +219,7 @@ def test_placement_methods_example_with_solvers(tmp_path):
     sf = load_scenarios(path)
     run = run_whatif(sf, workers=2)
     out = tmp_path / "out"
-    write_report(run, out)
+    write_report(run, out, detail=True, workers=2)
     check_outputs(run, out, tmp_path)
     by = {r["name"]: r for r in run.records}
     # a load-aware placement is never more imbalanced than the index-based one on the trace it was fitted to
@@ -308,3 +309,65 @@ def test_gain_sign_for_throughput_objective(tmp_path):
     assert run.best_index == 1
     assert run.gain() == pytest.approx(big["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"] - 1)
     assert not math.isnan(run.gain())
+
+
+def test_results_json_leaves_the_detail_out_unless_asked(tmp_path):
+    """Default results.json: compact, no per-GPU arrays and no per-layer rows of the step, every other number
+    as with --detail; with it the records are WhatifRun.records exactly (an EPLB sweep, so ``placement`` is
+    among them)."""
+    from moesim.report import DETAIL_FIELDS
+
+    doc = {"base": {"model": "olmoe-1b-7b", "cluster": "dgx-h100", "trace": "synthetic:zipf:1.2",
+                    "tokens_per_gpu": 128, "placement": "eplb", "redundant_experts": 8},
+           "axes": {"capacity_factor": [None, 1.0]}}
+    run = run_whatif(parse_scenarios(doc, str(tmp_path / "x.yaml")), workers=1)
+    assert all(f in r for r in run.records for f in DETAIL_FIELDS)
+    write_report(run, tmp_path / "plain")
+    write_report(run, tmp_path / "full", detail=True)
+    text = (tmp_path / "plain" / "results.json").read_text()
+    plain = json.loads(text)
+    assert text == json.dumps(plain, separators=(",", ":")) + "\n"  # compact: no indent, no spaces
+    full = json.loads((tmp_path / "full" / "results.json").read_text())
+    assert plain["detail"] is False and full["detail"] is True
+    assert full["scenarios"] == json.loads(json.dumps(run.records))
+    for p, f in zip(plain["scenarios"], full["scenarios"]):
+        assert not set(DETAIL_FIELDS) & set(p) and "layers" not in p["simulate"]
+        assert len(f["simulate"]["layers"]) == 16  # OLMoE's MoE layers
+        assert p == {**{k: v for k, v in f.items() if k not in DETAIL_FIELDS},
+                     "simulate": {k: v for k, v in f["simulate"].items() if k != "layers"}}
+    # the tables and report are the same either way
+    for name in ("results.csv", "report.md", "report.html"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "full" / name).read_bytes(), name
+
+
+def test_failed_placement_is_solved_once(tmp_path, monkeypatch):
+    """Scenarios sharing a placement that cannot be made (round-robin asked for replicas) reuse its error (same
+    type, same message) instead of solving it again."""
+    import moesim.whatif as whatif
+
+    calls = []
+    solve = whatif._solve_placement
+    monkeypatch.setattr(whatif, "_solve_placement", lambda *a: calls.append(1) or solve(*a))
+    monkeypatch.setattr(whatif, "_PLACEMENTS", {})
+    doc = {"base": {"model": "deepseek-v3", "cluster": "h100-8x8-ib400", "trace": "synthetic:zipf:1.2",
+                    "tokens_per_gpu": 128, "layers": [3, 4], "redundant_experts": 64},
+           "axes": {"placement": ["eplb", "round-robin"], "capacity_factor": [None, 1.0, 1.5]}}
+    run = run_whatif(parse_scenarios(doc, str(tmp_path / "x.yaml")), workers=1)
+    failed = [r for r in run.records if "error" in r]
+    assert [r["settings"]["placement"] for r in failed] == ["round-robin"] * 3
+    assert len({(r["error"], r["error_kind"]) for r in failed}) == 1
+    assert "no replicas" in failed[0]["error"] and failed[0]["error_kind"] == "PlacementError"
+    assert len(calls) == 2  # eplb once, round-robin once
+
+
+def test_eplb_memory_is_checked_in_the_scenarios_weight_dtype(tmp_path):
+    """DeepSeek-V3 on 16 H100s: 16 expert slots x 58 layers fit at fp8 (41 GB) and not at bf16 (82 GB). EPLB
+    and contiguous placements agree on it, as the simulator checks the weights in the scenario's dtype."""
+    doc = {"base": {"model": "deepseek-v3", "cluster": "h100-2x8-ib400", "trace": "synthetic:zipf:1.2",
+                    "tokens_per_gpu": 128, "layers": [3, 4], "weight_dtype": "fp8"},
+           "axes": {"placement": ["contiguous", "eplb"], "weight_dtype": ["fp8", "bf16"]}}
+    run = run_whatif(parse_scenarios(doc, str(tmp_path / "x.yaml")), workers=1)
+    by = {(r["settings"]["placement"], r["settings"]["weight_dtype"]): r for r in run.records}
+    assert "error" not in by["contiguous", "fp8"] and "error" not in by["eplb", "fp8"]
+    for placement in ("contiguous", "eplb"):
+        assert "GPU memory" in by[placement, "bf16"]["error"], by[placement, "bf16"]

@@ -12,6 +12,7 @@ from tuner.autotune_capacity import (
     autotune_capacity,
     pareto_front,
     pick_under,
+    search_space,
 )
 
 
@@ -79,3 +80,67 @@ def test_simulator_objective_on_the_olmoe_trace():
     assert drop == pytest.approx(ref["dropped_fraction"], rel=1e-9)
     res = autotune_capacity(obj, trace.layers, trials=60, population=12, seed=1, max_drop=0.01)
     assert res.pick.dropped_fraction <= 0.01 and res.pick.step_latency_us <= res.dropless.step_latency_us
+
+
+def test_simulator_objective_equals_the_per_layer_simulator_exactly():
+    """The objective's one call per trial gives, bit for bit, the step assembled from simulate_layer layer by layer."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from moesim.simulate import SimOptions, default_placement, simulate_layer, step_from_layers
+    from moesim.specs import load_cluster, load_model
+    from moesim.trace import load_trace
+
+    model, cluster = load_model("olmoe-1b-7b"), load_cluster("dgx-h100")
+    trace = load_trace("profiles/traces/olmoe_c4.npz")
+    opts = SimOptions(tokens_per_gpu=2048)
+    obj = SimulatorObjective(model, cluster, trace, base_options=opts)
+    pl = default_placement(model.num_experts, cluster.num_gpus, len(trace.layers))
+    rng = np.random.default_rng(0)
+    for _ in range(4):  # later rounds mix cached layers with new ones
+        settings = [
+            LayerSetting(
+                lid,
+                None if rng.random() < 0.25 else float(rng.choice([1.0, 1.5, rng.uniform(1, 4)])),
+                str(rng.choice(["probs", "position", "reroute"])),
+            )
+            for lid in trace.layers
+        ]
+        ref_layers = []
+        for i, s in enumerate(settings):
+            factor = None if s.factor is None else round(s.factor, 4)
+            row_opts = replace(
+                opts, capacity_factor=factor, drop_policy=s.policy if factor is not None else opts.drop_policy
+            )
+            ref_layers.append(
+                simulate_layer(model, cluster, trace.counts[i], (pl.phy2log[i], pl.shares[i]), row_opts, s.layer)
+            )
+        ref_step = step_from_layers(model, cluster, ref_layers, opts).step_latency_us
+        ref_drop = float(np.mean([r.dropped_fraction for r in ref_layers]))
+        assert obj(settings) == (ref_step, ref_drop)
+        assert [obj.layer_result(i, s.factor, s.policy) for i, s in enumerate(settings)] == obj.layer_results(settings)
+
+
+def test_fixed_space_sampler_samples_exactly_as_nsga2():
+    """The default sampler (relative space given) and plain NSGAIISampler (storage given) pick the same trials."""
+    import optuna
+
+    from tuner.autotune_capacity import _suggest
+
+    def objective(settings):
+        lat = 100.0 - sum(0.0 if s.factor is None else (4.0 - s.factor) * (1 + 0.1 * i) for i, s in enumerate(settings))
+        drop = sum(0.0 if s.factor is None else (4.0 - s.factor) / 30 for s in settings) / len(settings)
+        return lat, drop
+
+    layers = [0, 7, 15, 20]
+    fast = autotune_capacity(objective, layers, trials=70, population=10, seed=3)
+    plain = autotune_capacity(
+        objective, layers, trials=70, population=10, seed=3, storage=optuna.storages.InMemoryStorage()
+    )
+    assert fast.points == plain.points
+    assert fast.front == plain.front
+    # the space it gives is the intersection Optuna computes from the trials
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.optimize(lambda t: (float(len(_suggest(t, 4))), 0.0), n_trials=2)
+    assert search_space(4) == optuna.search_space.intersection_search_space(study.trials)

@@ -63,3 +63,16 @@ def test_transitions_dependency_prices_the_crossings() -> None:
             assert b["predicted_us"] > a["predicted_us"]
             assert np.allclose(a["transition_crossings"], b["transition_crossings"])
     assert home.bound["cross_node_tokens"] == 0 and moved.bound["cross_node_tokens"] > 0
+
+
+def test_memory_is_checked_in_the_weights_bytes() -> None:
+    """16 expert slots of DeepSeek-V3 (58 layers) fit in an H100's 60 GB budget at fp8, not at bf16."""
+    from moesim.errors import PlacementError
+    from moesim.synthetic import synthetic_trace
+
+    model, cluster = load_model("deepseek-v3"), load_cluster("h100-2x8-ib400")
+    trace = synthetic_trace(model, 2048, seed=0, layers=model.moe_layers[:2], with_topk_ids=False)
+    with pytest.raises(PlacementError, match="GPU memory"):
+        plan(model, cluster, trace, time_limit_s=2)
+    res = plan(model, cluster, trace, time_limit_s=2, weight_bytes=1.0)
+    assert "ilp" in {r["method"] for r in res.rows}
