@@ -19,7 +19,8 @@ the median wall to the bare-numpy median measured in this run. Rows (issue 17's 
 - ``whatif``: ``moesim whatif --no-cache`` on ``benchmarks/bench_whatif.py``'s 100 DeepSeek-V3 scenarios, with
   the report (goal <= 3 s; ``results.json`` <= 2 MB, its size is printed);
 - ``autotune capacity``: ``moesim autotune capacity --model deepseek-v3 --cluster h100-8x8-ib400 --trace
-  zipf:1.2 --trials 200`` (goal <= 5 s and <= 200 MB).
+  zipf:1.2 --trials 200`` (goal <= 5 s and <= 200 MB), a fresh study each run (each run has its own empty
+  ``MOESIM_CACHE_DIR``, so the default journal starts empty; every row gets one).
 """
 
 from __future__ import annotations
@@ -124,8 +125,11 @@ def main() -> None:
             if div == 1:
                 timed(cmd, REPO, name, env)  # untimed: writes the bytecode cache
             walls, rss = [], []
-            for _ in range(runs):
-                w, m = timed(cmd, REPO, name, env)
+            for i in range(runs):
+                # a fresh cache for every run: autotune capacity's default journal would otherwise resume the
+                # previous run's finished study instead of tuning (whatif runs with --no-cache anyway)
+                run_env = {**env, "MOESIM_CACHE_DIR": str(tmp / "cache" / f"{name.replace(' ', '-')}-{i}")}
+                w, m = timed(cmd, REPO, name, run_env)
                 walls.append(w)
                 rss.append(m)
             results[name] = {"walls_s": walls, "rss_mib": rss}

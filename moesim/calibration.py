@@ -390,14 +390,9 @@ def load_calibration(path: str | os.PathLike) -> Calibration:
             "calibration",
             "no such file (give a calibration.json, its directory, or a device under profiles/measured/)",
         )
-    from moesim.fileio import read_text
+    from moesim.fileio import parse_json, read_text
 
-    text = read_text(file, source, "calibration")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _err(source, "calibration", f"bad JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    return calibration_from_dict(doc, source)
+    return calibration_from_dict(parse_json(read_text(file, source, "calibration"), source, "calibration"), source)
 
 
 def save_calibration(cal: Calibration, path: str | os.PathLike) -> Path:

@@ -356,10 +356,8 @@ def placement_from_dict(doc: Any, origin: str = "placement") -> Placement:
         raise PlacementError(f"{origin}: layers: {len(rows)} rows, more than moesim's limit of {MAX_LAYERS}")
     if not isinstance(rows, list) or not rows:
         raise PlacementError(f"{origin}: layers: expected a non-empty list")
-    phy2log = np.zeros((len(rows), num_gpus * slots), dtype=np.int64)
-    shares = np.zeros((len(rows), num_gpus * slots), dtype=np.float64)
     layer_ids = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows):  # the shape first: the arrays below are sized by the header's numbers
         where = f"{origin}: layers[{i}]"
         if not isinstance(row, dict) or "gpus" not in row:
             raise PlacementError(f"{where}: expected a mapping with 'layer' and 'gpus'")
@@ -375,6 +373,13 @@ def placement_from_dict(doc: Any, origin: str = "placement") -> Placement:
             if not isinstance(gslots, list) or len(gslots) != slots:
                 raise PlacementError(f"{where}: gpus[{g}]: expected {slots} slots (every GPU the same), got "
                                      f"{len(gslots) if isinstance(gslots, list) else gslots!r}")
+    # every slot is an entry of the file now, so these are as large as the file, not as the header says
+    # (num_gpus: 131072 with slots_per_gpu: 8192 asked for 8 GiB per layer before a single slot was read)
+    phy2log = np.zeros((len(rows), num_gpus * slots), dtype=np.int64)
+    shares = np.zeros((len(rows), num_gpus * slots), dtype=np.float64)
+    for i, row in enumerate(rows):
+        where = f"{origin}: layers[{i}]"
+        for g, gslots in enumerate(row["gpus"]):
             for s, slot in enumerate(gslots):
                 expert, share = (slot[0], slot[1]) if isinstance(slot, list) and len(slot) == 2 else (slot, 1.0)
                 ok_expert = isinstance(expert, int) and not isinstance(expert, bool) and 0 <= expert < num_experts

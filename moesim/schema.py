@@ -150,11 +150,30 @@ def int_array(
     dtype: Any = np.int64,
     error: type[SpecError] = SpecError,
 ) -> np.ndarray:
-    """:func:`number_array` whose entries are also whole numbers, as ``dtype`` (default int64, within its range)."""
+    """:func:`number_array` whose entries are also whole numbers, as ``dtype`` (default int64, within its range).
+
+    Integer input is range-checked as integers: through float64, ``2**63`` (a uint64 entry, or a float) compares
+    equal to the int64 maximum and would wrap to its minimum."""
     bound = np.iinfo(dtype)
     lo = bound.min if minimum is None else max(minimum, bound.min)
     hi = bound.max if maximum is None else min(maximum, bound.max)
+    ints = None
+    if isinstance(value, (list, tuple, np.ndarray)):
+        try:
+            ints = np.asarray(value)
+        except (ValueError, TypeError, OverflowError):
+            pass  # ragged or mixed: number_array names the problem
+    if ints is not None and ints.dtype.kind in "iu":
+        if ndim is not None and ints.ndim != ndim:
+            raise error(f"{source}: {field}: expected {ndim} dimensions, got shape {ints.shape}")
+        if ints.size and ints.min() < lo:
+            raise error(f"{source}: {field}: entries must be >= {lo}, got {ints.min()}")
+        if ints.size and ints.max() > hi:
+            raise error(f"{source}: {field}: entries must be <= {hi:,}, got {ints.max():,}")
+        return ints.astype(dtype)
     a = number_array(value, source, field, lo, hi, ndim, error)
+    if a.size and float(hi) > hi and a.max() >= float(hi):  # float(hi) rounded up: hi itself is not reachable
+        raise error(f"{source}: {field}: entries must be <= {hi:g}, got {a.max():g}")
     if a.size and not (a == np.round(a)).all():
         raise error(f"{source}: {field}: entries must be whole numbers")
     return a.astype(dtype)

@@ -267,25 +267,35 @@ def list_clusters() -> list[str]:
     return _list("clusters")
 
 
+def _is_file(path: Path, directory: bool = False) -> bool:
+    """``path.is_file()`` (``is_dir()`` with ``directory``), False where the name cannot be a file (``OSError``:
+    longer than the system's 255-byte file name limit; ``ValueError``: a NUL byte)."""
+    try:
+        return path.is_dir() if directory else path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _resolve(kind: str, name_or_path: str | Path, base: Path | None = None) -> Path:
     """A shipped slug or a YAML path -> the file. ``base`` resolves relative paths named inside another file."""
     text = str(name_or_path)
     path = Path(text)
+    shown = text if text.isprintable() else repr(text)  # a name with a newline must not split the message
     looks_like_path = path.suffix in (".yaml", ".yml") or "/" in text or "\\" in text
     if looks_like_path:
         for candidate in ([base / path] if base is not None and not path.is_absolute() else []) + [path]:
-            if candidate.is_file():
+            if _is_file(candidate):
                 return candidate
-            if candidate.is_dir():
-                raise SpecError(f"{text}: {kind[:-1]}: is a directory, not a YAML file")
-        raise SpecError(f"{text}: {kind[:-1]}: no such file")
+            if _is_file(candidate, directory=True):
+                raise SpecError(f"{shown}: {kind[:-1]}: is a directory, not a YAML file")
+        raise SpecError(f"{shown}: {kind[:-1]}: no such file")
     shipped = profiles_dir() / kind / f"{text}.yaml"
-    if shipped.is_file():
+    if _is_file(shipped):
         return shipped
-    if path.is_file():  # a file without a .yaml suffix in the working directory
+    if _is_file(path):  # a file without a .yaml suffix in the working directory
         return path
     known = ", ".join(_list(kind)) or "none"
-    raise SpecError(f"{text}: {kind[:-1]}: unknown slug (known: {known})")
+    raise SpecError(f"{shown}: {kind[:-1]}: unknown slug (known: {known})")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

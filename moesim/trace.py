@@ -44,6 +44,12 @@ def int_array(value: Any, source: str, field: str, *args: Any, **kwargs: Any) ->
     """:func:`moesim.schema.int_array` raising ``TraceError`` (every trace loader's error)."""
     return _schema_int_array(value, source, field, *args, error=TraceError, **kwargs)
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type name when it has none (for one-line errors)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _err(origin: str, fld: str, problem: str) -> TraceError:
     return TraceError(f"{origin}: {fld}: {problem}")
 
@@ -349,19 +355,35 @@ def trace_from_native(doc: dict[str, Any], origin: str) -> RoutingTrace:
 
 
 def load_native_npz(path: str | os.PathLike[str]) -> RoutingTrace:
+    import zipfile
+    import zlib
+
+    from moesim.errors import SpecError
+    from moesim.fileio import parse_json
+
     origin = str(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             if "meta" not in z.files:
                 raise _err(origin, "meta", "missing: not a moesim trace (.npz without 'meta')")
-            doc: dict[str, Any] = json.loads(bytes(z["meta"].astype(np.uint8)).decode())
+            meta = z["meta"]
+            if meta.dtype != np.uint8 or meta.ndim != 1:
+                raise _err(origin, "meta", f"expected the uint8 bytes of a JSON object, got {meta.dtype} "
+                           f"{meta.shape}")
+            doc = parse_json(meta.tobytes().decode("utf-8"), origin, "meta")
+            if not isinstance(doc, dict):
+                raise _err(origin, "meta", f"expected a JSON object, got {type(doc).__name__}")
             for key in ("counts", "transitions", "topk_ids"):
                 if key in z.files:
                     doc[key] = z[key]
     except TraceError:
         raise
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise _err(origin, "npz", f"cannot read: {e}") from None
+    except SpecError as e:
+        raise TraceError(str(e)) from None
+    # a corrupt archive surfaces from inside np.load / z[key] as a zip, zlib or EOF error, or as
+    # NotImplementedError for a damaged version or compression field
+    except (OSError, ValueError, EOFError, NotImplementedError, zipfile.BadZipFile, zlib.error) as e:
+        raise _err(origin, "npz", f"cannot read: {_first_line(e)}") from None
     return trace_from_native(doc, origin)
 
 

@@ -40,7 +40,6 @@ Formats:
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -49,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moesim.errors import TraceError
-from moesim.trace import RoutingTrace, _err, int_array, load_native_npz, trace_from_native
+from moesim.trace import RoutingTrace, _err, _first_line, int_array, load_native_npz, trace_from_native
 
 if TYPE_CHECKING:
     from moesim.specs import ModelSpec
@@ -91,7 +90,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         try:
             with zipfile.ZipFile(p) as z:
                 names = z.namelist()
-        except zipfile.BadZipFile:
+        # a damaged directory: bad magic, a name that is not UTF-8, an offset past the end, a made-up version
+        except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, OSError, EOFError, NotImplementedError):
             raise _err(origin, "format", "looks like a zip archive but cannot be opened") from None
         # torch.save writes a zip whose entries live under "<archive>/data.pkl"; np.savez writes "*.npy"
         if any(n.endswith("data.pkl") for n in names):
@@ -137,13 +137,14 @@ def import_trace(path: str | os.PathLike[str], model: ModelSpec | None = None,
 # JSON: native or OLMoE analysis
 # ----------------------------------------------------------------------------------------------------------
 def _load_json(path: Path) -> RoutingTrace:
-    from moesim.fileio import read_text
+    from moesim.errors import SpecError
+    from moesim.fileio import parse_json, read_text
 
     origin = str(path)
     try:
-        doc = json.loads(read_text(path, origin))
-    except json.JSONDecodeError as e:
-        raise _err(origin, "json", f"cannot parse: {e}") from None
+        doc = parse_json(read_text(path, origin), origin, "json")
+    except SpecError as exc:
+        raise TraceError(str(exc)) from None
     if not isinstance(doc, dict):
         raise _err(origin, "json", "top level is not an object; looked for " + ", ".join(FORMATS))
     if doc.get("format") == "moesim-trace":
@@ -199,10 +200,13 @@ def from_olmoe_json(doc: dict[str, Any], origin: str) -> RoutingTrace:
 # vLLM routed_experts
 # ----------------------------------------------------------------------------------------------------------
 def _load_npy(path: Path) -> np.ndarray:
+    import tokenize
+
     try:
         arr = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise _err(str(path), "npy", f"cannot read: {e}") from None
+    # a corrupt header surfaces from numpy's header parser as a tokenizer or syntax error, short data as EOF
+    except (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError) as e:
+        raise _err(str(path), "npy", f"cannot read: {_first_line(e)}") from None
     if arr.ndim != 3 or not np.issubdtype(arr.dtype, np.integer):
         raise _err(str(path), "routed_experts", f"expected an int array [seq_len, num_layers, top_k], got "
                    f"{arr.dtype} {arr.shape}")
@@ -249,16 +253,35 @@ def from_routed_experts(arrays: list[np.ndarray], model: ModelSpec | None, origi
     return _from_ids(ids, model, layers, origin, f"vLLM routed_experts {origin}")
 
 
+# Largest transitions array [L-1, E, E] built from a file's ids (entries; int64, so 2 GiB). A limit, not a need:
+# DeepSeek-V3 (57 layer pairs, 256 experts) needs 3.7 M entries, Qwen3-235B (93 pairs, 128) 1.5 M; without it a
+# 10 kB .npy naming expert 8191 in 1024 layers asks for 550 GB.
+MAX_TRANSITION_ENTRIES = 1 << 28
+
+
 def _from_ids(ids: np.ndarray, model: ModelSpec | None, layers: tuple[int, ...], origin: str,
               source: str) -> RoutingTrace:
+    from moesim.specs import MAX_EXPERTS, MAX_LAYERS
+
     if ids.size and ids.min() < 0:
         raise _err(origin, "routed_experts", f"negative expert id {int(ids.min())}")
+    if ids.size and model is None and ids.max() >= MAX_EXPERTS:
+        raise _err(origin, "routed_experts", f"expert id {int(ids.max())}, more than moesim's limit of "
+                   f"{MAX_EXPERTS} experts")
     E = int(model.num_experts) if model is not None else int(ids.max()) + 1 if ids.size else 1
     if ids.size and ids.max() >= E:
         raise _err(origin, "num_experts", f"trace has expert id {int(ids.max())} but model {model.slug} has "
                    f"{E} experts" if model is not None else f"expert id {int(ids.max())} out of range")
-    return RoutingTrace.from_topk_ids(ids, E, layers=layers, model=model.slug if model is not None else "",
-                                      source=source)
+    L = ids.shape[1]
+    if L > MAX_LAYERS:
+        raise _err(origin, "routed_experts", f"{L} layers, more than moesim's limit of {MAX_LAYERS}")
+    if (L - 1) * E * E > MAX_TRANSITION_ENTRIES:
+        raise _err(origin, "routed_experts", f"{L} layers of {E} experts need {(L - 1) * E * E:,} transition "
+                   f"counts, more than moesim's limit of {MAX_TRANSITION_ENTRIES:,}")
+    # ids are now in [0, E) with E <= MAX_EXPERTS: int32 whatever the file's integer type (uint64 cannot be
+    # counted by np.bincount)
+    return RoutingTrace.from_topk_ids(ids.astype(np.int32, copy=False), E, layers=layers,
+                                      model=model.slug if model is not None else "", source=source)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -269,14 +292,23 @@ def _torch_load(path: Path) -> Any:
         import torch
     except ImportError:
         raise _err(str(path), "format", "SGLang .pt dumps need torch: pip install 'moesim[kernels]'") from None
+    import warnings
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 213": the load fails or succeeds anyway
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
-        raise _err(str(path), "pt", f"torch.load(weights_only=True) failed: {str(e).splitlines()[0]}") from None
+        raise _err(str(path), "pt", f"torch.load(weights_only=True) failed: {_first_line(e)}") from None
 
 
-def _np(x: Any) -> np.ndarray:
-    return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+def _np(x: Any, origin: str, fld: str) -> np.ndarray:
+    """A tensor or nested list as a numpy array; ``TraceError`` for a ragged list, one nested beyond numpy's 64
+    dimensions, or a tensor numpy cannot hold (bfloat16)."""
+    try:
+        return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise _err(origin, fld, f"not a rectangular numeric array ({_first_line(e)})") from None
 
 
 def _sglang_kind(obj: Any, origin: str) -> str:
@@ -284,7 +316,7 @@ def _sglang_kind(obj: Any, origin: str) -> str:
         return "stat"
     if isinstance(obj, dict) and "records" in obj:
         return "records"
-    keys = sorted(obj.keys()) if isinstance(obj, dict) else type(obj).__name__
+    keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__  # keys may be of mixed types
     raise _err(origin, "format", f"torch file holds {keys}; looked for SGLang 'logical_count' (stat mode) or "
                "'records' (per_token mode)")
 
@@ -298,7 +330,7 @@ def _load_sglang(paths: list[Path], model: ModelSpec | None, top_k: int | None, 
         raise _err(origin, "format", "mixes SGLang stat dumps ('logical_count') with per_token/per_pass dumps "
                    "('records'); read them separately")
     if kinds == {"stat"}:
-        arrays = [_np(o["logical_count"]) for o in objs]
+        arrays = [_np(o["logical_count"], origin, "logical_count") for o in objs]
         arrays = [a[None] if a.ndim == 2 else a for a in arrays]
         shapes = {a.shape[1:] for a in arrays}
         if len(shapes) != 1:
@@ -372,6 +404,8 @@ def from_sglang_records(obj: dict[str, Any] | list[dict[str, Any]], model: Model
     without per-token ids (``per_pass`` mode) contribute counts only (``global_physical_count`` [L_model, P],
     deduplicated the same way).
     """
+    from moesim.specs import MAX_EXPERTS
+
     dumps = obj if isinstance(obj, list) else [obj]
     seen: set[tuple[Any, ...]] = set()
     ids_parts: list[np.ndarray] = []   # logical [L_model, T_pass, 8]
@@ -384,24 +418,35 @@ def from_sglang_records(obj: dict[str, Any] | list[dict[str, Any]], model: Model
         n_records += len(records)
         p2l = dump.get("last_physical_to_logical_map")
         if p2l is not None:  # [L_model, P]
-            p2l = int_array(_np(p2l), origin, "last_physical_to_logical_map", minimum=0, ndim=2)
+            p2l = int_array(_np(p2l, origin, "last_physical_to_logical_map"), origin, "last_physical_to_logical_map",
+                            minimum=0, ndim=2)
         for r in records:
             if "topk_ids_of_layer" in r:
-                phys = int_array(_np(r["topk_ids_of_layer"]), origin, "topk_ids_of_layer", minimum=-1)
+                phys = int_array(_np(r["topk_ids_of_layer"], origin, "topk_ids_of_layer"), origin, "topk_ids_of_layer",
+                                 minimum=-1)
                 if phys.ndim != 3:
                     raise _err(origin, "topk_ids_of_layer", f"expected [num_layers, num_tokens, k], got {phys.shape}")
                 part, kind = _to_logical(phys, p2l, origin), "ids"
             elif "global_physical_count" in r:
                 if p2l is None:
                     raise _err(origin, "last_physical_to_logical_map", "missing (needed to map physical counts)")
-                phys = int_array(_np(r["global_physical_count"]), origin, "global_physical_count", 0, ndim=2)
-                E = int(model.num_experts) if model is not None else int(p2l.max()) + 1
+                phys = int_array(_np(r["global_physical_count"], origin, "global_physical_count"), origin,
+                                 "global_physical_count", 0, ndim=2)
+                if phys.shape != p2l.shape:
+                    raise _err(origin, "global_physical_count", f"shape {phys.shape}, but the "
+                               f"last_physical_to_logical_map is {p2l.shape}")
+                E = int(model.num_experts) if model is not None else int(p2l.max(initial=0)) + 1
+                limit, whose = (E, f"{model.slug}'s experts") if model is not None else (MAX_EXPERTS, "moesim's limit")
+                if p2l.size and p2l.max() >= limit:
+                    raise _err(origin, "last_physical_to_logical_map", f"logical expert {int(p2l.max())}, beyond "
+                               f"the {limit} of {whose}")
                 part = np.zeros((phys.shape[0], E), dtype=np.int64)
                 np.add.at(part, (np.arange(phys.shape[0])[:, None], p2l), phys)
                 kind = "counts"
             else:
                 raise _err(origin, "records", "records carry neither 'topk_ids_of_layer' nor 'global_physical_count'")
-            key = (kind, r.get("forward_pass_id"), r.get("gatherer_key"), part.shape, part.tobytes())
+            # repr: the ids may be any value in a damaged file, lists included (unhashable)
+            key = (kind, repr(r.get("forward_pass_id")), repr(r.get("gatherer_key")), part.shape, part.tobytes())
             if dedup_ranks and key in seen:
                 continue
             seen.add(key)
@@ -414,8 +459,8 @@ def from_sglang_records(obj: dict[str, Any] | list[dict[str, Any]], model: Model
         E = max(p.shape[1] for p in count_parts)
         logical = np.sum([np.pad(p, ((0, 0), (0, E - p.shape[1]))) for p in count_parts], axis=0)
         return from_sglang_stat(logical[None], model, top_k, origin)
-    if len({p.shape[0] for p in ids_parts}) != 1:
-        raise _err(origin, "topk_ids_of_layer", "records disagree on the number of layers")
+    if len({(p.shape[0], p.shape[2]) for p in ids_parts}) != 1:
+        raise _err(origin, "topk_ids_of_layer", "records disagree on the number of layers or of columns")
     ids = np.concatenate(ids_parts, axis=1)  # [L_model, T, 8]
     used_layer = (ids >= 0).any(axis=(1, 2))
     if model is not None:
@@ -436,7 +481,8 @@ def from_sglang_records(obj: dict[str, Any] | list[dict[str, Any]], model: Model
     # tokens not routed in some kept layer (padding) are dropped whole, so every layer sees the same tokens
     full = (ids >= 0).all(axis=(0, 2))
     ids = ids[:, full, :].transpose(1, 0, 2)  # [T, L, k]
-    return _from_ids(ids.astype(np.int32), model, layers, origin, f"SGLang expert distribution (per_token) {origin}")
+    # no int32 cast here: _from_ids checks the ids' range first (a cast would wrap 2**32 + 3 to 3)
+    return _from_ids(ids, model, layers, origin, f"SGLang expert distribution (per_token) {origin}")
 
 
 def convert_olmoe_analysis(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str],

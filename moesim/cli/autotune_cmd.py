@@ -36,6 +36,11 @@ def _parse_ms(text: str) -> tuple[int, ...]:
     return ms
 
 
+def _storage_option(help_text: str):
+    """``--storage URL``: any ``tuner.storage`` URL (journal:///f.log, f.log, sqlite:///f.db, postgresql://...)."""
+    return typer.Option(None, "--storage", help=help_text, show_default=False)
+
+
 def register(app: typer.Typer) -> None:
     sub = typer.Typer(
         name="autotune",
@@ -88,9 +93,7 @@ def register(app: typer.Typer) -> None:
         repeats: int = typer.Option(
             20, "--repeats", help="Timed graph replays of 10 calls each (median; fresh routing every call)."
         ),
-        storage: str = typer.Option(
-            None, "--storage", help="Optuna storage URL (default: journal file in the cache dir)."
-        ),
+        storage: str = _storage_option("Optuna storage URL (default: journal file in the cache dir)."),
         workers: int = typer.Option(1, "--workers", help="Worker processes, one per visible GPU, sharing the studies."),
         gpu: str = typer.Option(
             None, "--gpu", help="GPU profile slug for the shared-memory filter (default: from the device name)."
@@ -179,7 +182,12 @@ def register(app: typer.Typer) -> None:
         help=(
             "Search per-layer capacity factors (1.0-4.0 or dropless) and drop policies with NSGA-II on two "
             "objectives from the simulator: step latency and dropped fraction. Prints the Pareto front; "
-            f"--max-drop X picks the fastest point dropping at most X. Runs on a CPU.\n\nExample: {CAPACITY_EXAMPLE}"
+            f"--max-drop X picks the fastest point dropping at most X. Runs on a CPU.\n\n"
+            "Trials are kept in an embedded journal file under the user cache dir (optuna/capacity.log) unless "
+            "--storage URL is given (journal:///f.log, sqlite:///f.db, postgresql+psycopg2://user@host/db; "
+            "memory: keep nothing). The same command again resumes: --trials counts the study's trials, exactly, "
+            "across restarts and workers sharing the storage.\n\n"
+            f"Example: {CAPACITY_EXAMPLE}"
         ),
     )
     def capacity(
@@ -199,6 +207,10 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "-o", "--out", help="Write the front as JSON here.", show_default=False),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
         calibration: str = calibration_option(),
+        storage: str = _storage_option(
+            "Optuna storage URL for the study (default: journal file optuna/capacity.log in the cache dir; "
+            "memory: keep nothing)."
+        ),
     ) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -211,6 +223,12 @@ def register(app: typer.Typer) -> None:
         if tokens_per_gpu < 1:
             raise field_error("--tokens-per-gpu", "value", f"must be >= 1, got {tokens_per_gpu}")
         from moesim.fileio import check_outputs
+        from tuner.storage import default_storage_url
+
+        if storage is None:
+            storage = default_storage_url("capacity.log")
+        elif storage == "memory":
+            storage = None
 
         inputs = {"--model": model, "--cluster": cluster, "--trace": trace, "--calibration": calibration}
         check_outputs({"-o": out}, inputs)
@@ -222,15 +240,23 @@ def register(app: typer.Typer) -> None:
             model_spec, cluster_spec, trace_obj, None, SimOptions(tokens_per_gpu=tokens_per_gpu), calibration=cal
         )
         err = Console(stderr=True)
-        with Progress(
+        bar = Progress(
             TextColumn("[bold]capacity[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=err,
             disable=json_out and not err.is_terminal,
-        ) as bar:
-            task = bar.add_task("", total=trials)
+        )
+        task = bar.add_task("", total=trials)
+
+        def on_trial(number: int) -> None:
+            # started at the first trial, so an error opening --storage prints no bar before its one line
+            if not bar.live.is_started:
+                bar.start()
+            bar.update(task, completed=min(trials, number + 1))  # number: counts earlier runs' trials too
+
+        try:
             result = autotune_capacity(
                 objective,
                 trace_obj.layers,
@@ -238,8 +264,12 @@ def register(app: typer.Typer) -> None:
                 population=population,
                 seed=seed,
                 max_drop=max_drop,
-                on_trial=lambda n: bar.update(task, advance=1),
+                storage=storage,
+                on_trial=on_trial,
             )
+        finally:
+            if bar.live.is_started:
+                bar.stop()
         result.meta.update(
             {"model": model_spec.slug, "cluster": cluster_spec.slug, "trace": trace, "tokens_per_gpu": tokens_per_gpu}
         )

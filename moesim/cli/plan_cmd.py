@@ -192,23 +192,26 @@ def plan_cmd(
         def progress(done: int, total: int, text: str) -> None:
             bar.update(task, completed=done, total=total, description=text)
 
-        result = plan(
-            model_spec,
-            cluster_spec,
-            routing,
-            redundant_experts=redundant_experts,
-            solver=solver,
-            time_limit_s=time_limit,
-            current=cur,
-            hierarchical=True if hierarchical else None,
-            split=split,
-            tokens_per_gpu=tokens_per_gpu,
-            trace_name=str(trace),
-            progress=progress,
-            calibration=cal,
-            engine=engine,
-            dependency=dependency,
-        )
+        from moesim.fileio import scratch_dir
+
+        with scratch_dir():  # the solver's temp files, swept by the next run if this one is killed
+            result = plan(
+                model_spec,
+                cluster_spec,
+                routing,
+                redundant_experts=redundant_experts,
+                solver=solver,
+                time_limit_s=time_limit,
+                current=cur,
+                hierarchical=True if hierarchical else None,
+                split=split,
+                tokens_per_gpu=tokens_per_gpu,
+                trace_name=str(trace),
+                progress=progress,
+                calibration=cal,
+                engine=engine,
+                dependency=dependency,
+            )
 
     notes = list(result.notes)
     filled: list[int] = []

@@ -229,6 +229,10 @@ def test_missing_and_malformed_files(tmp_path) -> None:
     bad.write_text("[1, 2]")
     with pytest.raises(SpecError, match=r"broken\.json: calibration: expected a mapping"):
         load_calibration(bad)
+    # found by benchmarks/bench_fuzz.py (issue 15): the JSON decoder's RecursionError escaped
+    bad.write_text('{"schema": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(SpecError, match=r"broken\.json: calibration: nested too deeply$"):
+        load_calibration(bad)
 
 
 def test_save_refuses_invalid_calibration(tmp_path) -> None:

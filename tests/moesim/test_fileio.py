@@ -128,3 +128,35 @@ def test_a_users_deep_yaml_spec_is_a_clean_error(tmp_path) -> None:
     code = f"from moesim.specs import load_model\nload_model({str(deep)!r})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "SpecError" in out.stderr and "deep.yaml" in out.stderr, out.stderr[-500:]
+
+
+# ------------------------------------------------------------------ found by benchmarks/bench_fuzz.py (issue 15)
+def test_deep_json_is_one_line_not_recursion_error(tmp_path) -> None:
+    """The C JSON decoder raises RecursionError (not JSONDecodeError) a few thousand brackets deep."""
+    from moesim.fileio import parse_json
+
+    with pytest.raises(SpecError, match=r"^f\.json: json: nested too deeply$"):
+        parse_json("[" * 100_000 + "]" * 100_000, "f.json")
+    with pytest.raises(SpecError, match=r"^f\.json: meta: bad JSON at line 1 column 2: "):
+        parse_json("{x", "f.json", "meta")
+    assert parse_json('{"a": [1, 2]}', "f.json") == {"a": [1, 2]}
+
+
+def test_deep_yaml_flow_nesting_refused_fast(tmp_path) -> None:
+    """A line of thousands of ``[`` cost the pure-Python scanner about 1 s before it gave up; now refused at
+    MAX_YAML_FLOW_DEPTH levels, at once and with its line. 64 levels still load."""
+    import time
+
+    from moesim.fileio import MAX_YAML_FLOW_DEPTH
+
+    p = tmp_path / "deep.yaml"
+    p.write_text("a: 1\nb: " + "[" * 5000 + "]" * 5000 + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match=rf"deep\.yaml: line 2: malformed YAML: nested more than {MAX_YAML_FLOW_DEPTH}"):
+        read_yaml(p)
+    assert time.perf_counter() - t0 < 0.5
+    p.write_text("b: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n")
+    with pytest.raises(SpecError, match="nested more than"):
+        read_yaml(p)
+    p.write_text("b: " + "[" * MAX_YAML_FLOW_DEPTH + "]" * MAX_YAML_FLOW_DEPTH + "\n")
+    assert read_yaml(p) is not None

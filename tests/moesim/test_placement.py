@@ -92,3 +92,21 @@ def test_load_errors(tmp_path) -> None:
         load_placement(binary)
     with pytest.raises(PlacementError, match=r": file: is a directory, not a file$"):
         load_placement(tmp_path)
+
+
+def test_header_sizes_do_not_allocate_before_the_slots_are_read(tmp_path) -> None:
+    """Found reviewing the loaders while fuzzing (issue 15): num_gpus 131072 x slots_per_gpu 8192 (each
+    within its limit) allocated 8 GiB per layer before the first GPU was checked (MemoryError under a 4 GiB
+    address-space limit, as on a small machine)."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "huge.yaml"
+    bad.write_text("format: moesim-placement/1\nnum_experts: 8\nnum_gpus: 131072\nslots_per_gpu: 8192\n"
+                   "layers:\n  - layer: 0\n    gpus:\n      - [[0, 1.0]]\n")
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.RLIM_INFINITY))\n"
+            "from moesim.placement import load_placement\nload_placement(sys.argv[1])")
+    proc = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True, text=True, timeout=60)
+    assert "PlacementError" in proc.stderr and "layers[0]: gpus: expected 131072 GPUs, got 1" in proc.stderr, \
+        proc.stderr[-500:]
+    assert "MemoryError" not in proc.stderr

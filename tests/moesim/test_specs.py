@@ -254,3 +254,18 @@ def test_specs_are_frozen() -> None:
     m = load_model("olmoe-1b-7b")
     with pytest.raises(AttributeError):
         m.top_k = 2  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ found by benchmarks/bench_fuzz.py (issue 15)
+@pytest.mark.parametrize("gpu, shown", [
+    ("x" * 300, "x" * 300),                 # OSError (file name too long) escaped Path.is_file()
+    ("x" * 300 + ".yaml", "x" * 300),       # ... on the path branch too
+    ("a\x00b", r"'a\x00b'"),                # a NUL byte
+    ("h100\n-sxm", r"'h100\n-sxm'"),        # a newline split the message in two
+])
+def test_cluster_gpu_name_that_cannot_be_a_file(tmp_path: Path, gpu: str, shown: str) -> None:
+    data = yaml.safe_load((profiles_dir() / "clusters" / "dgx-h100.yaml").read_text())
+    data["gpu"] = gpu
+    p = _write(tmp_path, "c.yaml", yaml.safe_dump(data))
+    msg = _expect(p, "gpu", loader=load_cluster)
+    assert shown in msg

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -183,3 +184,61 @@ def test_check_model_with_real_spec() -> None:
     t.check_model(olmoe, "x")
     with pytest.raises(TraceError, match="num_experts: trace has 64 experts but model deepseek-v3 has 256"):
         t.check_model(dsv3, "x")
+
+
+# ------------------------------------------------------------------ found by benchmarks/bench_fuzz.py (issue 15)
+def _npz(tmp_path: Path, meta: object = None, **arrays: np.ndarray) -> Path:
+    """A native .npz whose meta is ``meta`` as JSON (or raw bytes / an array), beside ``arrays``."""
+    if isinstance(meta, np.ndarray):
+        arrays["meta"] = meta
+    else:
+        raw = meta if isinstance(meta, bytes) else json.dumps(meta).encode()
+        arrays["meta"] = np.frombuffer(raw, dtype=np.uint8)
+    path = tmp_path / "t.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("meta, match", [
+    (float("nan"), "meta: expected a JSON object, got float"),          # AttributeError: .get on a float
+    ([1, 2], "meta: expected a JSON object, got list"),
+    (b"[" * 100_000, "meta: nested too deeply"),                         # RecursionError from json.loads
+    (b"{x", "meta: bad JSON at line 1 column 2"),
+    (b"\xff\xfe", "npz: cannot read: 'utf-8' codec can't decode"),
+    (np.zeros(3, dtype=np.int64), "meta: expected the uint8 bytes of a JSON object, got int64"),
+])
+def test_npz_meta_not_an_object(tmp_path: Path, meta: object, match: str) -> None:
+    with pytest.raises(TraceError, match=f"t.npz: {match}"):
+        load_trace(_npz(tmp_path, meta, counts=np.zeros((1, 2), dtype=np.int64)))
+
+
+def _corrupt(path: Path, offset: int, new: bytes) -> Path:
+    data = bytearray(path.read_bytes())
+    data[offset:offset + len(new)] = new
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_npz_corrupt_member(tmp_path: Path) -> None:
+    """A damaged archive raised zipfile.BadZipFile, zlib.error or NotImplementedError from inside np.load."""
+    import zipfile
+
+    save_trace(_trace(), tmp_path / "t.npz")  # compressed
+    with zipfile.ZipFile(tmp_path / "t.npz") as z:
+        info = {i.filename: i for i in z.infolist()}
+    good = (tmp_path / "t.npz").read_bytes()
+    counts = info["counts.npy"]
+    name_len, extra_len = np.frombuffer(good[counts.header_offset + 26:counts.header_offset + 30], "<u2")
+    data_at = counts.header_offset + 30 + int(name_len) + int(extra_len)  # the member's deflate stream
+    entry = b"PK\x01\x02"  # a central directory entry; its name starts 46 bytes in
+    central = next(i for i in range(len(good)) if good[i:i + 4] == entry
+                   and good[i + 46:i + 46 + len(counts.filename)] == counts.filename.encode())
+    cases = [
+        (counts.header_offset, b"XX"),         # local header magic: BadZipFile "Bad magic number for file header"
+        (data_at, b"\xff\xff\xff\xff"),        # deflate stream: zlib.error, or BadZipFile "Bad CRC-32"
+        (central + 10, b"\x63"),               # compression method 99 (central directory): NotImplementedError
+    ]
+    for offset, new in cases:
+        (tmp_path / "t.npz").write_bytes(good)
+        with pytest.raises(TraceError, match=r"t\.npz: npz: cannot read: "):
+            load_trace(_corrupt(tmp_path / "t.npz", offset, new))

@@ -358,7 +358,8 @@ def test_detect_by_content_not_suffix(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content, match", [
     (b"hello world", "format: not recognised; looked for native .npz"),
     (b"{\"x\": 1}", "format: JSON is neither a moesim trace"),
-    (b"{not json", "json: cannot parse"),
+    (b"{not json", "json: bad JSON at line 1 column 2"),
+    (b"[" * 100_000, "json: nested too deeply"),  # RecursionError in the C decoder (fuzz, issue 15)
     (b"[1, 2]", "json: top level is not an object"),
 ])
 def test_unknown_formats(tmp_path: Path, content: bytes, match: str) -> None:
@@ -392,3 +393,135 @@ def test_native_json_wrong_version(tmp_path: Path) -> None:
     p.write_text(json.dumps(doc))
     with pytest.raises(TraceError, match="t.json: version: file is version 99"):
         load_trace(p)
+
+
+# ------------------------------------------------------------------ found by benchmarks/bench_fuzz.py (issue 15)
+def _npy(tmp_path: Path, arr: np.ndarray) -> Path:
+    p = tmp_path / "routed_experts.npy"
+    np.save(p, arr)
+    return p
+
+
+@pytest.mark.parametrize("ids, match", [
+    # E = max id + 1 without a model: a corrupt id asked for [L, 2**40] counts (MemoryError) or more than numpy's
+    # largest dimension (ValueError)
+    (np.array([[[0, 2**40]]]), r"routed_experts: expert id 1099511627776, more than moesim's limit of 8192"),
+    (np.zeros((1, 1025, 1), dtype=np.int32), "routed_experts: 1025 layers, more than moesim's limit of 1024"),
+    # 8 layer pairs of 8192 x 8192 transitions: 4 GiB of counts from a few bytes
+    (np.full((1, 9, 1), 8191), "routed_experts: 9 layers of 8192 experts need 536,870,912 transition counts"),
+])
+def test_npy_sizes_from_ids_are_bounded(tmp_path: Path, ids: np.ndarray, match: str) -> None:
+    with pytest.raises(TraceError, match=f"routed_experts.npy: {match}"):
+        load_trace(_npy(tmp_path, ids))
+
+
+def test_npy_unsigned_ids(tmp_path: Path) -> None:
+    """uint64 ids: np.bincount cannot cast them (TypeError); now counted as int32 once their range is checked."""
+    ids = random_ids(6, 2, 4, 2)
+    assert load_trace(_npy(tmp_path, ids.astype(np.uint64))) == load_trace(_npy(tmp_path, ids))
+    assert load_trace(_npy(tmp_path, np.zeros((0, 2, 1), dtype=np.uint64))).num_tokens == 0
+    with pytest.raises(TraceError, match="top_k: must be in"):  # no ids: E = 1 < k
+        load_trace(_npy(tmp_path, np.zeros((0, 2, 2), dtype=np.uint64)))
+
+
+def test_npy_truncated_header(tmp_path: Path) -> None:
+    """A header length cut short made numpy's header parser raise tokenize.TokenError."""
+    p = _npy(tmp_path, np.zeros((2, 2, 2), dtype=np.int32))
+    data = bytearray(p.read_bytes())
+    data[8] = 20  # header length: stops inside the header's dict
+    p.write_bytes(bytes(data))
+    with pytest.raises(TraceError, match="routed_experts.npy: npy: cannot read: "):
+        load_trace(p)
+
+
+def _zip_with(tmp_path: Path, name: str, patch) -> Path:
+    p = tmp_path / "x.pt"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr(name, b"x")
+    p.write_bytes(patch(p.read_bytes()))
+    return p
+
+
+def test_damaged_zip_directory(tmp_path: Path) -> None:
+    """zipfile raised UnicodeDecodeError (a UTF-8-flagged name that is not UTF-8) or NotImplementedError (a made-up
+    'version needed to extract') while the format was being detected."""
+    central = b"PK\x01\x02"
+    bad_name = _zip_with(tmp_path, "archive/ü.pkl", lambda d: d.replace("ü".encode(), b"\xff\xfe"))
+    version = _zip_with(tmp_path, "archive/data.pkl",
+                        lambda d: d[:d.index(central) + 6] + b"\xff\x00" + d[d.index(central) + 8:])
+    for p in (bad_name, version):
+        with pytest.raises(TraceError, match="x.pt: format: looks like a zip archive but cannot be opened"):
+            load_trace(p)
+
+
+def test_sglang_damaged_dumps(tmp_path: Path) -> None:
+    torch = _torch()
+    cases = [
+        # mixed key types: sorted() raised TypeError while naming the keys
+        ({1: 0, "a": 0, None: 0}, r"format: torch file holds \['1', 'None', 'a'\]"),
+        # a ragged logical_count: np.asarray raised ValueError
+        ({"logical_count": [[1, 2], [3]]}, "logical_count: not a rectangular numeric array"),
+        # per_pass: a map of another shape (IndexError / ValueError in np.add.at), an empty one (max of nothing),
+        # one naming 2**40 experts (MemoryError)
+        ({"records": [{"global_physical_count": torch.zeros((2, 4), dtype=torch.int32)}],
+          "last_physical_to_logical_map": torch.zeros((2, 3), dtype=torch.int64)},
+         r"global_physical_count: shape \(2, 4\), but the last_physical_to_logical_map is \(2, 3\)"),
+        ({"records": [{"global_physical_count": torch.zeros((0, 4), dtype=torch.int32)}],
+          "last_physical_to_logical_map": torch.zeros((0, 4), dtype=torch.int64)}, "logical_count: no layer"),
+        ({"records": [{"global_physical_count": torch.zeros((1, 2), dtype=torch.int32)}],
+          "last_physical_to_logical_map": torch.tensor([[0, 2**40]])},
+         "last_physical_to_logical_map: logical expert 1099511627776, beyond the 8192 of moesim's limit"),
+    ]
+    from moesim.trace_import import import_trace
+
+    for i, (obj, match) in enumerate(cases):
+        p = tmp_path / f"d{i}.pt"
+        torch.save(obj, p)
+        with pytest.raises(TraceError, match=f"d{i}.pt: {match}"):
+            import_trace(p, top_k=1)  # per_pass counts do not record top-k either
+
+
+def test_sglang_records_with_odd_ids(tmp_path: Path) -> None:
+    """A list as forward_pass_id or gatherer_key made the dedup key unhashable (TypeError); records whose
+    topk_ids_of_layer disagree on columns failed in np.concatenate (ValueError)."""
+    torch = _torch()
+    ids = random_ids(4, 2, 4, 2)
+    buf = -np.ones((3, 4, 8), dtype=np.int32)
+    buf[1:, :, :2] = ids.transpose(1, 0, 2)
+    rec = {"forward_pass_id": [0, 1], "gatherer_key": [[1]], "topk_ids_of_layer": torch.from_numpy(buf)}
+    torch.save({"records": [rec]}, tmp_path / "a.pt")
+    assert np.array_equal(load_trace(tmp_path / "a.pt").topk_ids, ids)
+    other = dict(rec, topk_ids_of_layer=torch.from_numpy(buf[:, :, :7].copy()))
+    torch.save({"records": [rec, other]}, tmp_path / "b.pt")
+    with pytest.raises(TraceError, match="b.pt: topk_ids_of_layer: records disagree on the number of layers or of"):
+        load_trace(tmp_path / "b.pt")
+
+
+def test_sglang_large_ids_not_wrapped(tmp_path: Path) -> None:
+    """ids were cast to int32 before their range was checked: 2**32 + 3 read as expert 3."""
+    torch = _torch()
+    buf = np.zeros((1, 2, 1), dtype=np.int64)
+    buf[0, 1, 0] = 2**32 + 3
+    torch.save({"records": [{"topk_ids_of_layer": torch.from_numpy(buf)}]}, tmp_path / "w.pt")
+    with pytest.raises(TraceError, match="w.pt: routed_experts: expert id 4294967299, more than moesim's limit"):
+        load_trace(tmp_path / "w.pt")
+
+
+def test_torch_load_failure_is_one_quiet_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch raised an exception without a message (IndexError in the message's first line), and warned on stderr
+    about the pickle protocol of a damaged file before failing."""
+    import warnings
+
+    torch = _torch()
+
+    def failing_load(*args: object, **kwargs: object) -> None:
+        warnings.warn("Detected pickle protocol 213 in the checkpoint", UserWarning, stacklevel=1)
+        raise RuntimeError("")
+
+    p = tmp_path / "x.pt"
+    torch.save({"logical_count": torch.zeros(1)}, p)
+    monkeypatch.setattr(torch, "load", failing_load)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TraceError, match=r"x.pt: pt: torch.load\(weights_only=True\) failed: RuntimeError$"):
+            load_trace(p)

@@ -97,23 +97,21 @@ def test_eplb_as_sglang_calls_it_is_hierarchical_for_deepseek_on_nodes() -> None
 
 
 def test_ilp_method_never_worse_than_its_warm_start(olmoe) -> None:
-    from moesim.engine_dispatch import apply_engine
     from tuner.ilp import predicted_terms
 
     model, cluster, trace, counts = olmoe
     scale = 4096 * 16 * model.top_k / counts.sum(axis=1)
     c = counts * scale[:, None]
     tr = trace.transitions * scale[:-1, None, None]
-    budget = Budget(time_limit_s=6)
+    budget = Budget(time_limit_s=10)  # a loaded 2-core machine needs the margin
     cands = {
         "eplb-global": place("eplb-global", c, tr, model, cluster, 16, "sglang-static", budget, layers=trace.layers)
     }
     out = solve(c, tr, model, cluster, 16, "sglang-static", budget, cands, layers=trace.layers)
-    assert out.warm_name in cands and out.refine_s == pytest.approx(1.2)
+    assert out.warm_name in cands and out.refine_s == pytest.approx(0.2 * 10)
 
-    def objective(p):
-        scored = apply_engine(p, "sglang-static", 8, model, trace.layers)
-        return predicted_terms(scored, c, tr, 8, out.cost)["objective_us"]
+    def objective(p):  # the MILP's own: even replica shares; under dependency "home" no transitions priced
+        return predicted_terms(p, c, None, 8, out.cost, network=True)["objective_us"]
 
     assert objective(out.result.placement) <= objective(cands[out.warm_name]) * (1 + 1e-9)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,51 @@ def test_journal_lock_excludes_threads_of_one_process(tmp_path):
     for t in threads:
         t.join()
     assert worst[0] == 1
+
+
+_OPEN_AT_ONCE = """
+import os, sys, time
+import optuna, sqlalchemy, optuna.storages._rdb.storage
+from tuner.storage import open_storage
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+go = sys.argv[2]
+print("ready", flush=True)
+while not os.path.exists(go):  # all processes start together: the schema race needs them at the same instant
+    time.sleep(0.0005)
+storage = open_storage(sys.argv[1])
+optuna.create_study(study_name="race", storage=storage, load_if_exists=True)
+print("ok")
+"""
+
+
+def _open_at_once(url: str, go: Path, processes: int) -> list[subprocess.CompletedProcess]:
+    import os
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_AT_ONCE, url, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(processes)
+    ]
+    for p in procs:  # every interpreter has imported optuna and spins on the go file
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    go.touch()
+    return [subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate()) for p in procs]
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_workers_opening_a_fresh_sqlite_file_at_once_all_succeed(tmp_path, processes):
+    """Optuna's schema creation is not atomic: without the flock in open_storage the losers failed with
+    ``UNIQUE constraint failed: alembic_version.version_num``."""
+    for attempt in range(3):
+        url = f"sqlite:///{tmp_path / f'fresh{attempt}.db'}"
+        done = _open_at_once(url, tmp_path / f"go{attempt}", processes)
+        for proc in done:
+            assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr.strip().splitlines()[-1:]
