@@ -239,6 +239,10 @@ class KernelCase(Case):
             "2",
             "--trials",
             str(self.counted() + 3),
+            # patience off: a study that converged (40 trials without a new best) would stop a resumed run at
+            # once, which is the tuner's choice, not a resume failure
+            "--patience",
+            "0",
             "--warmup",
             "0",
             "--repeats",
