@@ -224,7 +224,14 @@ def _check_value(src: str, where: str, name: str, value: Any) -> Any:
         return None if value is None else as_int(1)
     if name in ("trace_seed", "redundant_experts"):
         return as_int(0)
-    if name in ("tokens_per_gpu", "overlap_chunks"):
+    if name == "tokens_per_gpu":
+        from moesim.specs import MAX_TOKENS_PER_GPU
+
+        v = as_int(1)
+        if v > MAX_TOKENS_PER_GPU:
+            raise bad(f"must be <= {MAX_TOKENS_PER_GPU:,} (moesim's limit, see moesim.specs), got {v:,}")
+        return v
+    if name == "overlap_chunks":
         return as_int(1)
     if name == "trace_affinity":
         v = as_float(0.0, False)

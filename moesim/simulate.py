@@ -53,6 +53,7 @@ from moesim.overlap import make_overlap
 from moesim.permute import permute_us
 from moesim.placement import Placement, check_memory, check_model, contiguous
 from moesim.router import router_us
+from moesim.specs import MAX_TOKENS_PER_GPU
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
@@ -95,6 +96,8 @@ class SimOptions:
             name, value = f.name, getattr(self, f.name)
             if name in ("tokens_per_gpu", "overlap_chunks", "block_size_m", "seq_len") and value < 1:
                 problem = f"must be >= 1, got {value}"
+            elif name == "tokens_per_gpu" and value > MAX_TOKENS_PER_GPU:
+                problem = f"must be <= {MAX_TOKENS_PER_GPU:,} (moesim's limit, see moesim.specs), got {value:,}"
             elif name == "capacity_factor" and value is not None and not (np.isfinite(value) and value > 0):
                 problem = f"must be a finite number > 0 (omit it for no capacity limit), got {value}"
             elif name in one_of and value not in one_of[name]:

@@ -72,6 +72,11 @@ MAX_EXPERTS = 8192
 MAX_LAYERS = 1024
 MAX_WIDTH = 1 << 20
 MAX_GPUS = 1 << 17
+# Tokens one GPU routes in one step (--tokens-per-gpu, a scenario's tokens_per_gpu): 2^24 = 16.8 M, a limit far
+# above any batch (serving steps and prefill chunks are 1-64 k tokens per GPU, training micro-batches up to a few
+# 100 k); a larger value is a typo, and the simulator's per-GPU assignment counts (T * G * k, float64, rounded to
+# int64) stay exact integers below it at every GPU count and top-k moesim accepts.
+MAX_TOKENS_PER_GPU = 1 << 24
 
 
 # --------------------------------------------------------------------------------------------- dataclasses

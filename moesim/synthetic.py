@@ -111,11 +111,13 @@ def parse_synthetic(spec: str) -> dict[str, Any]:
     parts = [p.strip() for p in str(spec).split(",") if p.strip()]
     if not parts:
         raise TraceError(f"{origin}: skew: empty; expected one of {', '.join(SKEWS)} (e.g. zipf:1.2)")
-    head, _, arg = parts[0].partition(":")
+    head, sep, arg = parts[0].partition(":")
     skew = head.strip().lower()
     if skew not in SKEWS:
         raise TraceError(f"{origin}: skew: unknown {skew!r}; expected one of {', '.join(SKEWS)} (e.g. zipf:1.2)")
     out: dict[str, Any] = {"skew": skew, "alpha": DEFAULT_ALPHA[skew]}
+    if sep and not arg.strip() and skew != "uniform":  # "zipf:" names a parameter and gives none
+        raise TraceError(f"{origin}: alpha: missing after {skew!r}: (e.g. {skew}:{DEFAULT_ALPHA[skew]:g})")
     if arg:
         if skew == "uniform":
             raise TraceError(f"{origin}: alpha: uniform takes no parameter")

@@ -142,8 +142,12 @@ def plan_cmd(
         raise SpecError(f"plan: --engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
     if not time_limit > 0:
         raise SpecError(f"plan: --time-limit: must be > 0, got {time_limit}")
-    if tokens_per_gpu < 1:
-        raise SpecError(f"plan: --tokens-per-gpu: must be >= 1, got {tokens_per_gpu}")
+    from moesim.specs import MAX_TOKENS_PER_GPU
+
+    if not 1 <= tokens_per_gpu <= MAX_TOKENS_PER_GPU:
+        raise SpecError(
+            f"plan: --tokens-per-gpu: must be in [1, {MAX_TOKENS_PER_GPU:,}] (moesim's limit), got {tokens_per_gpu:,}"
+        )
     if redundant_experts < 0:
         raise SpecError(f"plan: --redundant-experts: must be >= 0, got {redundant_experts}")
     from tuner.placers.base import DEPENDENCIES

@@ -43,7 +43,8 @@ def load_inputs(
         routing = tr.load_trace(path, model=model_spec, dedup_ranks=dedup_ranks)  # the model fills in gaps
         routing.check_model(model_spec, str(path))
     else:
-        params = tr.parse_synthetic(synthetic or "zipf:1.2")
+        # an empty --synthetic '' is an error, not the default
+        params = tr.parse_synthetic("zipf:1.2" if synthetic is None else synthetic)
         num_tokens = step_synthetic_tokens(tokens_per_gpu, cluster_spec.num_gpus)
         params = dict(params)
         params.setdefault("seed", seed)

@@ -376,7 +376,7 @@ def test_bad_values_are_one_line(work, capsys, case) -> None:
                 "--tokens-per-gpu",
                 "-5",
             ],
-            "plan: --tokens-per-gpu: must be >= 1",
+            "plan: --tokens-per-gpu: must be in [1, 16,777,216]",
         ),
         "current_shape": (
             [
@@ -760,3 +760,34 @@ def test_plan_killed_mid_solve_leaves_no_solver_files_in_tmp(tmp_path) -> None:
     proc = _moesim(args, env=env)
     assert proc.returncode == 0, proc.stderr
     assert list(tmp.iterdir()) == [] and (tmp_path / "p.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ([*SYNTH[:1], "--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--synthetic", ""], "skew: empty"),
+        ([*SYNTH[:1], "--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--synthetic", "zipf:"], "alpha: missing"),
+        (
+            [*SYNTH[:1], "--model", "olmoe-1b-7b", *SYNTH[1:], "--tokens-per-gpu", str(10**30)],
+            "tokens_per_gpu: must be <= 16,777,216",
+        ),
+        (
+            ["plan", "--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", "{work}/t.npz"]
+            + ["-o", "{work}/p.yaml", "--tokens-per-gpu", str(1 << 25)],
+            "--tokens-per-gpu: must be in [1, 16,777,216]",
+        ),
+        (["whatif", "{work}/huge.yaml", "-o", "{work}/wi"], "tokens_per_gpu: must be <= 16,777,216"),
+    ],
+    ids=["synthetic_empty", "synthetic_no_alpha", "simulate_tokens_per_gpu", "plan_tokens_per_gpu", "scenario_axis"],
+)
+def test_nonsense_is_refused_not_defaulted(work, capsys, args, needle) -> None:
+    """Class 6 of issue 15: these used to exit 0 (an empty or parameterless --synthetic fell back to the
+    default; 10^30 tokens per GPU printed a 9.4e27 ms step)."""
+    (work / "huge.yaml").write_text(
+        "base: {model: olmoe-1b-7b, cluster: dgx-h100, trace: 'synthetic:zipf:1.2'}\n"
+        f"axes: {{tokens_per_gpu: [1024, {10**30}]}}\n"
+    )
+    before = _tree(work)
+    code, out, err = _run([str(a).format(work=work) for a in args], capsys)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert _tree(work) == before  # nothing written
