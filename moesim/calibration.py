@@ -97,6 +97,11 @@ DTYPES = ("bf16", "fp16", "fp8")
 
 
 # --------------------------------------------------------------------------------------------- dataclasses
+# A kernel launch costs microseconds (the shipped H100/H200 fits: a few us); 10 ms per launch is a limit, not a
+# measurement: a larger value is a unit error (seconds or ns written as us) and would swamp every prediction.
+MAX_LAUNCH_OVERHEAD_US = 1e4
+
+
 @dataclass(frozen=True)
 class Curve:
     """An efficiency curve: knots ``(log2_x[i], efficiency[i])``, ``log2_x`` strictly increasing."""
@@ -260,8 +265,8 @@ def calibration_from_dict(doc: Any, source: str = "calibration") -> Calibration:
     launch = doc["launch_overhead_us"]
     if isinstance(launch, bool) or not isinstance(launch, (int, float)) or not math.isfinite(launch):
         raise _err(source, "launch_overhead_us", f"expected a finite number, got {launch!r}")
-    if launch < 0:
-        raise _err(source, "launch_overhead_us", f"must be >= 0, got {launch:g}")
+    if not 0 <= launch <= MAX_LAUNCH_OVERHEAD_US:
+        raise _err(source, "launch_overhead_us", f"must be in [0, {MAX_LAUNCH_OVERHEAD_US:g}] us, got {launch:g}")
     fallback, shapes, hbm = None, [], None
     if doc.get("gemm") is not None:
         gemm = _mapping(source, "gemm", doc["gemm"])

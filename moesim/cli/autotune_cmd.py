@@ -124,6 +124,8 @@ def register(app: typer.Typer) -> None:
                 raise field_error(name, "value", f"must be >= 1, got {value}")
         if top_k > E:
             raise field_error("--top-k", "value", f"must be <= --E ({E}), got {top_k}")
+        if patience < 0:
+            raise field_error("--patience", "value", f"must be >= 0 (0: off), got {patience}")
         from tuner.autotune_kernel import (
             KernelTuneSpec,
             autotune_kernel,

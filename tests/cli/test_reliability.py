@@ -777,8 +777,20 @@ def test_plan_killed_mid_solve_leaves_no_solver_files_in_tmp(tmp_path) -> None:
             "--tokens-per-gpu: must be in [1, 16,777,216]",
         ),
         (["whatif", "{work}/huge.yaml", "-o", "{work}/wi"], "tokens_per_gpu: must be <= 16,777,216"),
+        (
+            ["autotune", "kernel", "--backend", "interpret", "--E", "4", "--N", "32", "--K", "64", "--ms", "2"]
+            + ["--trials", "2", "--patience", "-1", "--save-dir", "{work}/kdir", "--storage", "{work}/j.log"],
+            "--patience: value: must be >= 0 (0: off), got -1",
+        ),
     ],
-    ids=["synthetic_empty", "synthetic_no_alpha", "simulate_tokens_per_gpu", "plan_tokens_per_gpu", "scenario_axis"],
+    ids=[
+        "synthetic_empty",
+        "synthetic_no_alpha",
+        "simulate_tokens_per_gpu",
+        "plan_tokens_per_gpu",
+        "scenario_axis",
+        "patience_negative",
+    ],
 )
 def test_nonsense_is_refused_not_defaulted(work, capsys, args, needle) -> None:
     """Class 6 of issue 15: these used to exit 0 (an empty or parameterless --synthetic fell back to the
