@@ -74,8 +74,7 @@ MAX_WIDTH = 1 << 20
 MAX_GPUS = 1 << 17
 # Tokens one GPU routes in one step (--tokens-per-gpu, a scenario's tokens_per_gpu): 2^24 = 16.8 M, a limit far
 # above any batch (serving steps and prefill chunks are 1-64 k tokens per GPU, training micro-batches up to a few
-# 100 k); a larger value is a typo, and the simulator's per-GPU assignment counts (T * G * k, float64, rounded to
-# int64) stay exact integers below it at every GPU count and top-k moesim accepts.
+# 100 k); a larger value is a typo (10^30 used to overflow the simulator's int64 counts with a warning).
 MAX_TOKENS_PER_GPU = 1 << 24
 
 
