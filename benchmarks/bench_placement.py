@@ -1,7 +1,7 @@
 """Benchmark of expert placement scored as SGLang dispatches it, checked against the placement goals.
 
-Run (CPU only; about 12 minutes on 2 cores: 5 OLMoE cases x 30 s, 2 DeepSeek-V3 64-GPU cases x 48 s, 2
-DeepSeek-V3 256-GPU cases x 90 s, plus the baselines and simulations):
+Run (CPU only; about 13 minutes on 2 cores: 5 OLMoE cases x 30 s, 2 DeepSeek-V3 64-GPU cases x 57 s, 2
+DeepSeek-V3 256-GPU cases x 114 s; each --time-limit covers the whole plan, its simulations included):
 
     python benchmarks/bench_placement.py                 # all cases, markdown tables + goal checks
     python benchmarks/bench_placement.py --quick         # OLMoE c4 and DeepSeek-V3 zipf on 64 GPUs only
@@ -96,7 +96,22 @@ def run_case(name: str, model_name: str, cluster, trace, redundant: int, limit: 
         "node_vs_eplb": (ilp["cross_node_bytes"] / best_eplb["cross_node_bytes"]
                          if best_eplb["cross_node_bytes"] > 1.0 else None),
         "draw": None,
+        "floor_vs_hier": None,
     }
+    if hier and cluster.num_nodes > 1:
+        # the least network bytes of any placement with these slots as the objective counts them (every rank
+        # routing alike, each assignment sent on its own: tuner.bounds.inbound_bound); the simulator also sends a
+        # token once per node however many of its experts are there, so a plan can land slightly below it
+        from moesim.placement import slots_per_gpu
+        from tuner.bounds import inbound_bound
+        from tuner.placers.ilp import bytes_per_token
+
+        counts, _ = scaled_routing(trace, cluster.num_gpus, 4096)
+        S = slots_per_gpu(model.num_experts, redundant, cluster.num_gpus)
+        floor = bytes_per_token(model) * cluster.num_gpus * float(
+            inbound_bound(counts, cluster.num_gpus, cluster.gpus_per_node, S).sum()
+        )
+        out["floor_vs_hier"] = floor / hier["cross_node_bytes"]
     if check_draw:
         counts, _ = scaled_routing(trace, cluster.num_gpus, 4096)
         realised = realised_max_mean(res.best, model, cluster, counts)
@@ -110,8 +125,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="OLMoE c4 and DeepSeek-V3 zipf on 64 GPUs only")
     ap.add_argument("--solver", default="cbc", choices=("cbc", "highs"), help="solver of the OLMoE and 64-GPU cases")
     ap.add_argument("--olmoe-limit", type=float, default=30.0, help="time limit of the OLMoE cases (s)")
-    ap.add_argument("--dsv3-limit", type=float, default=48.0, help="time limit on 64 GPUs (s); goal: wall <= 60 s")
-    ap.add_argument("--large-limit", type=float, default=90.0, help="time limit on 256 GPUs (s); goal: <= 120 s")
+    ap.add_argument("--dsv3-limit", type=float, default=57.0, help="--time-limit on 64 GPUs (s); goal: wall <= 60 s")
+    ap.add_argument("--large-limit", type=float, default=114.0, help="--time-limit on 256 GPUs (s); goal: <= 120 s")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     args = ap.parse_args()
 
@@ -151,7 +166,8 @@ def main() -> None:
                   f"{100 * r['gap']:.1f}% |")
     print("\n## Goals\n")
     print("| case | GPUs | solver | load <= best EPLB (worst layer; layers) | latency vs best EPLB (<= 0.9) | "
-          "cross-node vs hierarchical EPLB (<= 0.8) | vs best EPLB | predicted vs realised max/mean (<= 5%) | "
+          "cross-node vs hierarchical EPLB (<= 0.8; floor without de-duplication) | vs best EPLB | "
+          "predicted vs realised max/mean (<= 5%) | "
           "status; true gap (<= 3%); subproblem gap | plan wall s |")
     print("|---|---|---|---|---:|---:|---:|---:|---|---:|")
     for c in cases:
@@ -162,7 +178,8 @@ def main() -> None:
         draw = "n/a" if c["draw"] is None else f"{100 * c['draw']:.2f}%"
         print(f"| {c['case']} | {c['gpus']} | {c['solver']} | {'yes' if c['load_ok'] else 'NO'}; "
               f"{100 * c['layers_load_ok']:.0f}% | {c['lat_vs_eplb']:.3f} ({c['best_eplb']}) | "
-              f"{fmt(c['node_vs_hier'])} | {fmt(c['node_vs_eplb'])} | {draw} | {c['status']}; "
+              f"{fmt(c['node_vs_hier'])}; {fmt(c['floor_vs_hier'])} | {fmt(c['node_vs_eplb'])} | {draw} | "
+              f"{c['status']}; "
               f"{100 * c['gap']:.2f}%; {100 * c['sub_gap']:.2f}% | {c['wall_s']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(cases, indent=1, default=float))

@@ -75,6 +75,19 @@ def _sample_topk(rng: np.random.Generator, probs: np.ndarray, m: int, k: int) ->
     return np.argsort(-(logp[None, :] + gumbel), axis=1)[:, :k]
 
 
+def check_trace_shape(trace: Any, num_experts: int, top_k: int, layer: int | None, origin: str) -> None:
+    """The trace fits the kernel shape: same E and top-k, and ``layer`` (if given) recorded; else a TraceError
+    naming ``origin`` (the trace's path on the command line)."""
+    if trace.num_experts != num_experts or trace.top_k != top_k:
+        raise TraceError(
+            f"{origin}: num_experts/top_k: trace has E={trace.num_experts}, k={trace.top_k}; the kernel shape has "
+            f"E={num_experts}, k={top_k}"
+        )
+    layers = list(trace.layers)
+    if layer is not None and layer not in layers:
+        raise TraceError(f"{origin}: layer: {layer} not recorded (has {layers})")
+
+
 def routing_bank(
     num_experts: int,
     top_k: int,
@@ -98,14 +111,8 @@ def routing_bank(
     rng = np.random.default_rng(seed)
     ids = np.empty((draws, m, top_k), dtype=np.int32)
     if trace is not None:
-        if trace.num_experts != num_experts or trace.top_k != top_k:
-            raise TraceError(
-                f"{trace.source or 'trace'}: num_experts/top_k: trace has E={trace.num_experts}, "
-                f"k={trace.top_k}; the kernel shape has E={num_experts}, k={top_k}"
-            )
+        check_trace_shape(trace, num_experts, top_k, layer, trace.source or "trace")
         layers = list(trace.layers)
-        if layer is not None and layer not in layers:
-            raise TraceError(f"{trace.source or 'trace'}: layer: {layer} not recorded (has {layers})")
         li = 0 if layer is None else layers.index(layer)
         if trace.topk_ids is not None:
             rows = np.asarray(trace.topk_ids)[:, li, :]  # [T, k]
@@ -704,7 +711,8 @@ def run_worker(spec: KernelTuneSpec, worker: int = 0, progress: Callable[[int, A
     results: dict[int, LoopResult] = {}
     for m in spec.ms:
         name = spec.study_name(device, m)
-        sampler = make_sampler(spec.sampler, None if spec.seed is None else spec.seed + 1000 * worker + m)
+        # per worker and M its own stream; RandomState takes seeds below 2**32
+        sampler = make_sampler(spec.sampler, None if spec.seed is None else (spec.seed + 1000 * worker + m) % 2**32)
         study = optuna.create_study(storage=storage, study_name=name, direction="minimize",
                                     sampler=sampler, load_if_exists=True)
         lock = lambda name=name: tstorage.budget_lock(spec.storage, name)  # noqa: E731
@@ -771,7 +779,7 @@ def autotune_kernel(spec: KernelTuneSpec, workers: int = 1, save_dir: str | None
     if spec.trace:
         from moesim.trace import load_trace
 
-        load_trace(spec.trace)
+        check_trace_shape(load_trace(spec.trace), spec.E, spec.top_k, spec.trace_layer, spec.trace)
     if save_dir is not None:
         check_save_dir(spec, save_dir, device)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -101,21 +101,23 @@ class CostModel:
     us_per_node_token: float  # c_node: per transition crossing nodes (on top of c_gpu)
     us_per_moved_replica: float = 0.0  # c_move: per replica loaded onto a GPU that did not hold it
     bytes_per_token: float = 0.0  # for reporting bytes
-    # c_net: per assignment the busiest node receives over the network from ranks of other nodes (dispatch in,
-    # combine out through that node's NICs); priced under nearest-replica rules (see :func:`node_inbound`)
-    us_per_node_inbound: float = 0.0
+    # c_nic: per assignment on the busiest NIC, in its busier direction (dispatch in or out; the combine sends the
+    # same back the other way); priced under nearest-replica rules (see :func:`nic_traffic`)
+    us_per_nic_assignment: float = 0.0
+    gpus_per_nic: int = 1  # GPUs sharing one NIC (rail layout: 1)
 
 
-def node_inbound(phy2log: np.ndarray, counts: np.ndarray, num_experts: int, num_gpus: int,
-                 gpus_per_node: int) -> np.ndarray:
-    """``[L, N]`` assignments each node receives from ranks of other nodes under a nearest-replica rule
-    (SGLang's: a rank uses a replica on its own node if there is one, else one of all ``r_e`` replicas, drawn
-    fairly), every rank routing alike::
+def nic_inbound(phy2log: np.ndarray, counts: np.ndarray, num_experts: int, num_gpus: int, gpus_per_node: int,
+                gpus_per_nic: int = 1) -> np.ndarray:
+    """``[L, G / gpus_per_nic]`` assignments each NIC's GPUs receive from ranks of other nodes under a
+    nearest-replica rule (SGLang's: a rank uses a replica on its own node if there is one, else one of all
+    ``r_e`` replicas, drawn fairly), every rank routing alike::
 
-        inbound(n) = sum_e c_e * (N - n_e) / N * y_en / r_e
+        inbound(d) = sum_{slots of d} c_e * (N - n_e) / N / r_e
 
-    with ``n_e`` the nodes holding expert e and ``y_en`` its replicas on node n. The ranks of the ``n_e``
-    nodes holding it send nothing over the network; the others split ``c_e (N - n_e) / N`` over all replicas.
+    with ``n_e`` the nodes holding expert e and ``r_e`` its replicas: the ranks of the ``n_e`` nodes holding it
+    send nothing over the network, the others split ``c_e (N - n_e) / N`` over all replicas. The simulator's
+    flat all-to-all waits for the busiest NIC (``moesim.dispatch``), so that is what the objective prices.
     """
     phy = np.atleast_2d(np.asarray(phy2log, dtype=np.int64))
     counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
@@ -127,7 +129,41 @@ def node_inbound(phy2log: np.ndarray, counts: np.ndarray, num_experts: int, num_
     r = y.sum(axis=2)  # [L, E]
     n_e = (y > 0).sum(axis=2)
     w = counts * (N - n_e) / N / np.maximum(r, 1.0)  # [L, E] per replica
-    return np.einsum("le,len->ln", w, y)
+    per_slot = np.take_along_axis(w, phy, axis=1)  # [L, P]
+    return per_slot.reshape(L, num_gpus // gpus_per_nic, -1).sum(axis=2)
+
+
+def nic_outbound(phy2log: np.ndarray, counts: np.ndarray, num_experts: int, num_gpus: int, gpus_per_node: int,
+                 gpus_per_nic: int = 1) -> np.ndarray:
+    """``[L, G / gpus_per_nic]`` assignments each NIC's GPUs send to other nodes under a nearest-replica rule,
+    every rank routing alike (``1/G`` of each expert's ``c_e``): a rank sends all of an expert's tokens away when
+    its node holds no replica, so ``outbound(d) = gpus_per_nic * (sum_e c_e - sum_{e on node(d)} c_e) / G``."""
+    phy = np.atleast_2d(np.asarray(phy2log, dtype=np.int64))
+    counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
+    L, P = phy.shape
+    N = max(1, num_gpus // gpus_per_node)
+    node = np.arange(P) // (P // num_gpus) // gpus_per_node
+    on = np.zeros((L, num_experts, N), dtype=bool)
+    on[np.arange(L)[:, None], phy, np.broadcast_to(node, phy.shape)] = True
+    local = np.einsum("le,len->ln", counts, on)  # [L, N]
+    per_gpu = (counts.sum(axis=1, keepdims=True) - local) / num_gpus
+    return np.repeat(per_gpu * gpus_per_nic, gpus_per_node // gpus_per_nic, axis=1)
+
+
+def nic_traffic(phy2log: np.ndarray, counts: np.ndarray, num_experts: int, num_gpus: int, gpus_per_node: int,
+                gpus_per_nic: int = 1) -> np.ndarray:
+    """``[L, G / gpus_per_nic]`` each NIC's assignments in its busier direction, ``max(inbound, outbound)``
+    (:func:`nic_inbound`, :func:`nic_outbound`): the simulator's all-to-all waits for every receiver's inbound
+    and for the busiest sender's outbound (``moesim.dispatch.link_times_us``)."""
+    args = (phy2log, counts, num_experts, num_gpus, gpus_per_node, gpus_per_nic)
+    return np.maximum(nic_inbound(*args), nic_outbound(*args))
+
+
+def node_inbound(phy2log: np.ndarray, counts: np.ndarray, num_experts: int, num_gpus: int,
+                 gpus_per_node: int) -> np.ndarray:
+    """``[L, N]`` assignments each node receives from ranks of other nodes (:func:`nic_inbound` summed over
+    the node's GPUs): ``inbound(n) = sum_e c_e * (N - n_e) / N * y_en / r_e`` with ``y_en`` e's replicas on n."""
+    return nic_inbound(phy2log, counts, num_experts, num_gpus, gpus_per_node, gpus_per_node)
 
 
 @dataclass
@@ -192,7 +228,7 @@ def predicted_terms(placement: Placement, counts: np.ndarray, transitions: np.nd
                     gpus_per_node: int, cost: CostModel, current: Placement | None = None,
                     network: bool = False) -> dict[str, float]:
     """The objective's terms for a whole placement: compute, cross-GPU/node tokens, moved replicas, total us;
-    with ``network`` also the busiest node's inbound assignments per layer (:func:`node_inbound`, summed)."""
+    with ``network`` also the busiest NIC's assignments per layer (:func:`nic_traffic`, summed)."""
     counts = np.asarray(counts, dtype=np.float64)
     num_layers = counts.shape[0]
     N = max(1, placement.num_gpus // gpus_per_node)
@@ -210,12 +246,12 @@ def predicted_terms(placement: Placement, counts: np.ndarray, transitions: np.nd
         moved = float(moved_replicas(placement, current).sum())
     inbound = 0.0
     if network and N > 1:
-        inbound = float(node_inbound(placement.phy2log, counts, placement.num_experts, placement.num_gpus,
-                                     gpus_per_node).max(axis=1).sum())
+        inbound = float(nic_traffic(placement.phy2log, counts, placement.num_experts, placement.num_gpus,
+                                    gpus_per_node, cost.gpus_per_nic).max(axis=1).sum())
     total = (compute + cost.us_per_gpu_token * gpu_tok + cost.us_per_node_token * node_tok
-             + cost.us_per_moved_replica * moved + cost.us_per_node_inbound * inbound)
+             + cost.us_per_moved_replica * moved + cost.us_per_nic_assignment * inbound)
     return {"compute_us": compute, "cross_gpu_tokens": gpu_tok, "cross_node_tokens": node_tok,
-            "moved_replicas": moved, "node_inbound": inbound, "objective_us": total}
+            "moved_replicas": moved, "nic_traffic": inbound, "objective_us": total}
 
 
 def held_matrix(placement: Placement, row: int) -> np.ndarray:
@@ -255,10 +291,15 @@ class _Sub:
     ub: np.ndarray | None = None  # [n] replicas of an item one bin may hold (default max_per_bin)
     # (bin_group [B], group_ub [n]): replicas of item i over the bins of one group (a node) at most group_ub[i]
     group_ub: tuple[np.ndarray, np.ndarray] | None = None
-    # network term: c_net * Mnet with Mnet >= sum_i net_w[i] x_ib summed over the bins of each group (a node)
+    # network term: c_net * Mnet with Mnet >= sum_i net_w[i] x_ib summed over the bins of each group (a NIC, a node)
     net_w: np.ndarray | None = None
     net_group: np.ndarray | None = None  # [B] group of each bin; None: every bin its own
     c_net: float = 0.0
+    # the same Mnet also >= out_const - sum_i out_w[i] y_ib summed over the bins of each out group (a node: what
+    # its ranks send away, less the tokens of the experts it holds); out_w None: Mnet >= out_const
+    out_w: np.ndarray | None = None
+    out_group: np.ndarray | None = None
+    out_const: float = 0.0
     gpu_target: float | None = None  # node stage: mean GPU load; the objective then prices a GPU-level max
     gpus_per_bin: int = 1
 
@@ -347,6 +388,16 @@ def _solve_sub(sub: _Sub, solver: str, time_limit_s: float, gap_rel: float, thre
                     terms[xv] = terms.get(xv, 0.0) + float(sub.net_w[c[0]]) * xc
             terms[net_var] = -1.0
             prob += Con(Aff(list(terms.items())), LE, rhs=0)
+        if sub.out_const > 0 and sub.out_w is None:
+            prob += Con(Aff([(net_var, 1.0)]), GE, rhs=sub.out_const)
+        elif sub.out_const > 0:
+            out_group = np.arange(B) if sub.out_group is None else sub.out_group
+            for grp in np.unique(out_group):
+                terms = {net_var: 1.0}
+                for b in np.nonzero(out_group == grp)[0]:
+                    for c in by_bin[b]:
+                        terms[y[c]] = terms.get(y[c], 0.0) + float(sub.out_w[c[0]])
+                prob += Con(Aff(list(terms.items())), GE, rhs=sub.out_const)
         prob.setObjective(Aff(list(obj_terms.items()), constant=sub.const))
     if sub.group_ub is not None:
         bin_group, group_ub = sub.group_ub
@@ -391,13 +442,20 @@ def _solve_sub(sub: _Sub, solver: str, time_limit_s: float, gap_rel: float, thre
         if net_var is not None:
             per_bin_net = sub.net_w @ wx  # [B]
             grp = np.arange(B) if sub.net_group is None else sub.net_group
-            net_var.setInitialValue(float(np.bincount(grp, weights=per_bin_net).max()))
+            start = float(np.bincount(grp, weights=per_bin_net).max())
+            if sub.out_const > 0 and sub.out_w is None:
+                start = max(start, sub.out_const)
+            elif sub.out_const > 0:
+                og = np.arange(B) if sub.out_group is None else sub.out_group
+                held = np.bincount(og, weights=sub.out_w @ np.round(wy))
+                start = max(start, float((sub.out_const - held).max()))
+            net_var.setInitialValue(start)
 
     if solver == "highs":
         status, objective, bound = _run_highs(prob, time_limit_s, gap_rel, threads, sub.warm is not None)
     else:
         status, objective, bound = _run_cbc(prob, time_limit_s, gap_rel, threads, sub.warm is not None)
-    if status == "none":
+    if status in ("none", "fault"):
         return None, None, status, float("nan"), bound
     ys = np.zeros((n, B))
     xs = np.zeros((n, B))
@@ -447,7 +505,12 @@ def _run_cbc(prob: Any, time_limit_s: float, gap_rel: float, threads: int, warm:
     try:
         cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=round(max(0.1, time_limit_s), 2), gapRel=gap_rel,
                                 warmStart=warm, threads=threads, logPath=log)
-        prob.solve(cmd)
+        try:
+            prob.solve(cmd)
+        except pulp.PulpSolverError:
+            # CBC died (it can crash on tiny time limits) or left no solution file: no incumbent from this
+            # subproblem, so its layer keeps its row
+            return "fault", float("nan"), float("nan")
         with open(log, encoding="utf-8", errors="replace") as fh:
             text = fh.read()
     finally:
@@ -638,10 +701,13 @@ def _row_max_load(w: np.ndarray, phy: np.ndarray, sh: np.ndarray, slots: int) ->
 
 def _node_gpu_sub(iw: np.ndarray, k_items: np.ndarray, gpn: int, S: int, per_bin: int, even: bool, c_tok: float,
                   *, benefit: np.ndarray | None = None, ycost: np.ndarray | None = None, const: float = 0.0,
-                  load_cap: float | None = None) -> _Sub:
+                  load_cap: float | None = None, net_w: np.ndarray | None = None, net_group: np.ndarray | None = None,
+                  c_net: float = 0.0, out_const: float = 0.0) -> _Sub:
     """One node's replicas onto its ``gpn`` GPUs of ``S`` slots: items ``iw [n]`` (the node's tokens of each of its
     experts) with ``k_items [n]`` replicas there, at most ``ceil(k / gpn)`` of one expert on a GPU. The warm start
-    is LPT (:func:`greedy_bins`) when it keeps to those bounds."""
+    is LPT (:func:`greedy_bins`) when it keeps to those bounds. ``net_w [n]``: network inbound per unit of an
+    item, priced at ``c_net`` on the busiest of the GPU groups ``net_group [gpn]`` (the node's NICs), which also
+    carries at least ``out_const`` (what the node sends away)."""
     n = len(iw)
     ub = -(-k_items // gpn)
     g = greedy_bins(iw, k_items, np.full(gpn, S))
@@ -649,7 +715,8 @@ def _node_gpu_sub(iw: np.ndarray, k_items: np.ndarray, gpn: int, S: int, per_bin
     return _Sub(w=iw, slots=np.full(gpn, S), max_per_bin=per_bin, counts=k_items if even else None, ub=ub,
                 benefit=np.zeros((n, gpn)) if benefit is None else benefit,
                 ycost=np.zeros((n, gpn)) if ycost is None else ycost, c_tok=c_tok, const=const,
-                blocks=[np.arange(gpn)], allowed=np.ones((n, gpn), bool), load_cap=load_cap, warm=warm)
+                blocks=[np.arange(gpn)], allowed=np.ones((n, gpn), bool), load_cap=load_cap, warm=warm,
+                net_w=net_w, net_group=net_group, c_net=c_net, out_const=out_const)
 
 
 def _placement_objective(phy: np.ndarray, sh: np.ndarray, counts: np.ndarray, T: np.ndarray | None, gpn: int,
@@ -813,15 +880,17 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
     def budget_left() -> float:
         return time_limit_s - (time.perf_counter() - t0)
 
-    # under spread (nearest-replica rules), the busiest node's network inbound is priced too
-    net = spread and N > 1 and split == "even" and cost.us_per_node_inbound > 0
+    # under spread (nearest-replica rules), the busiest NIC's network inbound is priced too
+    net = spread and N > 1 and split == "even" and cost.us_per_nic_assignment > 0
+    gpnic = max(1, min(int(cost.gpus_per_nic), gpn))
+    nic_of_gpu = np.arange(G) // gpnic
 
     def layer_cost(l: int, prow: np.ndarray, srow: np.ndarray) -> float:
         """t_l with the neighbours' current rows: compute + crossings to both neighbours + moves (+ network)."""
         a = share_matrix(prow, srow, E, G, S)
         t = c_tok * float((counts[l] @ a).max())
         if net:
-            t += cost.us_per_node_inbound * float(node_inbound(prow, counts[l], E, G, gpn).max())
+            t += cost.us_per_nic_assignment * float(nic_traffic(prow, counts[l], E, G, gpn, gpnic).max())
         if T is not None:
             for nb, tr in ((l - 1, T[l - 1].T if l > 0 else None), (l + 1, T[l] if l < L - 1 else None)):
                 if tr is not None:
@@ -865,16 +934,26 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
         return None if not spread or kcounts is None else np.maximum(1, -(-kcounts // N))
 
     def net_weights(l: int, kcounts: np.ndarray | None) -> np.ndarray | None:
-        """``[E]`` node inbound per unit share of expert e (:func:`node_inbound` with its replicas spread)."""
+        """``[E]`` network inbound per unit share of expert e (:func:`nic_inbound` with its replicas spread)."""
         if not net or kcounts is None:
             return None
         return counts[l] * np.maximum(0, N - kcounts) / N
+
+    def out_weights(l: int, kcounts: np.ndarray | None) -> tuple[np.ndarray | None, float]:
+        """``(out_w [E], out_const)``: a NIC sends ``out_const - sum_e out_w[e] y_en`` (:func:`nic_outbound`,
+        ``y_en`` e's replicas on its node, one under the spread; an expert with more replicas than nodes counts
+        ``1 / ceil(k / N)`` per replica)."""
+        if not net or kcounts is None:
+            return None, 0.0
+        scale = gpnic / G
+        return counts[l] * scale / np.maximum(1, -(-kcounts // N)), float(counts[l].sum()) * scale
 
     def flat_step(l: int, sub_limit: float, label: str) -> SubResult:
         """One flat MILP for layer l given its neighbours; its solution replaces the row if :func:`accept`."""
         nonlocal done
         cin, tr_mass, warm_a, warm_y, kcounts, ycost = layer_inputs(l)
         node_ub = spread_ub(kcounts)
+        out_w, out_c = out_weights(l, kcounts)
         # a warm start that breaks the spread is no MIP start
         spread_ok = node_ub is None or N == 1 or not (warm_y.reshape(E, N, gpn).sum(-1) > node_ub[:, None]).any()
         cin_node = cin.reshape(E, N, gpn).sum(-1)
@@ -890,7 +969,8 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
                    blocks=[np.arange(G)], allowed=np.ones((E, G), bool), load_cap=warm_max[l] * (1 + 1e-9),
                    warm=(warm_y, warm_a) if warm_ok else None,
                    group_ub=None if node_ub is None or N == 1 else (node_of_gpu, node_ub),
-                   net_w=net_weights(l, kcounts), net_group=node_of_gpu, c_net=cost.us_per_node_inbound)
+                   net_w=net_weights(l, kcounts), net_group=nic_of_gpu, c_net=cost.us_per_nic_assignment,
+                   out_w=out_w, out_group=node_of_gpu, out_const=out_c)
         y, x, r = _timed_solve(sub, l, "flat", E * G, solver, sub_limit, gap_rel, threads, subs)
         done += 1
         if progress:
@@ -920,6 +1000,8 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
         allowed_n[np.arange(E)[:, None], top] = True
         allowed_n[counts[l] > HOT_EXPERT_FACTOR * counts[l].sum() / (G * S)] = True
         node_ub = spread_ub(kcounts)
+        nw = net_weights(l, kcounts)
+        out_w, out_c = out_weights(l, kcounts)
         spread_ok = node_ub is None or not (warm_yn > node_ub[:, None]).any()  # else no MIP start
         sub_n = _Sub(w=counts[l], slots=np.full(N, S * gpn), max_per_bin=node_per_bin, counts=kcounts, ub=node_ub,
                      benefit=cost.us_per_node_token * cin_node, ycost=ycost_n, c_tok=c_tok,
@@ -927,7 +1009,9 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
                      const=cost.us_per_node_token * float(tr_mass.sum()), blocks=[np.arange(N)],
                      allowed=allowed_n, load_cap=float((counts[l] @ warm_an).max()) * (1 + 1e-9),
                      warm=(warm_yn, warm_an) if spread_ok and warm_yn.max() <= node_per_bin else None, min_share=0.0,
-                     net_w=net_weights(l, kcounts), c_net=cost.us_per_node_inbound)
+                     # a node's inbound over its gpn / gpnic NICs: the busiest NIC takes at least the mean
+                     net_w=None if nw is None else nw * gpnic / gpn, c_net=cost.us_per_nic_assignment,
+                     out_w=out_w, out_const=out_c)
         yn, xn, rn = _timed_solve(sub_n, l, "nodes", int(allowed_n.sum()), solver, HIER_NODE_SHARE * sub_limit,
                                   gap_rel, threads, subs)
         done += 1
@@ -945,11 +1029,16 @@ def solve_ilp(counts: np.ndarray, transitions: np.ndarray | None, num_gpus: int,
             experts_n = np.nonzero(yn[:, n] > 0.5)[0]
             gs = np.arange(n * gpn, (n + 1) * gpn)
             xs = xn[experts_n, n]  # [n_items] the node's share of each of its experts
+            # what the node's NICs send away is fixed by the node stage: a floor under the busiest NIC
+            out_floor = 0.0 if out_w is None else out_c - float(out_w[experts_n] @ yn[experts_n, n])
             sub_g = _node_gpu_sub(counts[l, experts_n] * xs, yn[experts_n, n].astype(np.int64), gpn, S,
                                   S if split == "even" else 1, split == "even", c_tok,
                                   benefit=cost.us_per_gpu_token * cin[np.ix_(experts_n, gs)] * xs[:, None],
                                   ycost=ycost[np.ix_(experts_n, gs)],
-                                  const=cost.us_per_gpu_token * float(tr_mass[experts_n] @ xs))
+                                  const=cost.us_per_gpu_token * float(tr_mass[experts_n] @ xs),
+                                  net_w=None if nw is None else nw[experts_n] * xs,
+                                  net_group=nic_of_gpu[gs] - nic_of_gpu[gs[0]], c_net=cost.us_per_nic_assignment,
+                                  out_const=out_floor)
             node_limit = max(0.05, min((1 - HIER_NODE_SHARE) * sub_limit / N, budget_left() - 0.1))
             yg, xg, rg = _timed_solve(sub_g, l, f"gpus[{n}]", len(experts_n) * gpn, solver, node_limit, gap_rel,
                                       threads, subs)

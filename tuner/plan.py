@@ -25,6 +25,7 @@ the simulation.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,14 @@ from tuner.placers.ilp import REFINE_SHARE, bytes_per_token, cost_model
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
     from moesim.trace import RoutingTrace
+
+# --time-limit covers the whole plan. After the MILP method come ROWS_AFTER simulations (its row, the refined warm
+# start's, the per-layer mix's), each timed like a baseline's; the static rule's settling takes SETTLE_SHARE of the
+# refinement time; the method never gets less than MIN_METHOD_SHARE of the limit (the plan then runs over, and says
+# so). Tuning choices (assumptions), not measured elsewhere.
+ROWS_AFTER = 3
+SETTLE_SHARE = 0.2
+MIN_METHOD_SHARE = 0.25
 
 ROW_KEYS = ("method", "max_mean_load", "cross_gpu_bytes", "cross_node_bytes", "layer_latency_us", "solve_s", "gap")
 
@@ -134,7 +143,7 @@ def evaluate(
         # the MILP's objective: compute, plus the transitions crossing GPUs and nodes where they are traffic
         "predicted_us": terms["objective_us"]
         if dependency == "transitions"
-        else terms["compute_us"] + cost.us_per_node_inbound * terms["node_inbound"],
+        else terms["compute_us"] + cost.us_per_nic_assignment * terms["nic_traffic"],
         "mean_gpu_latency_us": float(np.mean([np.mean(la.gpu_latency_us) for la in step.layers])),
         "layer_latencies_us": [float(la.latency_us) for la in step.layers],
     }
@@ -179,7 +188,17 @@ def plan(
     S = slots_per_gpu(E, redundant_experts, G, origin="plan")
     # before any work, in the deployed weights' bytes per parameter (bf16: 2; whatif passes its scenario's)
     check_slots_memory(S, model, cluster.gpu, weight_bytes, origin="plan")
+    t_start = time.perf_counter()
     counts, transitions = scaled_routing(trace, G, tokens_per_gpu)
+    # the objective the MILP method prices (tuner.placers.ilp.solve builds the same from the same settings)
+    cost = cost_model(model, cluster, tokens_per_gpu, S, amortise_steps)
+    # the objective prices cross-layer transitions only where a token stays with its expert between layers
+    priced = transitions if dependency == "transitions" else None
+    notes: list[str] = []
+    gpn = int(cluster.gpus_per_node)
+    static = engine == "sglang-static"
+    solve_s = 0.0
+
     budget = Budget(
         time_limit_s=time_limit_s,
         solver=solver,
@@ -192,27 +211,10 @@ def plan(
         dependency=dependency,
         progress=progress,
     )
-    # the objective prices cross-layer transitions only where a token stays with its expert between layers
-    priced = transitions if dependency == "transitions" else None
-    notes: list[str] = []
-
     placements, skipped = compared(
         counts, transitions, model, cluster, redundant_experts, engine, budget, layers=trace.layers
     )
     notes.extend(skipped)
-
-    # the MILP, warm-started from the baseline with the right slot count and the lowest objective under the rule
-    out = ilp_method.solve(
-        counts, transitions, model, cluster, redundant_experts, engine, budget, placements, layers=trace.layers
-    )
-    result, warm_name, refine_s, cost = out.result, out.warm_name, out.refine_s, out.cost
-    notes.extend(out.notes)
-    placements["ilp"] = out.placement
-    extra = dict(out.extra)  # candidates for the per-layer choice that are not rows of their own
-    static = engine == "sglang-static"
-    gpn = int(cluster.gpus_per_node)
-    solve_s = out.solve_s
-
     # valid for every placement and rule
     bound = objective_bound(counts, priced, G, gpn, S, cost, network=engine.startswith("sglang"))
 
@@ -236,7 +238,32 @@ def plan(
         r["gap"] = bound_gap(r["predicted_us"], bound["objective_us"])
         return r
 
+    # the baselines are scored first, so the MILP's share of --time-limit can leave room for the simulations
+    # still to come: its row, the refined warm start's and the per-layer mix's
+    t_rows = time.perf_counter()
     rows = [row(p, name) for name, p in placements.items()]
+    per_row = (time.perf_counter() - t_rows) / max(1, len(rows))
+    left = time_limit_s - (time.perf_counter() - t_start) - ROWS_AFTER * per_row
+    # the static rule's settling takes SETTLE_SHARE of the refinement time on top of the method's budget
+    fits = left / (1 + SETTLE_SHARE * REFINE_SHARE)
+    milp_s = max(MIN_METHOD_SHARE * time_limit_s, fits)
+    if milp_s > fits:
+        notes.append(
+            f"--time-limit {time_limit_s:g} s: the baselines and their simulations took "
+            f"{time.perf_counter() - t_start:.1f} s, so the MILP still gets {milp_s:.1f} s and the plan runs over"
+        )
+    budget = dataclasses.replace(budget, time_limit_s=milp_s)
+
+    # the MILP, warm-started from the baseline with the right slot count and the lowest objective under the rule
+    out = ilp_method.solve(
+        counts, transitions, model, cluster, redundant_experts, engine, budget, placements, layers=trace.layers
+    )
+    result, warm_name, refine_s = out.result, out.warm_name, out.refine_s
+    notes.extend(out.notes)
+    placements["ilp"] = out.placement
+    extra = dict(out.extra)  # candidates for the per-layer choice that are not rows of their own
+    solve_s = out.solve_s
+    rows.append(row(placements["ilp"], "ilp"))
     if current is None:
         pool = dict(placements)
         pool.update(extra)
@@ -248,7 +275,9 @@ def plan(
             if static and refine_s > 0:
                 # static's draw runs over the whole map, so mixing layers redraws them: settle on the mix's
                 # own draw (swaps that change no draw), then keep it only if it beats every whole candidate
-                mixed, m = settle_static(mixed, counts, gpn, model, trace.layers, time_limit_s=0.2 * refine_s)
+                mixed, m = settle_static(
+                    mixed, counts, gpn, model, trace.layers, time_limit_s=SETTLE_SHARE * refine_s
+                )
                 notes.append(f"settled on SGLang's static draw: {m} swaps of single-replica experts")
             solve_s += time.perf_counter() - t1
             mixed_row = row(mixed, "ilp")

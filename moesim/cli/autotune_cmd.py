@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from moesim.cli.options import announce_calibration, calibration_option, use_calibration
+from moesim.cli.options import announce_calibration, calibration_option, check_seed, use_calibration
 
 KERNEL_EXAMPLE = (
     "moesim autotune kernel --E 8 --N 7168 --K 4096 --top-k 2 --ms 1,64,1024 --trials 120 "
@@ -126,6 +126,7 @@ def register(app: typer.Typer) -> None:
             raise field_error("--top-k", "value", f"must be <= --E ({E}), got {top_k}")
         if patience < 0:
             raise field_error("--patience", "value", f"must be >= 0 (0: off), got {patience}")
+        check_seed(seed)
         from tuner.autotune_kernel import (
             KernelTuneSpec,
             autotune_kernel,
@@ -224,6 +225,7 @@ def register(app: typer.Typer) -> None:
 
         if tokens_per_gpu < 1:
             raise field_error("--tokens-per-gpu", "value", f"must be >= 1, got {tokens_per_gpu}")
+        check_seed(seed)
         from moesim.fileio import check_outputs
         from tuner.storage import default_storage_url
 

@@ -57,3 +57,15 @@ DEDUP_RANKS_HELP = (
 def dedup_ranks_option() -> Any:
     """``--dedup-ranks`` for commands that read SGLang per-rank dumps."""
     return typer.Option(False, "--dedup-ranks", help=DEDUP_RANKS_HELP)
+
+
+# Optuna's samplers seed numpy's legacy RandomState, which takes 0 .. 2**32 - 1
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: int | None, option: str = "--seed") -> None:
+    """A sampler seed in ``0 .. MAX_SEED`` (None: random), else a one-line error naming the option."""
+    from moesim.errors import field_error
+
+    if value is not None and not 0 <= value <= MAX_SEED:
+        raise field_error(option, "value", f"must be in 0..{MAX_SEED}, got {value}")

@@ -97,7 +97,9 @@ def plan_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="placement YAML to write"),
     redundant_experts: int = typer.Option(0, "--redundant-experts", help="extra replica slots per layer (all GPUs)"),
     solver: str = typer.Option("cbc", "--solver", help="cbc | highs"),
-    time_limit: float = typer.Option(60.0, "--time-limit", help="seconds for the whole MILP solve"),
+    time_limit: float = typer.Option(
+        60.0, "--time-limit", help="wall seconds for the whole plan: baselines, MILP, refinement, simulations"
+    ),
     current: Path | None = typer.Option(None, "--current", help="placement YAML now deployed (adds a move cost)"),
     hierarchical: bool = typer.Option(False, "--hierarchical", help="experts to nodes first, then to GPUs"),
     split: str = typer.Option(
@@ -179,6 +181,16 @@ def plan_cmd(
         from moesim.placement import check_model
 
         check_model(cur, model_spec, str(current))
+        from moesim.errors import PlacementError
+        from moesim.placement import slots_per_gpu
+
+        G = int(cluster_spec.num_gpus)
+        S = slots_per_gpu(model_spec.num_experts, redundant_experts, G, origin="plan")
+        if (cur.num_gpus, cur.slots_per_gpu) != (G, S):
+            raise PlacementError(
+                f"{current}: num_gpus/slots_per_gpu: {cur.num_gpus} GPUs x {cur.slots_per_gpu} slots, but this plan "
+                f"has {G} x {S} (--cluster, --redundant-experts)"
+            )
 
     console = Console(stderr=True)
     with Progress(

@@ -208,6 +208,9 @@ def simulate_cmd(
         if not placement.exists():
             raise SpecError(f"{placement}: placement: no such file")
         pl = load_placement(placement)
+        from moesim.simulate import check_placement
+
+        check_placement(pl, model_spec, int(cluster_spec.num_gpus), origin=str(placement))
     cal = use_calibration(calibration, cluster_spec.gpu.slug)  # SpecError naming the file and field
     step = simulate(model_spec, cluster_spec, routing, pl, options, calibration=cal)
     if as_json:

@@ -394,7 +394,7 @@ def test_bad_values_are_one_line(work, capsys, case) -> None:
                 "--time-limit",
                 "2",
             ],
-            "--current: 8 GPUs x 8 slots of 64 experts, but this plan has 16 x 4 of 64",
+            f"{work / 'p.yaml'}: num_gpus/slots_per_gpu: 8 GPUs x 8 slots, but this plan has 16 x 4",
         ),
     }[case]
     if case == "counts_inf":
@@ -457,7 +457,9 @@ def test_whatif_output_folder_checked_first(work, capsys, case) -> None:
     assert _tree(work) == before
 
 
-@pytest.mark.parametrize("case", ["save_dir_file", "corrupt_config", "bad_sampler"])
+@pytest.mark.parametrize(
+    "case", ["save_dir_file", "corrupt_config", "bad_sampler", "trace_of_other_E", "trace_layer_missing", "seed"]
+)
 def test_autotune_kernel_checks_inputs_before_touching_storage(work, capsys, case) -> None:
     pytest.importorskip("triton", reason="autotune kernel needs the kernels extra")
     journal = work / "j.log"
@@ -488,13 +490,54 @@ def test_autotune_kernel_checks_inputs_before_touching_storage(work, capsys, cas
         (work / "cfg" / "E=4,N=32,device_name=TRITON_INTERPRET.json").write_text("{bad")
         args += ["--save-dir", work / "cfg"]
         needle = "--save-dir: the config file there does not load"
-    else:
+    elif case == "bad_sampler":
         args += ["--sampler", "bogus"]
         needle = "--sampler: bogus: expected tpe, gp, random"
+    elif case == "trace_of_other_E":  # a valid OLMoE trace (E=64) for an E=4 kernel
+        args += ["--trace", work / "t.npz"]
+        needle = f"{work / 't.npz'}: num_experts/top_k: trace has E=64"
+    elif case == "trace_layer_missing":
+        args[args.index("--E") + 1] = "64"
+        args += ["--top-k", "8", "--trace", work / "t.npz", "--trace-layer", "99"]
+        needle = f"{work / 't.npz'}: layer: 99 not recorded"
+    else:  # optuna's samplers take 0 .. 2**32 - 1: this used to be a traceback after the first progress line
+        args += ["--seed", str(1 << 40)]
+        needle = "--seed: value: must be in 0..4294967295"
     before = _tree(work)
     code, out, err = _run(args, capsys)
     _one_line_error(code, err, needle)
     assert _tree(work) == before and not journal.exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(1 << 40)])
+def test_capacity_seed_checked_with_a_trace_file(work, capsys, seed) -> None:
+    """With a trace file (no synthetic draw to check it) the seed used to reach optuna unchecked: a traceback."""
+    before = _tree(work)
+    args = ["autotune", "capacity", "--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", work / "t.npz"]
+    code, _, err = _run(args + ["--trials", "2", "--storage", "memory", "--seed", seed], capsys)
+    _one_line_error(code, err, "--seed: value: must be in 0..4294967295")
+    assert _tree(work) == before
+
+
+def test_placement_for_another_cluster_names_the_file(work, capsys) -> None:
+    """simulate --placement and plan --current with a placement for 16 GPUs on an 8-GPU cluster: the error names
+    the placement file, not only the option or the word 'placement'."""
+    p16 = work / "p16.yaml"
+    code, _, err = _run(
+        ["plan", "--model", "olmoe-1b-7b", "--cluster", "h100-2x8-ib400", "--trace", work / "t.npz", "--time-limit",
+         "1", "-o", p16], capsys
+    )
+    assert code == 0, err
+    before = _tree(work)
+    code, _, err = _run(
+        ["simulate", "--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--tokens-per-gpu", "64", "--placement", p16],
+        capsys,
+    )
+    _one_line_error(code, err, f"{p16}: num_gpus: 16 but the cluster has 8")
+    code, _, err = _run(PLAN + ["--model", "olmoe-1b-7b", "--trace", work / "t.npz", "--current", p16, "-o",
+                                work / "p.yaml"], capsys)
+    _one_line_error(code, err, f"{p16}: num_gpus/slots_per_gpu: 16 GPUs x 4 slots, but this plan has 8 x 8")
+    assert _tree(work) == before
 
 
 def test_trace_errors_name_the_file_not_its_embedded_source(work, capsys) -> None:
@@ -554,8 +597,8 @@ def test_plan_killed_at_random_points_leaves_whole_outputs_or_none(tmp_path) -> 
         str(tmp_path / "t.npz"),
         "--redundant-experts",
         "64",
-        "--time-limit",
-        "2",
+        "--time-limit",  # the whole plan's: the 64-GPU baselines and their simulations take a few seconds of it
+        "8",
         "-o",
         str(tmp_path / "p.yaml"),
         "--sglang",

@@ -8,8 +8,8 @@ import pytest
 
 from moesim.engine_dispatch import replica_weights
 from moesim.placement import Placement, even_shares
-from tuner.bounds import crossing_bound, gap, inbound_bound, load_bound, objective_bound
-from tuner.ilp import CostModel, node_inbound, predicted_terms
+from tuner.bounds import crossing_bound, gap, inbound_bound, load_bound, network_load_bound, objective_bound
+from tuner.ilp import CostModel, nic_inbound, nic_outbound, nic_traffic, node_inbound, predicted_terms
 
 E, G, GPN, S = 4, 4, 2, 2  # 2 nodes x 2 GPUs, 2 slots each: 8 slots for 4 experts
 
@@ -66,6 +66,25 @@ def test_inbound_formula_is_what_the_sglang_rule_sends(rows) -> None:
         assert np.allclose(node_inbound(phy, c, E, G, GPN)[0], want)
 
 
+def test_outbound_formula_is_what_the_sglang_rule_sends(rows) -> None:
+    """nic_outbound equals, rank by rank, what SGLang's expected per-rank split sends to other nodes; the inbound
+    per NIC sums to the node's; nic_traffic is the larger direction."""
+    rng = np.random.default_rng(7)
+    c = rng.gamma(0.5, size=E) * 100 + 1
+    node_of_slot = np.arange(G * S) // S // GPN
+    node_of_rank = np.arange(G) // GPN
+    for phy in rows[rng.permutation(len(rows))[:200]]:
+        W = replica_weights(phy[None], E, G, GPN, "sglang-static")[0]
+        want = np.array([(c[phy] / G * W[r])[node_of_slot != node_of_rank[r]].sum() for r in range(G)])
+        assert np.allclose(nic_outbound(phy, c, E, G, GPN)[0], want)
+        inb = nic_inbound(phy, c, E, G, GPN)[0]
+        assert np.allclose(inb.reshape(-1, GPN).sum(axis=1), node_inbound(phy, c, E, G, GPN)[0])
+        assert np.allclose(nic_traffic(phy, c, E, G, GPN)[0], np.maximum(inb, want))
+        # two GPUs on one NIC: the NIC carries both
+        assert np.allclose(nic_inbound(phy, c, E, G, GPN, 2)[0], inb.reshape(-1, 2).sum(axis=1))
+        assert np.allclose(nic_outbound(phy, c, E, G, GPN, 2)[0], want.reshape(-1, 2).sum(axis=1))
+
+
 def test_inbound_bound_below_every_placement() -> None:
     # 5 experts in 8 slots on 2 nodes: only 3 can be on both nodes, so some traffic must cross
     e5 = 5
@@ -73,10 +92,33 @@ def test_inbound_bound_below_every_placement() -> None:
     rng = np.random.default_rng(4)
     c = rng.gamma(0.5, size=(1, e5)) * 100 + 1
     lb = inbound_bound(c, G, GPN, S)[0]
-    best = node_inbound(rows5, np.repeat(c, len(rows5), axis=0), e5, G, GPN).max(axis=1).min()
+    best = nic_inbound(rows5, np.repeat(c, len(rows5), axis=0), e5, G, GPN).max(axis=1).min()
     assert 0 < lb <= best * (1 + 1e-9)
     # four experts fit on both nodes: nothing need cross; one node: no network
     assert inbound_bound(c[:, :4], G, GPN, S)[0] == 0.0 and inbound_bound(c, G, G, S)[0] == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_network_load_bound_below_every_placement_and_tight(seed) -> None:
+    """The joint bound is below the objective of every placement of a small problem enumerated whole, at or above
+    each separate bound, and reached by the replica counts it returns where they pack exactly."""
+    e5 = 5
+    rows5 = np.stack([np.array(r) for r in itertools.product(range(e5), repeat=G * S) if len(set(r)) == e5])
+    rng = np.random.default_rng(seed)
+    c = rng.gamma(0.5, size=(1, e5)) * 100 + 1
+    c_tok, c_nic = 1.0, float(rng.uniform(0.2, 3.0))
+    cc = np.repeat(c, len(rows5), axis=0)
+    loads = np.stack([np.bincount(np.arange(G * S) // S, weights=c[0][r] / np.bincount(r)[r]) for r in rows5])
+    objective = c_tok * loads.max(axis=1) + c_nic * nic_traffic(rows5, cc, e5, G, GPN).max(axis=1)
+    bound, load, net, reps = network_load_bound(c, G, GPN, S, c_tok, c_nic)
+    assert bound[0] <= objective.min() * (1 + 1e-9)
+    separate = max(c_tok * load_bound(c, G, S)[0], c_nic * inbound_bound(c, G, GPN, S)[0])
+    assert bound[0] >= separate * (1 - 1e-9)
+    assert reps[0].sum() == G * S and reps[0].min() >= 1
+    assert c_tok * load[0] + c_nic * net[0] >= bound[0] * (1 - 1e-9)
+    # without the network the bound is the load bound
+    only = network_load_bound(c, G, GPN, S, c_tok, 0.0)[0][0]
+    assert only == pytest.approx(c_tok * load_bound(c, G, S)[0])
 
 
 def test_crossing_bound_below_every_pair_of_placements() -> None:
@@ -97,13 +139,15 @@ def test_objective_bound_sums_terms_and_gap() -> None:
     rng = np.random.default_rng(6)
     c = rng.gamma(0.5, size=(3, E)) * 100
     T = rng.gamma(0.5, size=(2, E, E))
-    cost = CostModel(2.0, 0.5, 0.25, us_per_node_inbound=0.125)
+    cost = CostModel(2.0, 0.5, 0.25, us_per_nic_assignment=0.125)
     b = objective_bound(c, T, G, GPN, S, cost, network=True)
     want = (
-        2.0 * load_bound(c, G, S).sum()
+        network_load_bound(c, G, GPN, S, 2.0, 0.125)[0].sum()
         + 0.5 * crossing_bound(T, S).sum()
         + 0.25 * crossing_bound(T, GPN * S).sum()
-        + 0.125 * inbound_bound(c, G, GPN, S).sum()
     )
     assert b["objective_us"] == pytest.approx(want)
+    plain = objective_bound(c, T, G, GPN, S, cost)
+    assert plain["objective_us"] == pytest.approx(want - network_load_bound(c, G, GPN, S, 2.0, 0.125)[0].sum()
+                                                  + 2.0 * load_bound(c, G, S).sum())
     assert gap(10.0, 9.0) == pytest.approx(0.1) and gap(0.0, 0.0) == 0.0

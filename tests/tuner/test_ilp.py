@@ -83,6 +83,21 @@ def test_time_limit_keeps_a_valid_plan() -> None:
     np.testing.assert_array_equal(res.placement.phy2log, warm.phy2log)
 
 
+def test_a_cbc_fault_keeps_the_warm_start(monkeypatch) -> None:
+    """CBC dying (PuLP's PulpSolverError) is no incumbent for that subproblem, not a crash of the plan."""
+    import pulp
+
+    def crash(self, *args, **kwargs):
+        raise pulp.PulpSolverError("Pulp: Error while trying to execute cbc")
+
+    monkeypatch.setattr(pulp.PULP_CBC_CMD, "actualSolve", crash)
+    counts, T = _instance(4)
+    warm = eplb_placement(counts, 4, 4)
+    res = solve_ilp(counts, T, 4, 2, 4, COST, warm_start=warm, time_limit_s=3, cluster=False)
+    assert res.status == "warm-start" and {s.status for s in res.subproblems} == {"fault"}
+    np.testing.assert_array_equal(res.placement.phy2log, warm.phy2log)
+
+
 def test_cbc_bound_parsing() -> None:
     log = ("Continuous objective value is 54.25 - 0.00 seconds\n"
            "Cbc0010I After 100 nodes, 3 on tree, 60 best solution, best possible 55.5 (0.1 seconds)\n"

@@ -8,7 +8,7 @@ from moesim.engine_dispatch import engine_shares
 from moesim.specs import load_cluster, load_model
 from tuner.engine_refine import refine
 from tuner.eplb import replicate_experts
-from tuner.ilp import CostModel, node_inbound, solve_ilp
+from tuner.ilp import CostModel, nic_traffic, node_inbound, solve_ilp
 from tuner.placers import Budget, place
 from tuner.placers.node_spread import spread_row
 
@@ -64,7 +64,7 @@ def test_milp_and_refine_keep_the_spread() -> None:
     from moesim.placement import Placement, even_shares
 
     warm = Placement(G, S, E, rows, even_shares(rows, E), {})
-    cost = CostModel(1.0, 0.0, 0.0, us_per_node_inbound=0.5)
+    cost = CostModel(1.0, 0.0, 0.0, us_per_nic_assignment=0.5)
     for hier in (False, True):
         res = solve_ilp(
             c, None, G, GPN, G * S - E, cost, warm_start=warm, time_limit_s=6, hierarchical=hier, spread=True
@@ -79,7 +79,7 @@ def test_milp_and_refine_keep_the_spread() -> None:
                 np.bincount(np.arange(G * S) // S, weights=c[l][rows[l]] / np.bincount(rows[l])[rows[l]]).max()
                 for l in range(2)
             )
-            + 0.5 * node_inbound(rows, c, E, G, GPN).max(axis=1).sum()
+            + 0.5 * nic_traffic(rows, c, E, G, GPN).max(axis=1).sum()
             + 1e-6
         )
     refined, swaps = refine(warm, c, GPN, 2.0, spread=True)

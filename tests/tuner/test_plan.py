@@ -8,6 +8,7 @@ import pytest
 from moesim.simulate import SimOptions, simulate
 from moesim.specs import load_cluster, load_model
 from moesim.trace import load_trace
+from tuner.placers.ilp import NETWORK_REPLICAS
 from tuner.plan import plan
 
 TRACE = Path(__file__).resolve().parents[2] / "profiles" / "traces" / "olmoe_c4.npz"
@@ -26,7 +27,7 @@ def test_rows_methods_and_never_worse(olmoe_two_nodes) -> None:
     assert list(rows) == ["contiguous", "round-robin", "eplb-global", "node-spread", "ilp"]
     same_slots = [r for m, r in rows.items() if m not in ("contiguous", "round-robin")]
     assert rows["ilp"]["layer_latency_us"] <= min(r["layer_latency_us"] for r in same_slots) * (1 + 1e-9)
-    assert res.best.meta["predicted"]["warm_start"] == "node-spread"
+    assert res.best.meta["predicted"]["warm_start"] in ("node-spread", NETWORK_REPLICAS)
     assert res.best.meta["predicted"]["dependency"] == "home"
 
 
@@ -38,7 +39,9 @@ def test_gap_is_against_a_bound_below_every_row(olmoe_two_nodes) -> None:
         assert bound <= r["predicted_us"] * (1 + 1e-9)
         assert r["gap"] == pytest.approx((r["predicted_us"] - bound) / r["predicted_us"])
     head = res.best.meta["predicted"]
-    assert head["lower_bound_us"] == bound and 0 <= head["gap"] < 0.2 and head["sub_gap"] is not None
+    assert head["lower_bound_us"] == bound and 0 <= head["gap"] < 0.3 and head["sub_gap"] is not None
+    # the plan is nearer the bound than every baseline
+    assert head["gap"] <= min(r["gap"] for r in res.rows[:-1])
 
 
 def test_traffic_columns_are_what_the_simulator_sends(olmoe_two_nodes) -> None:

@@ -15,10 +15,12 @@ import numpy as np
 
 from moesim.engine_dispatch import apply_engine
 from moesim.errors import InfeasibleError, PlacementError
-from moesim.placement import Placement, PlacementMethod, slots_per_gpu
+from moesim.placement import Placement, PlacementMethod, even_shares, slots_per_gpu
+from tuner.bounds import network_load_bound
 from tuner.engine_refine import refine
 from tuner.ilp import CostModel, ILPResult, predicted_terms, solve_ilp
 from tuner.placers.base import DEFAULT_AMORTISE_STEPS, Budget, recorded_layers
+from tuner.placers.node_spread import spread_row
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 # plan and half on the warm start's (each 3/5 on the expected shares, 2/5 on static's draw); the MILP gets the
 # rest.
 REFINE_SHARE = 0.2
+# the warm-start candidate built like node-spread but with the replica counts of the joint load-and-network bound
+# (tuner.bounds.network_load_bound)
+NETWORK_REPLICAS = "node-spread, network replicas"
 
 
 def bytes_per_token(model: ModelSpec, dtype_bytes: float = 2.0) -> float:
@@ -53,10 +58,12 @@ def cost_model(
       intra-node bandwidth (``levels[0].bw_gb_s`` per GPU);
     - ``us_per_node_token`` = the same over the network (``levels[1].bw_gb_s`` per GPU), 0 on one node;
     - ``us_per_moved_replica`` = expert bytes over the slowest link, amortised over ``amortise_steps``;
-    - ``us_per_node_inbound`` = ``2 * hidden * 2 B / (gpn * network bw per GPU)``: one assignment the busiest node
-      receives from other nodes (dispatch) and sends back (combine) through its ``gpn`` NICs, 0 on one node.
+    - ``us_per_nic_assignment`` = ``2 * hidden * 2 B / NIC bw``: one assignment the busiest NIC receives from other
+      nodes (dispatch) and sends back (combine), 0 on one node; the NIC's bandwidth and the GPUs sharing it are
+      the simulator's (``moesim.dispatch.link_classes``).
     """
     from moesim.compute import fused_moe_us
+    from moesim.dispatch import link_classes
 
     gpu = cluster.gpu
     G = int(cluster.num_gpus)
@@ -73,16 +80,16 @@ def cost_model(
         c_node = bpt / (G * float(cluster.levels[1].bw_gb_s) * 1e3)
     slowest = min(float(lv.bw_gb_s) for lv in cluster.levels) * 1e3
     c_move = float(model.expert_weight_bytes(weight_dtype_bytes)) / slowest / max(1, amortise_steps)
-    c_net = 0.0
-    if len(cluster.levels) > 1 and cluster.num_nodes > 1:
-        c_net = bpt / (int(cluster.gpus_per_node) * float(cluster.levels[1].bw_gb_s) * 1e3)
+    links = link_classes(cluster)
+    c_nic = bpt / (links.nic_bw_gb_s * 1e3) if links.multi_node and links.nic_bw_gb_s > 0 else 0.0
     return CostModel(
         us_per_token=max(slope, 1e-9),
         us_per_gpu_token=c_gpu,
         us_per_node_token=c_node,
         us_per_moved_replica=c_move,
         bytes_per_token=bpt,
-        us_per_node_inbound=c_net,
+        us_per_nic_assignment=c_nic,
+        gpus_per_nic=int(links.gpus_per_nic),
     )
 
 
@@ -150,7 +157,23 @@ def solve(
     # under SGLang's nearest-replica rule, replicas on distinct nodes split evenly and are local to more ranks
     spread = sglang and budget.split == "even"
     if spread and PlacementMethod.NODE_SPREAD.value in pool:
-        warm_name = PlacementMethod.NODE_SPREAD.value  # made for this rule; scoring the others would cost draws
+        # made for this rule (scoring the others would cost draws); its spread shares are even, so the objective
+        # of the raw placement is the rule's. It takes EPLB's replica counts, which balance the load only: the
+        # counts that reach the joint load-and-network bound are the other candidate
+        warm_name = PlacementMethod.NODE_SPREAD.value
+        if G > gpn and cost.us_per_nic_assignment > 0:
+            *_, reps = network_load_bound(
+                counts, G, gpn, S, cost.us_per_token, cost.us_per_nic_assignment, cost.gpus_per_nic
+            )
+            phy = np.stack([spread_row(counts[l], reps[l], G, gpn, S) for l in range(L)])
+            name = NETWORK_REPLICAS
+            pool[name] = Placement(G, S, E, phy, even_shares(phy, E), {"method": name})
+            warm_name = min(
+                (PlacementMethod.NODE_SPREAD.value, name),
+                key=lambda n: predicted_terms(pool[n], counts, priced, gpn, cost, current, network=True)[
+                    "objective_us"
+                ],
+            )
     else:
         warm_name = min(pool, key=predicted_us)
     # SGLang's rule splits replicas unevenly where the MILP assumes even shares: keep a share of the time to
