@@ -84,9 +84,21 @@ def main(argv: list[str] | None = None) -> None:
         print(exc.ctx.get_help() if exc.ctx is not None else str(exc))
         sys.exit(0)
     except click_exc.ClickException as exc:
-        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
-        message = " ".join(exc.format_message().split())
-        print(f"moesim: error: {where}{message} (see --help)", file=sys.stderr)
+        ctx = getattr(exc, "ctx", None)
+        param = getattr(exc, "param", None)
+        see = f"see {ctx.command_path} --help" if ctx is not None else "see --help"
+        bad_value = isinstance(exc, click_exc.BadParameter) and not isinstance(exc, click_exc.MissingParameter)
+        if bad_value and str(exc.message).strip() and param is not None and getattr(param, "opts", None):
+            # a value of the wrong type: name the option as it is spelt, then what is wrong with the value
+            name = param.opts[0]
+            message = " ".join(str(exc.message).split()).rstrip(".")
+            message = message.replace("is not a valid int", "is not an integer")
+            message = message.replace("is not a valid float", "is not a number")
+            print(f"moesim: error: {name}: {message} ({see})", file=sys.stderr)
+        else:
+            message = " ".join(exc.format_message().split())
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            print(f"moesim: error: {where}{message} ({see})", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         print("moesim: interrupted", file=sys.stderr)

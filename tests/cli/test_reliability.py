@@ -102,8 +102,13 @@ PLAN = ["plan", "--cluster", "dgx-h100", "--time-limit", "2"]
         # usage errors: one line, not typer's box
         (
             PLAN + ["--model", "olmoe-1b-7b", "--trace", "{w}/t.npz", "-o", "{w}/p.yaml", "--tokens-per-gpu", "abc"],
-            ["moesim plan: Invalid value for '--tokens-per-gpu'"],
+            ["moesim: error: --tokens-per-gpu: 'abc' is not an integer (see moesim plan --help)"],
         ),
+        (
+            ["simulate", "--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--capacity-factor", "x"],
+            ["--capacity-factor: 'x' is not a number"],
+        ),
+        (["plan", "--model", "olmoe-1b-7b", "--cluster", "dgx-h100"], ["moesim plan: Missing option"]),
         (["plan", "--bogus"], ["moesim plan: No such option: --bogus"]),
         (["nosuch"], ["No such command 'nosuch'"]),
     ],
