@@ -39,11 +39,12 @@ from tuner.bounds import gap as bound_gap
 from tuner.bounds import objective_bound
 from tuner.engine_refine import settle_static
 from tuner.ilp import CostModel, ILPResult, predicted_terms
+from tuner.nic_balance import balance
 from tuner.placers import Budget, compared
 from tuner.placers import ilp as ilp_method
 from tuner.placers import place as place_with
 from tuner.placers.base import DEFAULT_AMORTISE_STEPS
-from tuner.placers.ilp import REFINE_SHARE, bytes_per_token, cost_model
+from tuner.placers.ilp import REFINE_SHARE, bytes_per_token, cost_model, eplb_load_caps
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
@@ -275,9 +276,16 @@ def plan(
             if static and refine_s > 0:
                 # static's draw runs over the whole map, so mixing layers redraws them: settle on the mix's
                 # own draw (swaps that change no draw), then keep it only if it beats every whole candidate
-                mixed, m = settle_static(
-                    mixed, counts, gpn, model, trace.layers, time_limit_s=SETTLE_SHARE * refine_s
-                )
+                ratio = cost.us_per_nic_assignment / cost.us_per_token if cost.us_per_token > 0 else 0.0
+                t_settle = SETTLE_SHARE * refine_s * (0.5 if ratio > 0 and G > gpn else 1.0)
+                mixed, m = settle_static(mixed, counts, gpn, model, trace.layers, time_limit_s=t_settle)
+                if ratio > 0 and G > gpn:
+                    # then the load and the busiest NIC together, against the same draw (lone experts only)
+                    drawn = apply_engine(mixed, engine, gpn, model, trace.layers).shares
+                    caps = eplb_load_caps(pool, engine, gpn, model, trace.layers, counts)
+                    mixed, m2 = balance(mixed, counts, gpn, ratio, cost.gpus_per_nic, shares=drawn, lone_only=True,
+                                        time_limit_s=SETTLE_SHARE * refine_s - t_settle, load_caps=caps)
+                    m += m2
                 notes.append(f"settled on SGLang's static draw: {m} swaps of single-replica experts")
             solve_s += time.perf_counter() - t1
             mixed_row = row(mixed, "ilp")

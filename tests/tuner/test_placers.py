@@ -11,7 +11,7 @@ from moesim.placement import PlacementMethod
 from moesim.specs import load_cluster, load_model
 from moesim.trace import load_trace
 from tuner.placers import BASELINES, REGISTRY, Budget, candidates, get_placer, place
-from tuner.placers.ilp import NETWORK_REPLICAS, solve
+from tuner.placers.ilp import NETWORK_REPLICAS, REFINE_SHARE, solve
 
 TRACE = Path(__file__).resolve().parents[2] / "profiles" / "traces" / "olmoe_c4.npz"
 
@@ -109,7 +109,7 @@ def test_ilp_method_never_worse_than_its_warm_start(olmoe) -> None:
         "eplb-global": place("eplb-global", c, tr, model, cluster, 16, "sglang-static", budget, layers=trace.layers)
     }
     out = solve(c, tr, model, cluster, 16, "sglang-static", budget, cands, layers=trace.layers)
-    assert out.warm_name in cands and out.refine_s == pytest.approx(0.2 * 10)
+    assert out.warm_name in cands and out.refine_s == pytest.approx(REFINE_SHARE * 10)
 
     def objective(p):  # the MILP's own: even replica shares; under dependency "home" no transitions priced
         return predicted_terms(p, c, None, 8, out.cost, network=True)["objective_us"]
