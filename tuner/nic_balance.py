@@ -23,10 +23,18 @@ away when its node holds no replica, so ``out(n) += (c_a - c_b) / G`` and ``out(
 How. Steepest descent: each step prices, in one vectorised pass, every allowed swap of a slot of the hot GPUs
 (the busiest GPU, the busiest NIC's GPUs, and the busiest sender node's GPUs when its outbound binds) with every
 other slot, and takes the one that most lowers ``(cost, sum of squared loads and weighted inbounds)``; it stops
-when none does, after ``max_swaps``, or at the deadline. With ``lone_only`` only experts with one replica move:
-they consume no random number in SGLang's static draw (``tuner.engine_refine.settle_static``), so the realised
-shares given as ``shares`` stay exact. A load cap (the plan's callers pass the best EPLB's busiest GPU, layer by
-layer) adds :data:`CAP_PENALTY` per assignment above it, so the NIC is never bought with load beyond the cap.
+when none does, after ``max_swaps``, or at the deadline.
+
+With ``keep_draw`` only swaps that leave SGLang's static draw (``moesim.engine_dispatch.sglang_static_map``) as
+it was are made, so the realised shares given as ``shares`` stay exact: across nodes only experts with one
+replica move (a lone replica is every rank's nearest: it consumes no random number,
+``tuner.engine_refine.settle_static``); within a node any two experts each alone on it. Such a swap keeps which
+experts every node lacks and every candidate list's length, so each node's random stream is consumed as before,
+and it keeps each expert's slots in the same order (its other replicas are on other nodes, outside the node's
+slot range), so each drawn position names the moved slot.
+
+A load cap (the plan's callers pass the best EPLB's busiest GPU, layer by layer) adds :data:`CAP_PENALTY` per
+assignment above it, so the NIC is never bought with load beyond the cap.
 """
 
 from __future__ import annotations
@@ -97,7 +105,7 @@ def balance_row(
     gpus_per_node: int,
     ratio: float,
     gpus_per_nic: int = 1,
-    lone_only: bool = False,
+    keep_draw: bool = False,
     max_swaps: int = 400,
     deadline: float | None = None,
     load_cap: float = np.inf,
@@ -147,8 +155,8 @@ def balance_row(
         ok = (a != b) & (slot_gpu[ps][:, None] != slot_gpu[None, :])
         ok &= (cnt[a, npn] == 1) & (cnt[b, nqn] == 1)  # each alone on its node
         ok &= same | ((cnt[a, nqn] == 0) & (cnt[b, npn] == 0))  # and absent from the other's
-        if lone_only:
-            ok &= lone[a] & lone[b]
+        if keep_draw:  # module docstring: lone experts, or both alone on one node
+            ok &= (lone[a] & lone[b]) | same
         ia, ib_ = np.nonzero(ok)
         if ia.size == 0:
             break
@@ -209,7 +217,7 @@ def balance(
     ratio: float,
     gpus_per_nic: int = 1,
     shares: np.ndarray | None = None,
-    lone_only: bool = False,
+    keep_draw: bool = False,
     time_limit_s: float = 5.0,
     max_swaps: int = 400,
     load_caps: np.ndarray | None = None,
@@ -233,7 +241,7 @@ def balance(
         sh = sglang_shares_row(phy, E, G, gpn) if shares is None else shares[layer]
         deadline = start + time_limit_s * (layer + 1) / L
         cap = np.inf if load_caps is None else float(load_caps[layer])
-        row, n = balance_row(phy, counts[layer], sh, G, gpn, ratio, gpus_per_nic, lone_only, max_swaps, deadline, cap)
+        row, n = balance_row(phy, counts[layer], sh, G, gpn, ratio, gpus_per_nic, keep_draw, max_swaps, deadline, cap)
         rows.append(row)
         total += n
     phy = np.stack(rows)

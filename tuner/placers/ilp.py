@@ -27,9 +27,10 @@ if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
 
 # Share of the method's time spent refining under SGLang's replica choice (tuner.engine_refine, tuner.nic_balance),
-# split over the MILP's plan and the warm start (static keeps a fifth of it for settling on its draw); the MILP gets
-# the rest. 0.4, up from 0.2 once the NIC balancing came: on DeepSeek-V3 64 GPUs the MILP kept the warm start on
-# most layers within its time, and the balancing gave most of the objective's gain. A tuning choice
+# split over the MILP's plan, the warm start and the other spread candidate (static keeps a fifth of it for
+# settling on its draw); the MILP gets the rest. 0.4, up from 0.2 once the NIC balancing came: on DeepSeek-V3 64
+# GPUs the MILP kept the warm start on most layers within its time, and the balancing gave most of the objective's
+# gain. A tuning choice
 REFINE_SHARE = 0.4
 # of each plan's refinement time, the share for the load alone (tuner.engine_refine) where the NICs are priced; the
 # rest balances the load and the busiest NIC together (tuner.nic_balance). None: a load-only descent first left the
@@ -38,6 +39,8 @@ LOAD_REFINE_SHARE = 0.0
 # the warm-start candidate built like node-spread but with the replica counts of the joint load-and-network bound
 # (tuner.bounds.network_load_bound)
 NETWORK_REPLICAS = "node-spread, network replicas"
+# the spread candidates refined under SGLang's rules besides the MILP's plan
+SPREAD_CANDIDATES = (PlacementMethod.NODE_SPREAD.value, NETWORK_REPLICAS)
 
 
 def bytes_per_token(model: ModelSpec, dtype_bytes: float = 2.0) -> float:
@@ -215,25 +218,28 @@ def solve(
     if refine_s > 0:
         if budget.progress is not None:
             budget.progress(0, 1, f"refining under {engine}")
-        share = 0.4 if engine == "sglang-static" else 0.5  # static keeps a fifth for settling on its draw
+        # the MILP's plan, its warm start, and the spread candidate it was not warm-started from: the raw
+        # objective that chose the warm start says little of where the balancing ends (DeepSeek-V3 dirichlet:
+        # the two spread candidates start 0.01% apart and end 4.5% apart)
+        todo = [("ilp", result.placement), (warm_name, pool[warm_name])]
+        todo += [(n, pool[n]) for n in SPREAD_CANDIDATES if spread and n in pool and n != warm_name]
+        # static keeps a fifth for settling on its draw
+        share = (0.8 if engine == "sglang-static" else 1.0) / len(todo)
         # the load first, then (where the objective prices the NICs) the load and the busiest NIC together
         ratio = cost.us_per_nic_assignment / cost.us_per_token if sglang and cost.us_per_token > 0 else 0.0
         t_load = share * refine_s * (LOAD_REFINE_SHARE if ratio > 0 else 1.0)
         t_nic = share * refine_s - t_load
         caps = eplb_load_caps(pool, engine, gpn, model, lay, counts) if ratio > 0 else None
         swaps = []
-        for key, p in (("ilp", result.placement), (f"{warm_name} refined", pool[warm_name])):
+        for key, p in todo:
             p, n = refine(p, counts, gpn, t_load, spread=spread)
             p, m = balance(p, counts, gpn, ratio, cost.gpus_per_nic, time_limit_s=t_nic, load_caps=caps)
-            swaps.append(n + m)
+            swaps.append(f"{n + m} on {'the MILP' if key == 'ilp' else key}'s")
             if key == "ilp":
                 placement = p
             else:
-                extra[key] = p
-        notes.append(
-            f"refined under {engine}'s replica choice: {swaps[0]} slot swaps on the MILP's plan, {swaps[1]} on "
-            f"{warm_name}'s"
-        )
+                extra[f"{key} refined"] = p
+        notes.append(f"refined under {engine}'s replica choice: slot swaps {', '.join(swaps)}")
     return IlpOutcome(
         placement=placement,
         result=result,
