@@ -280,11 +280,13 @@ def plan(
                 t_settle = SETTLE_SHARE * refine_s * (0.5 if ratio > 0 and G > gpn else 1.0)
                 mixed, m = settle_static(mixed, counts, gpn, model, trace.layers, time_limit_s=t_settle)
                 if ratio > 0 and G > gpn:
-                    # then the load and the busiest NIC together, by swaps that keep the same draw
+                    # then the load and the busiest NIC together, by swaps that keep the same draw, with the time
+                    # the refinement's descents left
                     drawn = apply_engine(mixed, engine, gpn, model, trace.layers).shares
                     caps = eplb_load_caps(pool, engine, gpn, model, trace.layers, counts)
                     mixed, m2 = balance(mixed, counts, gpn, ratio, cost.gpus_per_nic, shares=drawn, keep_draw=True,
-                                        time_limit_s=SETTLE_SHARE * refine_s - t_settle, load_caps=caps)
+                                        time_limit_s=SETTLE_SHARE * refine_s - t_settle + out.left_s, load_caps=caps,
+                                        kicks=None)
                     m += m2
                 notes.append(f"settled on SGLang's static draw: {m} slot swaps that keep the draw")
             solve_s += time.perf_counter() - t1

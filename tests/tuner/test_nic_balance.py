@@ -2,13 +2,14 @@
 formulas, the invariants of the allowed swaps, and the static draw."""
 
 import numpy as np
+import pytest
 
 from moesim.engine_dispatch import apply_engine
 from moesim.placement import Placement, even_shares
 from tuner.engine_refine import sglang_shares_row
 from tuner.eplb import replicate_experts
 from tuner.ilp import nic_traffic
-from tuner.nic_balance import balance, balance_row, row_cost
+from tuner.nic_balance import CAP_PENALTY, balance, balance_cost, balance_row, row_cost
 from tuner.placers.node_spread import spread_row
 
 
@@ -144,3 +145,47 @@ def test_a_load_cap_is_never_crossed_and_is_reached_first() -> None:
         capped, _ = balance_row(phy, counts, shares, G, gpn, 8.0, load_cap=cap)
         assert load(capped) <= cap * (1 + 1e-12)
         assert load(capped) <= max(load(free), cap) + 1e-9
+
+
+def test_kicks_only_ever_lower_the_cost_and_keep_the_draw() -> None:
+    """The iterated local search keeps a kicked descent only when it ends lower, so with kicks the layer ends at
+    or below the plain descent's cost; its kicks are within-node swaps, so the keep-draw invariants hold."""
+    rng = np.random.default_rng(5)
+    G, gpn, E, S = 32, 8, 64, 3
+    node = np.arange(G * S) // S // gpn
+    lowered = 0
+    for seed in range(4):
+        counts = rng.dirichlet(np.full(E, 0.4)) * 1e5
+        phy = _spread(counts, G, gpn, S)
+        shares = sglang_shares_row(phy, E, G, gpn)
+        plain, _ = balance_row(phy, counts, shares, G, gpn, 4.0, keep_draw=True)
+        kicked, _ = balance_row(phy, counts, shares, G, gpn, 4.0, keep_draw=True, kicks=30, seed=seed)
+        a, b = _cost(plain, counts, G, gpn, 1, 4.0), _cost(kicked, counts, G, gpn, 1, 4.0)
+        assert b <= a + 1e-9
+        lowered += b < a - 1e-9
+        for e in np.flatnonzero(np.bincount(phy, minlength=E) > 1):  # replicated experts keep their nodes
+            np.testing.assert_array_equal(node[kicked == e], node[phy == e])
+    assert lowered > 0  # the kicks found something the descent alone did not
+
+
+def test_kicks_without_a_limit_need_a_deadline() -> None:
+    phy = np.arange(8)
+    with pytest.raises(ValueError, match="deadline"):
+        balance_row(phy, np.ones(8), np.ones(8), 4, 2, 1.0, kicks=None)
+
+
+def test_balance_cost_is_the_sum_of_the_layers_objectives() -> None:
+    rng = np.random.default_rng(9)
+    G, gpn, E, S = 32, 8, 64, 3
+    counts = rng.dirichlet(np.full(E, 0.4), size=3) * 1e5
+    phy = np.stack([_spread(counts[l], G, gpn, S) for l in range(3)])
+    p = Placement(G, S, E, phy, even_shares(phy, E))
+    want = sum(_cost(phy[l], counts[l], G, gpn, 1, 3.0) for l in range(3))
+    assert abs(balance_cost(p, counts, gpn, 3.0) - want) <= 1e-9 * want
+    # a cap below the busiest GPU adds CAP_PENALTY per assignment above it
+    loads = [
+        np.bincount(np.arange(G * S) // S, weights=counts[l][phy[l]] * sglang_shares_row(phy[l], E, G, gpn))
+        for l in range(3)
+    ]
+    caps = np.array([ld.max() - 1.0 for ld in loads])
+    assert abs(balance_cost(p, counts, gpn, 3.0, load_caps=caps) - (want + 3 * CAP_PENALTY)) <= 1e-9 * want

@@ -19,7 +19,7 @@ from moesim.placement import Placement, PlacementMethod, even_shares, slots_per_
 from tuner.bounds import network_load_bound
 from tuner.engine_refine import refine
 from tuner.ilp import CostModel, ILPResult, predicted_terms, solve_ilp
-from tuner.nic_balance import balance
+from tuner.nic_balance import balance, balance_cost
 from tuner.placers.base import DEFAULT_AMORTISE_STEPS, Budget, recorded_layers
 from tuner.placers.node_spread import spread_row
 
@@ -106,7 +106,8 @@ def cost_model(
 class IlpOutcome:
     """What the MILP method produced: ``placement`` (the MILP's plan, refined under the engine's rule),
     ``result`` (the MILP's own report: status, gaps, subproblems), the baseline it was warm-started from, and the
-    refined warm start (``extra``: a candidate for a per-layer choice, not a plan of its own)."""
+    refined candidates (``extra``: for a per-layer choice, not plans of their own); ``left_s``: refinement time the
+    descents left unspent, which ``sglang-static``'s settling on the chosen plan's draw takes over."""
 
     placement: Placement
     result: ILPResult
@@ -116,6 +117,7 @@ class IlpOutcome:
     refine_s: float
     extra: dict[str, Placement] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    left_s: float = 0.0
 
 
 def solve(
@@ -224,17 +226,35 @@ def solve(
         todo = [("ilp", result.placement), (warm_name, pool[warm_name])]
         todo += [(n, pool[n]) for n in SPREAD_CANDIDATES if spread and n in pool and n != warm_name]
         # static keeps a fifth for settling on its draw
-        share = (0.8 if engine == "sglang-static" else 1.0) / len(todo)
-        # the load first, then (where the objective prices the NICs) the load and the busiest NIC together
+        whole = (0.8 if engine == "sglang-static" else 1.0) * refine_s
+        share = 1.0 / len(todo)
+        # the load first, then (where the objective prices the NICs) the load and the busiest NIC together: a
+        # descent on each candidate (it stops at a local optimum, mostly well inside its share), then the time
+        # left on an iterated local search: of the candidate that ended lowest, or, for static, of the plan
+        # chosen from them (the settling in tuner.plan)
         ratio = cost.us_per_nic_assignment / cost.us_per_token if sglang and cost.us_per_token > 0 else 0.0
-        t_load = share * refine_s * (LOAD_REFINE_SHARE if ratio > 0 else 1.0)
-        t_nic = share * refine_s - t_load
+        t_load = share * whole * (LOAD_REFINE_SHARE if ratio > 0 else 1.0)
+        t_nic = share * whole - t_load
         caps = eplb_load_caps(pool, engine, gpn, model, lay, counts) if ratio > 0 else None
-        swaps = []
+        t_refine = time.perf_counter()
+        done: dict[str, tuple[Placement, int]] = {}
         for key, p in todo:
             p, n = refine(p, counts, gpn, t_load, spread=spread)
             p, m = balance(p, counts, gpn, ratio, cost.gpus_per_nic, time_limit_s=t_nic, load_caps=caps)
-            swaps.append(f"{n + m} on {'the MILP' if key == 'ilp' else key}'s")
+            done[key] = (p, n + m)
+        left = max(0.0, whole - (time.perf_counter() - t_refine))
+        # static: the settling searches the chosen plan itself (tuner.plan), against its draw
+        if engine != "sglang-static" and ratio > 0 and G > gpn and left > 0:
+            lowest = min(done, key=lambda k: balance_cost(done[k][0], counts, gpn, ratio, cost.gpus_per_nic, caps))
+            p, m = balance(
+                done[lowest][0], counts, gpn, ratio, cost.gpus_per_nic, time_limit_s=left, load_caps=caps, kicks=None
+            )
+            done[lowest] = (p, done[lowest][1] + m)
+            left = 0.0
+            notes.append(f"iterated local search on {'the MILP' if lowest == 'ilp' else lowest}'s for {left:.1f} s")
+        swaps = []
+        for key, (p, n) in done.items():
+            swaps.append(f"{n} on {'the MILP' if key == 'ilp' else key}'s")
             if key == "ilp":
                 placement = p
             else:
@@ -249,6 +269,7 @@ def solve(
         refine_s=refine_s,
         extra=extra,
         notes=tuple(notes),
+        left_s=left if refine_s > 0 else 0.0,
     )
 
 
