@@ -241,9 +241,12 @@ def plan(
 
     # the baselines are scored first, so the MILP's share of --time-limit can leave room for the simulations
     # still to come: its row, the refined warm start's and the per-layer mix's
-    t_rows = time.perf_counter()
-    rows = [row(p, name) for name, p in placements.items()]
-    per_row = (time.perf_counter() - t_rows) / max(1, len(rows))
+    rows, row_s = [], []
+    for name, p in placements.items():
+        t_row = time.perf_counter()
+        rows.append(row(p, name))
+        row_s.append(time.perf_counter() - t_row)
+    per_row = float(np.mean(row_s)) if row_s else 0.0
     left = time_limit_s - (time.perf_counter() - t_start) - ROWS_AFTER * per_row
     # the static rule's settling takes SETTLE_SHARE of the refinement time on top of the method's budget
     fits = left / (1 + SETTLE_SHARE * REFINE_SHARE)
@@ -284,9 +287,12 @@ def plan(
                     # the refinement's descents left
                     drawn = apply_engine(mixed, engine, gpn, model, trace.layers).shares
                     caps = eplb_load_caps(pool, engine, gpn, model, trace.layers, counts)
+                    # the search runs to its time, so it stops short of --time-limit by the mix's simulation
+                    # still to come (as slow as the slowest baseline's)
+                    t_search = min(SETTLE_SHARE * refine_s - t_settle + out.left_s,
+                                   time_limit_s - (time.perf_counter() - t_start) - max(row_s, default=0.0))
                     mixed, m2 = balance(mixed, counts, gpn, ratio, cost.gpus_per_nic, shares=drawn, keep_draw=True,
-                                        time_limit_s=SETTLE_SHARE * refine_s - t_settle + out.left_s, load_caps=caps,
-                                        kicks=None)
+                                        time_limit_s=max(0.0, t_search), load_caps=caps, kicks=None)
                     m += m2
                 notes.append(f"settled on SGLang's static draw: {m} slot swaps that keep the draw")
             solve_s += time.perf_counter() - t1
