@@ -287,10 +287,10 @@ def plan(
                     # the refinement's descents left
                     drawn = apply_engine(mixed, engine, gpn, model, trace.layers).shares
                     caps = eplb_load_caps(pool, engine, gpn, model, trace.layers, counts)
-                    # the search runs to its time, so it stops short of --time-limit by the mix's simulation
-                    # still to come (as slow as the slowest baseline's)
+                    # the search runs to its time, so it stops short of --time-limit by the simulations still to
+                    # come, each as slow as the slowest baseline's: the mix's, and a whole candidate's if it wins
                     t_search = min(SETTLE_SHARE * refine_s - t_settle + out.left_s,
-                                   time_limit_s - (time.perf_counter() - t_start) - max(row_s, default=0.0))
+                                   time_limit_s - (time.perf_counter() - t_start) - 2 * max(row_s, default=0.0))
                     mixed, m2 = balance(mixed, counts, gpn, ratio, cost.gpus_per_nic, shares=drawn, keep_draw=True,
                                         time_limit_s=max(0.0, t_search), load_caps=caps, kicks=None)
                     m += m2
