@@ -106,6 +106,11 @@ class CostModel:
     us_per_nic_assignment: float = 0.0
     gpus_per_nic: int = 1  # GPUs sharing one NIC (rail layout: 1)
 
+    @property
+    def nic_ratio(self) -> float:
+        """``c_nic / c_tok``: the busiest NIC's price in units of the busiest GPU's (0 when c_tok is 0)."""
+        return self.us_per_nic_assignment / self.us_per_token if self.us_per_token > 0 else 0.0
+
 
 def nic_inbound(phy2log: np.ndarray, counts: np.ndarray, num_experts: int, num_gpus: int, gpus_per_node: int,
                 gpus_per_nic: int = 1) -> np.ndarray:

@@ -126,6 +126,8 @@ def balance_row(
     ``kicks``: after the descent, up to that many rounds (None: no limit but ``deadline``) of :data:`KICK_SWAPS` random
     within-node swaps of experts each alone on their node (allowed under ``keep_draw`` too) followed by a new
     descent, each kept only if it ends lower (an iterated local search; ``seed`` fixes the kicks)."""
+    if kicks is None and deadline is None:
+        raise ValueError("balance_row: kicks=None needs a deadline")
     phy = np.asarray(phy2log, dtype=np.int64).copy()
     sh = np.asarray(shares, dtype=np.float64).copy()
     c = np.asarray(counts, dtype=np.float64)
@@ -144,8 +146,6 @@ def balance_row(
     rng = np.random.default_rng(seed)
     P, G, gpn = phy.shape[0], int(num_gpus), int(gpus_per_node)
     spg, N = P // G, G // gpn
-    if kicks is None and deadline is None:
-        raise ValueError("balance_row: kicks=None needs a deadline")
     done = 0
     while kicks is None or done < kicks:
         if deadline is not None and time.perf_counter() >= deadline:

@@ -44,7 +44,7 @@ from tuner.placers import Budget, compared
 from tuner.placers import ilp as ilp_method
 from tuner.placers import place as place_with
 from tuner.placers.base import DEFAULT_AMORTISE_STEPS
-from tuner.placers.ilp import REFINE_SHARE, bytes_per_token, cost_model, eplb_load_caps
+from tuner.placers.ilp import REFINE_SHARE, bytes_per_token, cost_model
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
@@ -239,8 +239,8 @@ def plan(
         r["gap"] = bound_gap(r["predicted_us"], bound["objective_us"])
         return r
 
-    # the baselines are scored first, so the MILP's share of --time-limit can leave room for the simulations
-    # still to come: its row, the refined warm start's and the per-layer mix's
+    # the baselines are scored first, so the MILP's share of --time-limit can leave room for the ROWS_AFTER
+    # simulations still to come
     rows, row_s = [], []
     for name, p in placements.items():
         t_row = time.perf_counter()
@@ -279,14 +279,14 @@ def plan(
             if static and refine_s > 0:
                 # static's draw runs over the whole map, so mixing layers redraws them: settle on the mix's
                 # own draw (swaps that change no draw), then keep it only if it beats every whole candidate
-                ratio = cost.us_per_nic_assignment / cost.us_per_token if cost.us_per_token > 0 else 0.0
+                ratio = cost.nic_ratio
                 t_settle = SETTLE_SHARE * refine_s * (0.5 if ratio > 0 and G > gpn else 1.0)
                 mixed, m = settle_static(mixed, counts, gpn, model, trace.layers, time_limit_s=t_settle)
                 if ratio > 0 and G > gpn:
                     # then the load and the busiest NIC together, by swaps that keep the same draw, with the time
                     # the refinement's descents left
                     drawn = apply_engine(mixed, engine, gpn, model, trace.layers).shares
-                    caps = eplb_load_caps(pool, engine, gpn, model, trace.layers, counts)
+                    caps = out.load_caps
                     # the search runs to its time, so it stops short of --time-limit by the simulations still to
                     # come, each as slow as the slowest baseline's: the mix's, and a whole candidate's if it wins
                     t_search = min(SETTLE_SHARE * refine_s - t_settle + out.left_s,

@@ -107,7 +107,8 @@ class IlpOutcome:
     """What the MILP method produced: ``placement`` (the MILP's plan, refined under the engine's rule),
     ``result`` (the MILP's own report: status, gaps, subproblems), the baseline it was warm-started from, and the
     refined candidates (``extra``: for a per-layer choice, not plans of their own); ``left_s``: refinement time the
-    descents left unspent, which ``sglang-static``'s settling on the chosen plan's draw takes over."""
+    descents left unspent, which ``sglang-static``'s settling on the chosen plan's draw takes over; ``load_caps``:
+    the refinement's per-layer load caps (:func:`eplb_load_caps`; None where it had none)."""
 
     placement: Placement
     result: ILPResult
@@ -118,6 +119,7 @@ class IlpOutcome:
     extra: dict[str, Placement] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     left_s: float = 0.0
+    load_caps: np.ndarray | None = None
 
 
 def solve(
@@ -216,7 +218,7 @@ def solve(
     notes: list[str] = []
     if result.status == "partial":
         notes.append(f"time limit reached: some layers keep the {warm_name} warm start")
-    placement, extra = result.placement, {}
+    placement, extra, caps = result.placement, {}, None
     if refine_s > 0:
         if budget.progress is not None:
             budget.progress(0, 1, f"refining under {engine}")
@@ -232,7 +234,7 @@ def solve(
         # descent on each candidate (it stops at a local optimum, mostly well inside its share), then the time
         # left on an iterated local search: of the candidate that ended lowest, or, for static, of the plan
         # chosen from them (the settling in tuner.plan)
-        ratio = cost.us_per_nic_assignment / cost.us_per_token if sglang and cost.us_per_token > 0 else 0.0
+        ratio = cost.nic_ratio if sglang else 0.0
         t_load = share * whole * (LOAD_REFINE_SHARE if ratio > 0 else 1.0)
         t_nic = share * whole - t_load
         caps = eplb_load_caps(pool, engine, gpn, model, lay, counts) if ratio > 0 else None
@@ -250,8 +252,8 @@ def solve(
                 done[lowest][0], counts, gpn, ratio, cost.gpus_per_nic, time_limit_s=left, load_caps=caps, kicks=None
             )
             done[lowest] = (p, done[lowest][1] + m)
-            left = 0.0
             notes.append(f"iterated local search on {'the MILP' if lowest == 'ilp' else lowest}'s for {left:.1f} s")
+            left = 0.0
         swaps = []
         for key, (p, n) in done.items():
             swaps.append(f"{n} on {'the MILP' if key == 'ilp' else key}'s")
@@ -270,6 +272,7 @@ def solve(
         extra=extra,
         notes=tuple(notes),
         left_s=left if refine_s > 0 else 0.0,
+        load_caps=caps,
     )
 
 
