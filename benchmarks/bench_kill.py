@@ -221,7 +221,7 @@ class WhatifCase(Case):
 class KernelCase(Case):
     url: str = ""
     _stores: dict = {}
-    file_name = "E=4,N=32,device_name=TRITON_INTERPRET.json"
+    file_name = "E=4,N=32,device_name=cpu.json"
 
     def argv(self, i: int) -> list[str]:
         return [

@@ -13,9 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from moesim import vllm_configs as _fmt
 from moesim.fileio import atomic_write_text
 from moesim.vllm_configs import (  # noqa: F401 -- re-exported: the kernel package's config API
+    CPU_DEVICE_NAME,
     Config,
     config_file_name,
     load_configs,
@@ -34,11 +37,11 @@ def reference_dir() -> Path | None:
 
 
 def device_name() -> str:
-    """Normalised name of CUDA device 0 (``"cpu"`` without CUDA)."""
+    """Normalised name of CUDA device 0 (:data:`CPU_DEVICE_NAME` without CUDA)."""
     import torch
 
     if not torch.cuda.is_available():
-        return "cpu"
+        return CPU_DEVICE_NAME
     return normalize_device_name(torch.cuda.get_device_name())
 
 
@@ -105,5 +108,6 @@ def save_configs(path: str | os.PathLike, configs: dict[int, dict[str, Any]],
     if triton_version:
         doc["triton_version"] = triton_version
     for m in sorted(configs, key=int):
-        doc[str(int(m))] = {k: int(v) for k, v in configs[m].items()}
+        # values as they are (vLLM keeps a string such as "grf_mode": "256"); numpy integers become JSON ints
+        doc[str(int(m))] = {k: (int(v) if isinstance(v, np.integer) else v) for k, v in configs[m].items()}
     atomic_write_text(p, json.dumps(doc, indent=4) + "\n")

@@ -1,19 +1,22 @@
 """vLLM-format tuned fused-MoE config files, and the tile vLLM's or SGLang's Triton fused MoE runs with.
 
 A file ``E={E},N={N},device_name={device}[,dtype={dtype}][,block_shape=[{bn},{bk}]].json`` maps batch sizes M
-(JSON keys, strings) to a config ``{BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, GROUP_SIZE_M, num_warps, num_stages}``;
-an optional ``"triton_version"`` key records the Triton the file was tuned with and is not a batch size. This
-follows vLLM 0.24.0's ``get_config_file_name`` / ``get_moe_configs`` / ``try_get_optimal_moe_config`` in
-``vllm/model_executor/layers/fused_moe/fused_moe.py``: a batch size M takes the entry with the nearest key (ties:
-the first in file order); with no file, ``get_default_config`` decides.
+(JSON keys, strings) to a config ``{BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K, GROUP_SIZE_M, num_warps, num_stages}``
+(some vendors' files add keys: ROCm's ``kpack``, Intel's ``"grf_mode": "256"``, a string); an optional
+``"triton_version"`` key records the Triton the file was tuned with and is not a batch size. This follows vLLM
+0.33.0's ``get_config_file_name`` / ``get_moe_configs`` / ``try_get_optimal_moe_config`` in
+``vllm/model_executor/layers/fused_moe/fused_moe.py`` (checked against that code by
+``tests/moesim/test_vllm_configs.py``): every value stays as JSON gives it; a batch size M takes the entry with
+the nearest key (ties: the first in file order); with no file, ``get_default_config`` decides.
 
 N in the name is the intermediate size per expert per TP shard, ``w2.shape[2]`` (w1 is [E, 2N, K]); E is the
 number of local experts (``w1.shape[0]``); M is the tokens of the forward (``hidden_states.shape[0]``), not rows.
 Mixtral-8x7B (intermediate 14336) at TP2 -> N=7168; Qwen3-30B-A3B (moe_intermediate 768) at TP2 -> N=384.
 
-Device names follow vLLM: the CUDA name with spaces replaced by ``_``, and a name with ``H200`` as one of its
-``_``-separated words (``NVIDIA H200``, ``NVIDIA H200 NVL``) becomes ``NVIDIA_H200``; ``NVIDIA GH200 480GB``
-stays ``NVIDIA_GH200_480GB``. We also replace ``/`` (vLLM does not: such a name would be a sub-folder path there).
+Device names follow vLLM 0.33.0 (``get_device_name_as_file_name`` in ``vllm/utils/platform_utils.py``, then
+``get_config_file_name``): every run of whitespace and ``/`` becomes one ``_``, and a name with ``H200`` as one
+of its ``_``-separated words (``NVIDIA H200``, ``NVIDIA H200 NVL``) becomes ``NVIDIA_H200``;
+``NVIDIA GH200 480GB`` stays ``NVIDIA_GH200_480GB``. On a CPU vLLM's platform name is ``cpu``.
 
 SGLang keeps the same format in one folder per Triton version and its own default (:class:`TileSource`).
 This is the file format and the engines' choice only; the Triton kernel that runs a config is ``kernels/``.
@@ -28,12 +31,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from moesim.errors import field_error
 
 __all__ = [
+    "CPU_DEVICE_NAME",
     "Config",
     "config_dirs",
     "config_file_name",
@@ -49,16 +54,24 @@ __all__ = [
     "vllm_default_config",
 ]
 
-Config = dict[str, int]
+# The device name of config files on a CPU: vLLM 0.33.0's CpuPlatform.get_device_name() (vllm/platforms/cpu.py).
+# kernels.configs.device_name() looks it up without CUDA; `autotune kernel --backend interpret` writes it.
+CPU_DEVICE_NAME = "cpu"
+
+# A config's values as the file has them: ints, but vLLM keeps any JSON value (Intel's "grf_mode": "256")
+Config = dict[str, Any]
+
+# What vLLM 0.33.0 turns into "_" (``re.sub(r"[\s/]+", "_", name)`` with the third-party ``regex`` module):
+# Unicode White_Space and "/". Spelled out because the stdlib ``re``'s ``\s`` also takes U+001C..U+001F.
+_NAME_SEPARATORS = re.compile(r"[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000/]+")
 
 
 def normalize_device_name(name: str) -> str:
-    """vLLM's spelling: spaces become ``_``; a name with the word ``H200`` is ``NVIDIA_H200`` (GH200 is not);
-    ``/`` also becomes ``_`` (ours, so a name never makes a sub-folder)."""
-    name = name.replace(" ", "_")
-    if "H200" in name.split("_"):
-        return "NVIDIA_H200"
-    return name.replace("/", "_")
+    """vLLM 0.33.0's spelling of a device name in a file name: each run of whitespace and ``/`` becomes one
+    ``_`` (so a name never makes a sub-folder); then a name with the word ``H200`` is ``NVIDIA_H200`` (GH200
+    is not). Already-normalised names are left as they are."""
+    name = _NAME_SEPARATORS.sub("_", name)
+    return "NVIDIA_H200" if "H200" in name.split("_") else name
 
 
 def config_file_name(
@@ -103,7 +116,7 @@ def _load_file(path: Path) -> dict[int, Config]:
             raise ValueError(f"{path}: key {key!r} is not a batch size") from exc
         if not isinstance(cfg, dict):
             raise TypeError(f"{path}: M={key}: config must be an object, got {cfg!r}")
-        out[m] = {k: int(v) for k, v in cfg.items()}
+        out[m] = dict(cfg)  # values as JSON gives them, as vLLM keeps them: "grf_mode": "256" stays a string
     return out  # file order, as vLLM keeps it: pick_config's ties go to the earlier entry
 
 
@@ -128,11 +141,15 @@ def pick_config(configs: dict[int, Config], M: int) -> Config:
 
 
 def vllm_default_config(M: int, E: int) -> Config:
-    """vLLM 0.24.0's fallback for a bf16/fp16 layer without a tuned file (``get_default_config`` on CUDA)::
+    """vLLM 0.33.0's fallback for a bf16/fp16 layer without a tuned file (``get_default_config`` in
+    ``vllm/model_executor/layers/fused_moe/fused_moe.py``, CUDA, ``VLLM_BATCH_INVARIANT`` off)::
 
     BM = 16 if M <= 32, 32 if M <= 96, 64 if M <= 512, else 128
-    BN = 64 if M <= 64 else 128;   BK = 128 if M <= 64 else 64
+    BN = 64 if M <= 64 else 128;   BK = 128 if M <= 64 else 64;   SPLIT_K = 1
     GROUP_SIZE_M = 16 if M // E > 128 else 1;   num_warps = 4 if M <= 128 else 8;   num_stages = 4 if M <= 32 else 3
+
+    The tiles equal those of the rule this module restated from vLLM 0.24.0 before (that restatement had no
+    ``SPLIT_K``). N, K and top_k, which vLLM's function also takes, do not enter its bf16/fp16 branch.
     """
     bm = 16 if M <= 32 else 32 if M <= 96 else 64 if M <= 512 else 128
     return {
@@ -140,6 +157,7 @@ def vllm_default_config(M: int, E: int) -> Config:
         "BLOCK_SIZE_N": 64 if M <= 64 else 128,
         "BLOCK_SIZE_K": 128 if M <= 64 else 64,
         "GROUP_SIZE_M": 16 if M // max(E, 1) > 128 else 1,
+        "SPLIT_K": 1,
         "num_warps": 4 if M <= 128 else 8,
         "num_stages": 4 if M <= 32 else 3,
     }

@@ -587,9 +587,12 @@ def check_backend(backend: str) -> None:
 
 
 def device_label(backend: str) -> str:
-    """The device name used in study names and output files (vLLM spelling, spaces as underscores)."""
+    """The device name used in study names and output files (vLLM spelling, spaces as underscores). The
+    interpreter runs on the CPU: ``cpu``, the name :func:`kernels.configs.device_name` (and vLLM) looks up there."""
     if backend == "interpret":
-        return "TRITON_INTERPRET"
+        from moesim.vllm_configs import CPU_DEVICE_NAME  # not kernels: triton must not load before TRITON_INTERPRET
+
+        return CPU_DEVICE_NAME
     from kernels.configs import device_name
 
     return device_name()

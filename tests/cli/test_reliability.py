@@ -492,7 +492,7 @@ def test_autotune_kernel_checks_inputs_before_touching_storage(work, capsys, cas
         needle = "cfg: --save-dir: exists and is not a directory"
     elif case == "corrupt_config":
         (work / "cfg").mkdir()
-        (work / "cfg" / "E=4,N=32,device_name=TRITON_INTERPRET.json").write_text("{bad")
+        (work / "cfg" / "E=4,N=32,device_name=cpu.json").write_text("{bad")
         args += ["--save-dir", work / "cfg"]
         needle = "--save-dir: the config file there does not load"
     elif case == "bad_sampler":

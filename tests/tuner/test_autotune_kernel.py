@@ -130,7 +130,7 @@ def test_interpret_run_writes_vllm_json_and_resumes(tmp_path, monkeypatch):
     results = ak.autotune_kernel(spec, save_dir=str(tmp_path / "cfg"), show_progress=False)
     assert results[0].trials == 3 and results[0].best_us is not None
     assert results[0].default_us is not None  # the default seed ran
-    path = tmp_path / "cfg" / kconfigs.config_file_name(4, 32, "TRITON_INTERPRET")
+    path = tmp_path / "cfg" / kconfigs.config_file_name(4, 32, "cpu")  # the interpreter runs on the CPU: vLLM's name
     doc = json.loads(path.read_text())
     assert "triton_version" in doc and ks.in_grid(doc["2"])
     assert kconfigs.load_configs(str(path))[2] == results[0].best_config
