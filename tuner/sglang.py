@@ -8,7 +8,7 @@ Checked against sgl-project/sglang ``python/sglang/srt/eplb/expert_location.py``
   ``.json``.
 * A document with the key ``physical_to_logical_map`` is passed whole as keyword arguments to
   ``init_by_mapping``, so it must hold that key and no other. (A document with ``logical_count`` [L, E] or
-  [S, L, E] instead goes to ``init_by_eplb``, SGLang's own EPLB; we do not write that form.)
+  [S, L, E] instead goes to ``init_by_eplb``, SGLang's own EPLB: ``tuner.engine_files.sglang_count`` writes it.)
 * The map is ``[num_layers, num_physical_experts]`` integers. ``num_layers`` is the model's
   ``num_hidden_layers``, dense layers included (``get_model_config_for_expert_location`` in
   ``python/sglang/srt/models/deepseek_v2.py``: ``num_layers=config.num_hidden_layers``), because SGLang indexes

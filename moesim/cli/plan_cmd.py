@@ -22,6 +22,10 @@ EXAMPLE = (
     "moesim plan --model olmoe-1b-7b --cluster h100-2x8-ib400 --trace profiles/traces/olmoe_c4.npz "
     "--redundant-experts 16 -o placement.yaml --sglang placement.json"
 )
+EXAMPLE_EXPORT = (
+    "moesim plan --model olmoe-1b-7b --cluster dgx-h100 --trace profiles/traces/olmoe_c4.npz --redundant-experts 8 "
+    "-o p.yaml --current deployed.pt --export trtllm=eplb.yaml --export vllm-flags=eplb.txt"
+)
 
 
 def _fmt_bytes(v: float) -> str:
@@ -100,7 +104,12 @@ def plan_cmd(
     time_limit: float = typer.Option(
         60.0, "--time-limit", help="wall seconds for the whole plan: baselines, MILP, refinement, simulations"
     ),
-    current: Path | None = typer.Option(None, "--current", help="placement YAML now deployed (adds a move cost)"),
+    current: Path | None = typer.Option(
+        None,
+        "--current",
+        help="placement now deployed (adds a move cost): moesim YAML, SGLang .json/.pt (physical_to_logical_map "
+        "or logical_count) or TensorRT-LLM EPLB YAML",
+    ),
     hierarchical: bool = typer.Option(False, "--hierarchical", help="experts to nodes first, then to GPUs"),
     split: str = typer.Option(
         "even", "--split", help="replica shares: even (as SGLang and vLLM dispatch) | continuous"
@@ -108,6 +117,12 @@ def plan_cmd(
     tokens_per_gpu: int = typer.Option(4096, "--tokens-per-gpu", help="tokens on each GPU per layer"),
     sglang: Path | None = typer.Option(
         None, "--sglang", help="also write SGLang's --init-expert-location file (.json)"
+    ),
+    export: list[str] | None = typer.Option(
+        None,
+        "--export",
+        help="also write an engine file, FORMAT=PATH (repeatable); FORMAT: sglang-json, sglang-pt, sglang-count, "
+        "trtllm, vllm (--eplb-config JSON), vllm-flags",
     ),
     engine: str | None = typer.Option(
         None, "--engine", help=engine_help() + ". Default: sglang-static with --sglang, else placement"
@@ -129,7 +144,7 @@ def plan_cmd(
     from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from moesim import trace as tr
-    from moesim.placement import load_placement, save_placement
+    from moesim.placement import save_placement
     from moesim.specs import load_cluster, load_model
     from moesim.trace import resolve_trace
     from tuner.ilp import SOLVERS
@@ -159,10 +174,13 @@ def plan_cmd(
     if not output.parent.exists():
         raise SpecError(f"{output}: -o: directory {output.parent} does not exist")
     from moesim.fileio import check_outputs
+    from tuner.engine_files import check_export_paths, parse_export
 
+    exports = [parse_export(spec) for spec in export or []]
+    check_export_paths(exports)
     # no output may be a directory, an input (model, cluster, trace, --current, calibration files) or the other
     check_outputs(
-        {"-o": output, "--sglang": sglang},
+        {"-o": output, "--sglang": sglang, **{f"--export {name}={path}": path for name, path in exports}},
         {"--model": model, "--cluster": cluster, "--trace": trace, "--current": current, "--calibration": calibration},
     )
     if sglang is not None:
@@ -177,20 +195,12 @@ def plan_cmd(
     cal = use_calibration(calibration, cluster_spec.gpu.slug)
     cur = None
     if current is not None:
-        cur = load_placement(current)
-        from moesim.placement import check_model
+        from tuner.engine_files import read_current, rows_for_layers
 
-        check_model(cur, model_spec, str(current))
-        from moesim.errors import PlacementError
-        from moesim.placement import slots_per_gpu
-
-        G = int(cluster_spec.num_gpus)
-        S = slots_per_gpu(model_spec.num_experts, redundant_experts, G, origin="plan")
-        if (cur.num_gpus, cur.slots_per_gpu) != (G, S):
-            raise PlacementError(
-                f"{current}: num_gpus/slots_per_gpu: {cur.num_gpus} GPUs x {cur.slots_per_gpu} slots, but this plan "
-                f"has {G} x {S} (--cluster, --redundant-experts)"
-            )
+        # any format moesim reads, checked against the model, the GPUs and the slots; an engine file's rows (every
+        # MoE layer) cut to the trace's layers
+        cur = read_current(current, model_spec, cluster_spec, redundant_experts)
+        cur = rows_for_layers(cur, routing.layers, str(current))
 
     console = Console(stderr=True)
     with Progress(
@@ -235,18 +245,36 @@ def plan_cmd(
         from tuner.sglang import physical_to_logical_map, save_sglang, support_note
 
         physical_to_logical_map(result.best, model_spec)
+    from tuner.engine_files import render_engine_file
+
+    # every engine file rendered (and so checked) before any is written
+    exported = [
+        (path, render_engine_file(name, result.best, model_spec, cluster_spec, counts=routing.counts, origin=str(path)))
+        for name, path in exports
+    ]
     from moesim.fileio import OutputSet
 
-    with OutputSet() as outputs:  # the placement and SGLang's file appear together, or neither
+    with OutputSet() as outputs:  # the placement and the engine files appear together, or none of them
         save_placement(result.best, outputs.staged(output))
         if sglang is not None:
             filled = save_sglang(result.best, model_spec, outputs.staged(sglang))
+        for path, data in exported:
+            outputs.staged(path).write_bytes(data)
     if sglang is not None:
         if filled:
             notes.append(f"{sglang}: {len(filled)} MoE layers not in the trace take SGLang's trivial mapping")
         warning = support_note(model_spec)
         if warning:
             notes.append(f"{sglang}: {warning}")
+    from tuner.engine_files import REGISTRY
+
+    for name, path in exports:
+        if REGISTRY[name].engine == "sglang":
+            from tuner.sglang import support_note
+
+            warning = support_note(model_spec)
+            if warning:
+                notes.append(f"{path}: {warning}")
     rows = [{k: r[k] for k in ROW_KEYS} for r in result.rows]
     if as_json:
         print(
@@ -268,7 +296,8 @@ def plan_cmd(
             f"(subproblems, each given its neighbours: {100 * ilp.gap:.2f}%, worst {100 * ilp.max_sub_gap:.2f}%; "
             f"{len(ilp.subproblems)} in {ilp.solve_s:.1f} s)"
         )
-        out.print(f"wrote {output}" + (f" and {sglang}" if sglang else ""))
+        written = [str(output)] + ([str(sglang)] if sglang else []) + [str(path) for path, _ in exported]
+        out.print(f"wrote {', '.join(written[:-1])} and {written[-1]}" if len(written) > 1 else f"wrote {output}")
         if sglang is not None:
             out.print(f"launch SGLang with: {sglang_launch_flags(result.best, cluster_spec, sglang, engine)}")
     sys.stdout.flush()
@@ -278,6 +307,7 @@ def plan_cmd(
 def register(app: typer.Typer) -> None:
     app.command(
         "plan",
-        help=f"Place experts (with replicas) on GPUs from a routing trace.\n\nExample: {EXAMPLE}",
+        help=f"Place experts (with replicas) on GPUs from a routing trace.\n\nExample: {EXAMPLE}\n\n"
+        f"Engine files: {EXAMPLE_EXPORT}",
         epilog=f"Example: {EXAMPLE}",
     )(plan_cmd)

@@ -130,3 +130,61 @@ def test_highs_json_stdout_is_only_json(tmp_path) -> None:
              "--time-limit", "4", "--solver", "highs", "-o", str(tmp_path / "p.yaml"), "--json")
     assert r.returncode == 0, r.stderr
     assert [row["method"] for row in json.loads(r.stdout)][-1] == "ilp"
+
+
+def test_export_every_engine_file_and_read_them_back_as_current(tmp_path) -> None:
+    """`--export FORMAT=PATH` for every format next to -o; the engine files then serve as `--current`."""
+    torch = pytest.importorskip("torch", reason="SGLang .pt files need torch (the kernels extra)")
+    from tuner.engine_files import FORMATS
+
+    names = {"sglang-json": "m.json", "sglang-pt": "m.pt", "sglang-count": "c.json", "trtllm": "e.yaml",
+             "vllm": "v.json", "vllm-flags": "v.txt"}
+    assert set(names) == set(FORMATS)
+    exports = [w for fmt, name in names.items() for w in ("--export", f"{fmt}={tmp_path / name}")]
+    base = ["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", str(TRACE), "--redundant-experts", "8",
+            "--time-limit", "4"]
+    r = _run(*base, "-o", str(tmp_path / "p.yaml"), *exports)
+    assert r.returncode == 0, r.stderr
+    assert f"{tmp_path / 'v.txt'}" in " ".join(r.stdout.split())  # listed among the files written
+    p = load_placement(tmp_path / "p.yaml")
+    mapping = np.array(json.loads((tmp_path / "m.json").read_text())["physical_to_logical_map"])
+    assert mapping.shape == (16, 72)
+    np.testing.assert_array_equal(mapping[7], p.phy2log[1])
+    pt = torch.load(tmp_path / "m.pt", weights_only=True)  # as SGLang reads a .pt
+    np.testing.assert_array_equal(pt["physical_to_logical_map"].numpy(), mapping)
+    counts = np.array(json.loads((tmp_path / "c.json").read_text())["logical_count"])
+    assert counts.shape == (16, 64) and counts[7].sum() == counts[0].sum()  # every recorded row: T * top_k
+    import yaml
+
+    trt = yaml.safe_load((tmp_path / "e.yaml").read_text())
+    assert trt["num_slots"] == 72 and trt["initial_global_assignments"][15] == p.phy2log[2].tolist()
+    assert json.loads((tmp_path / "v.json").read_text())["num_redundant_experts"] == 8
+    assert (tmp_path / "v.txt").read_text().startswith("--enable-expert-parallel --enable-eplb --eplb-config '{")
+    for current in ("m.pt", "e.yaml"):
+        r = _run(*base, "-o", str(tmp_path / "q.yaml"), "--current", str(tmp_path / current), "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)[-1]["method"] == "ilp"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--export", "trt=e.yaml"], "e.yaml: --export: unknown format 'trt'"),
+    (["--export", "trtllm"], "trtllm: --export: expected FORMAT=PATH"),
+    (["--export", "sglang-pt={w}/m.json"], "m.json: --export: sglang-pt must be named *.pt"),
+    (["--export", "vllm={w}/nodir/v.json"], "--export: directory"),
+    (["--export", "vllm={w}/p.yaml"], "p.yaml: --export vllm="),  # the same file as -o
+    (["--current", "{w}/v.json"], "v.json: format: vLLM has no placement file"),
+    (["--current", "{w}/odd.yaml"], "odd.yaml: format: not a placement moesim reads"),
+    (["--current", "{w}/m.json"], "m.json: physical_to_logical_map: 72 physical experts, but this plan has 64 "
+                                  "experts + 0 redundant = 64"),
+])
+def test_export_and_current_bad_input_one_line_exit_2_nothing_written(tmp_path, extra, message) -> None:
+    (tmp_path / "v.json").write_text('{"window_size": 1000, "num_redundant_experts": 8}')
+    (tmp_path / "odd.yaml").write_text("layers: 3\n")
+    (tmp_path / "m.json").write_text(json.dumps({"physical_to_logical_map": [list(range(64)) + list(range(8))] * 16}))
+    before = sorted(tmp_path.iterdir())
+    r = _run("--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", str(TRACE), "-o", str(tmp_path / "p.yaml"),
+             *[a.replace("{w}", str(tmp_path)) for a in extra])
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moesim: error:") and message in lines[0], r.stderr
+    assert sorted(tmp_path.iterdir()) == before

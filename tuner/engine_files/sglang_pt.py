@@ -1,0 +1,90 @@
+"""SGLang's ``--init-expert-location FILE.pt``: a ``torch.save`` of ``{"physical_to_logical_map": tensor}``.
+
+SGLang 0.5.14, ``python/sglang/srt/eplb/expert_location.py`` (``compute_initial_expert_location_metadata``):
+a value ending in ``.pt`` is read with ``torch.load(data, weights_only=True)`` and the resulting dict goes the
+same way as the JSON document (:mod:`tuner.engine_files.sglang_json`): ``physical_to_logical_map`` to
+``init_by_mapping`` (which keeps a tensor as it is, else ``torch.tensor(...)``), ``logical_count`` to
+``init_by_eplb``. So the file is a dict with the one key and an int64 ``[num_hidden_layers, P]`` tensor, and a
+plain dict of tensors is all ``weights_only=True`` needs. Writing and reading need torch (``moesim[kernels]``).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tuner.engine_files import sglang_json
+from tuner.engine_files.base import EngineFormat
+
+if TYPE_CHECKING:
+    from moesim.placement import Placement
+    from moesim.specs import ClusterSpec, ModelSpec
+
+
+def require_torch(origin: str, option: str = "--export") -> Any:
+    """The torch module; ``HardwareError`` naming ``origin`` where it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        from moesim.errors import HardwareError
+
+        raise HardwareError(f"{origin}: {option}: SGLang .pt files need torch: pip install 'moesim[kernels]'") from None
+    return torch
+
+
+def render(
+    placement: Placement,
+    model: ModelSpec,
+    cluster: ClusterSpec,
+    *,
+    counts: np.ndarray | None = None,
+    eplb: Mapping[str, Any] | None = None,
+    origin: str = "sglang-pt",
+) -> bytes:
+    torch = require_torch(origin)
+    mapping = sglang_json.full_map(placement, model, cluster, origin)
+    buf = io.BytesIO()
+    torch.save({sglang_json.KEY: torch.from_numpy(np.ascontiguousarray(mapping, dtype=np.int64))}, buf)
+    return buf.getvalue()
+
+
+def load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` as SGLang does; one ``PlacementError`` line for a bad file."""
+    from moesim.errors import PlacementError
+    from moesim.fileio import MAX_TEXT_BYTES
+
+    torch = require_torch(str(path), "--current")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise PlacementError(f"{path}: file: cannot read ({exc.strerror or exc})") from None
+    if size > MAX_TEXT_BYTES:  # a checkpoint given by mistake: not read into memory
+        raise PlacementError(f"{path}: file: {size:,} bytes, more than the {MAX_TEXT_BYTES >> 20} MB read")
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged or unsafe file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PlacementError(f"{path}: pt: torch.load(weights_only=True) failed: {first}") from None
+
+
+def read(path: Path, doc: Any, model: ModelSpec, cluster: ClusterSpec, redundant_experts: int | None) -> Placement:
+    return sglang_json.read(path, doc, model, cluster, redundant_experts)
+
+
+FORMAT = EngineFormat(
+    name="sglang-pt",
+    engine="sglang",
+    what="SGLang --init-expert-location map, torch .pt",
+    suffixes=(".pt",),
+    render=render,
+    read=read,
+    needs_torch=True,
+)
