@@ -599,3 +599,30 @@ def synthetic_trace(model: ModelSpec, num_tokens: int, skew: str = "zipf", alpha
     return RoutingTrace(model=model.slug, num_experts=E, top_k=k, layers=lay, counts=counts_from_topk(ids, E),
                         num_tokens=int(num_tokens), transitions=transitions_from_topk(ids, E), topk_ids=ids,
                         source=source)
+
+
+def drift_trace(trace: RoutingTrace, sigma: float, seed: int = 0, steps: int = 1) -> list[RoutingTrace]:
+    """``steps`` successive counts-only traces whose expert popularity drifts from ``trace``'s: a random walk
+    in log popularity, each step multiplying every expert's share by ``exp(sigma * z)``, ``z ~ N(0, 1)``
+    independent per layer and expert, then drawing ``num_tokens * top_k`` assignments from it (a token picks an
+    expert at most once: counts are capped at ``num_tokens``). Seeded; transitions are not kept."""
+    origin = f"drift sigma={sigma} seed={seed}"
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise TraceError(f"{origin}: sigma: must be >= 0, got {sigma}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise TraceError(f"{origin}: steps: must be an integer >= 1, got {steps!r}")
+    _check_params(origin, "uniform", 0.0, 0.0, seed)
+    rng = np.random.default_rng(seed)
+    counts = np.asarray(trace.counts, dtype=np.float64)
+    log_p = np.log(np.maximum(counts, 0.5) / counts.sum(axis=1, keepdims=True))
+    T, k = int(trace.num_tokens), int(trace.top_k)
+    out = []
+    for step in range(int(steps)):
+        log_p = log_p + sigma * rng.standard_normal(log_p.shape)
+        p = np.exp(log_p - log_p.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        drawn = np.stack([_cap_layer_counts(rng, rng.multinomial(T * k, row), T) for row in p])
+        out.append(RoutingTrace(model=trace.model, num_experts=trace.num_experts, top_k=k, layers=trace.layers,
+                                counts=drawn.astype(np.int64), num_tokens=T,
+                                source=f"{trace.source} + {origin} step={step + 1}"))
+    return out

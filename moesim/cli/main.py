@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "trace_cmd",
     "simulate_cmd",
     "plan_cmd",
+    "rebalance_cmd",
     "whatif_cmd",
     "autotune_cmd",
     "profile_cmd",
