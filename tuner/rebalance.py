@@ -289,7 +289,7 @@ def rebalance(
         mc = move_cost(deployed, phy, S, cluster, expert_bytes, engine, synchronous)
         gain = float(np.sum(np.asarray(base_layers) - np.asarray(per_layer)))
         return Point(
-            label or f"{mc.moves} moves",
+            label or f"{mc.moves} move{'' if mc.moves == 1 else 's'}",
             mc.moves,
             objective,
             lat,
