@@ -282,7 +282,7 @@ def rebalance(
             sims[key] = (float(r["layer_latency_us"]), tuple(float(x) for x in r["layer_latencies_us"]))
         return sims[key]
 
-    base_lat, base_layers = simulate(deployed)
+    _, base_layers = simulate(deployed)
 
     def point(label: str, phy: np.ndarray, objective: float) -> Point:
         lat, per_layer = simulate(phy)

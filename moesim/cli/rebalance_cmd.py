@@ -22,13 +22,6 @@ SERIES_EXAMPLE = (
 )
 
 
-def _fmt_bytes(v: float) -> str:
-    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(v) >= div:
-            return f"{v / div:,.2f} {unit}"
-    return f"{v:,.0f} B"
-
-
 def _finite(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
