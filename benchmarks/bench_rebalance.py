@@ -1,10 +1,11 @@
 """Benchmark of ``moesim rebalance``: how much of a full replan's gain a few moves buy, and how fast the curve is.
 
-Run (CPU only; about 10 minutes on 2 cores):
+Run (CPU only; about 15 minutes on 2 cores):
 
     python benchmarks/bench_rebalance.py            # every case, a markdown table and the goal checks
     python benchmarks/bench_rebalance.py --quick    # one OLMoE pair and DeepSeek-V3 zipf, EPLB replan only
     python benchmarks/bench_rebalance.py --json out.json
+    python benchmarks/bench_rebalance.py --cadence  # only the interval advice on a drifting OLMoE series (20 s)
 
 Cases, every one scored under ``--engine sglang-static`` with the shipped calibration (what ``moesim
 rebalance`` does by default):
@@ -125,6 +126,40 @@ def dsv3_cases(specs, replans, cal_for) -> list[dict]:
     return rows
 
 
+def cadence_rows(cal_for) -> list[str]:
+    """The interval advice on a drifting OLMoE series: c4 then 8 steps of ``drift_trace`` (sigma 0.15, seed 3), one
+    snapshot per 1000 steps, deployed with ``moesim plan``'s MILP (20 s) on c4; both policies."""
+    from moesim.specs import load_cluster, load_model
+    from moesim.synthetic import drift_trace
+    from moesim.trace import load_trace
+    from tuner.cadence import cadence
+    from tuner.plan import plan
+
+    model, cluster = load_model("olmoe-1b-7b"), load_cluster("h100-2x8-ib400")
+    cal = cal_for(cluster)
+    c4 = load_trace(ROOT / "profiles" / "traces" / "olmoe_c4.npz", model=model)
+    series = [c4, *drift_trace(c4, 0.15, seed=3, steps=8)]
+    names = [f"dump_{i}" for i in range(len(series))]
+    deployed = plan(model, cluster, c4, redundant_experts=16, time_limit_s=20, engine=ENGINE, calibration=cal).best
+    out = [
+        "| policy | interval (steps) | rebalances | moves | stall s | total s | vs never |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for policy in ("eplb", "moesim"):
+        r = cadence(
+            model, cluster, names, series, deployed, dump_steps=1000, engine=ENGINE, calibration=cal, policy=policy
+        )
+        never = next(x for x in r.intervals if x.never)
+        for x in r.intervals:
+            mark = "* " if x is r.best else ""
+            steps = "never" if x.never else f"{x.steps:,}"
+            out.append(
+                f"| {policy} | {mark}{steps} | {x.rebalances} | {x.moves:,} | {x.stall_s:.2f} | "
+                f"{x.total_s:.2f} | {100 * (x.total_s / never.total_s - 1):+.2f}% |"
+            )
+    return out
+
+
 def _line(r: dict) -> str:
     share = "" if r["move_share"] is None else f"{100 * r['move_share']:.1f}%"
     gain = "" if r["gain_80"] is None else f"{100 * r['gain_80']:.0f}%"
@@ -139,12 +174,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one OLMoE pair and DeepSeek-V3 zipf, EPLB replan")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--cadence", action="store_true", help="only the interval advice on a drifting OLMoE series")
     args = ap.parse_args()
     from moesim.calibration import resolve_calibration
 
     def cal_for(cluster):
         return resolve_calibration("auto", cluster.gpu.slug)
 
+    if args.cadence:
+        print("\n".join(cadence_rows(cal_for)))
+        return 0
     if args.quick:
         rows = olmoe_cases(OLMOE_PAIRS[:1], ("eplb",), cal_for)
         rows += dsv3_cases([("zipf", 0.9, 0.3, "eplb")], ("eplb",), cal_for)

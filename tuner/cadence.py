@@ -188,7 +188,7 @@ def cadence(
 
     plans: dict[tuple[int, int], np.ndarray] = {}
 
-    prices = layer_prices(model, cluster, engine, tokens_per_gpu, S, weight_bytes)
+    prices = layer_prices(cost, cluster, engine)
 
     def replan(phy: np.ndarray, lo: int, hi: int) -> np.ndarray:  # a new placement from snapshots lo..hi-1
         key = (phy.tobytes(), lo, hi)

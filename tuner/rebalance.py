@@ -33,12 +33,14 @@ import numpy as np
 
 from moesim.errors import PlacementError
 from moesim.placement import Placement, even_shares
+from tuner.ilp import moved_replicas
 from tuner.move_cost import MoveCost, facts_for, move_cost, payoff_steps
 from tuner.rebalance_search import LayerPrices, LayerSearch, merge_layers
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
     from moesim.trace import RoutingTrace
+    from tuner.ilp import CostModel
 
 REPLANS = ("eplb", "ilp")
 DEFAULT_POINTS = 8
@@ -210,7 +212,7 @@ def rebalance(
     t0 = time.perf_counter()
     counts, _ = scaled_routing(trace, G, tokens_per_gpu)
     cost = cost_model(model, cluster, tokens_per_gpu, S, weight_dtype_bytes=weight_bytes)
-    prices = layer_prices(model, cluster, engine, tokens_per_gpu, S, weight_bytes)
+    prices = layer_prices(cost, cluster, engine)
     notes: list[str] = []
     expert_bytes = model.expert_weight_bytes(weight_bytes)
 
@@ -219,7 +221,7 @@ def rebalance(
     raw = _full_replan(replan, model, cluster, trace, P - E, engine, tokens_per_gpu, time_limit_s, solver, calibration)
     full = np.stack([align_to(deployed[l], raw[l], G, gpn) for l in range(len(rows))])
 
-    caps = [_moves(deployed[l], full[l], S) for l in range(len(rows))]
+    caps = [int(m) for m in moved_replicas(_as_placement(full, G, E), _as_placement(deployed, G, E))]
     search_until = time.perf_counter() + time_limit_s
     searches, cut = search_layers(deployed, counts, G, prices, caps, time_limit_s, progress)
     if cut:
@@ -234,7 +236,7 @@ def rebalance(
     walk_until = max(time.perf_counter(), search_until) + time_limit_s
     for l, s in enumerate(searches):
         found = [(m, o, r) for m, o, r in s.history if m <= caps[l] or m == 0]
-        found.append((_moves(deployed[l], full[l], S), full_obj[l], full[l]))
+        found.append((caps[l], full_obj[l], full[l]))
         if full_obj[l] < min(o for _, o, _ in s.history):
             held = np.zeros((E, G), dtype=bool)
             held[deployed[l], np.arange(P) // S] = True
@@ -377,14 +379,9 @@ def search_layers(
     return searches, cut
 
 
-def layer_prices(
-    model: ModelSpec, cluster: ClusterSpec, engine: str, tokens_per_gpu: int, slots: int, weight_bytes: float = 2.0
-) -> LayerPrices:
-    """The search's prices: the MILP's cost model (``tuner.placers.ilp.cost_model``); the busiest NIC priced
+def layer_prices(cost: CostModel, cluster: ClusterSpec, engine: str) -> LayerPrices:
+    """The search's prices from the MILP's cost model (``tuner.placers.ilp.cost_model``); the busiest NIC priced
     under SGLang's nearest-replica rules on more than one node, as the MILP prices it."""
-    from tuner.placers.ilp import cost_model
-
-    cost = cost_model(model, cluster, tokens_per_gpu, slots, weight_dtype_bytes=weight_bytes)
     G, gpn = int(cluster.num_gpus), int(cluster.gpus_per_node)
     network = engine.startswith("sglang") and G > gpn
     return LayerPrices(
@@ -396,6 +393,11 @@ def layer_prices(
     )
 
 
+def _as_placement(rows: np.ndarray, num_gpus: int, num_experts: int) -> Placement:
+    """Bare ``[L, P]`` maps as a :class:`Placement` (even shares)."""
+    return Placement(num_gpus, rows.shape[1] // num_gpus, num_experts, rows, even_shares(rows, num_experts))
+
+
 def _frontier(found: list[tuple[int, float, np.ndarray]]) -> list[tuple[int, float, np.ndarray]]:
     """The options no other beats with as few moves (by moves, each lower than all before it); the 0-move
     deployed row first."""
@@ -404,14 +406,6 @@ def _frontier(found: list[tuple[int, float, np.ndarray]]) -> list[tuple[int, flo
         if not out or o < out[-1][1]:
             out.append((m, o, r))
     return out
-
-
-def _moves(current: np.ndarray, new: np.ndarray, S: int) -> int:
-    """Experts ``new [P]`` loads onto a GPU that did not hold them in ``current [P]``."""
-    G = new.shape[0] // S
-    return int(
-        sum(len(set(new[g * S : (g + 1) * S].tolist()) - set(current[g * S : (g + 1) * S].tolist())) for g in range(G))
-    )
 
 
 def _spread(moves: list[int], k: int) -> list[int]:

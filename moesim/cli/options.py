@@ -69,3 +69,20 @@ def check_seed(value: int | None, option: str = "--seed") -> None:
 
     if value is not None and not 0 <= value <= MAX_SEED:
         raise field_error(option, "value", f"must be in 0..{MAX_SEED}, got {value}")
+
+
+def task_progress(console: Any, title: str) -> Any:
+    """The progress bar of a long command: spinner, ``title``, bar, the task's text, elapsed time; on stderr's
+    console, gone when done, and off when that is not a terminal."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn(f"[bold]{title}[/]"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )

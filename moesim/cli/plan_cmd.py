@@ -14,6 +14,7 @@ from moesim.cli.options import (
     calibration_option,
     dedup_ranks_option,
     engine_help,
+    task_progress,
     use_calibration,
 )
 from moesim.errors import SpecError
@@ -141,7 +142,6 @@ def plan_cmd(
     import sys
 
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from moesim import trace as tr
     from moesim.placement import save_placement
@@ -203,16 +203,7 @@ def plan_cmd(
         cur = rows_for_layers(cur, routing.layers, str(current))
 
     console = Console(stderr=True)
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]solving[/]"),
-        BarColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as bar:
+    with task_progress(console, "solving") as bar:
         task = bar.add_task("baselines", total=None)
 
         def progress(done: int, total: int, text: str) -> None:

@@ -9,7 +9,13 @@ from typing import Any
 
 import typer
 
-from moesim.cli.options import announce_calibration, calibration_option, engine_help, use_calibration
+from moesim.cli.options import (
+    announce_calibration,
+    calibration_option,
+    engine_help,
+    task_progress,
+    use_calibration,
+)
 from moesim.errors import SpecError
 
 EXAMPLE = (
@@ -301,21 +307,6 @@ def rebalance_cmd(
     announce_calibration(cal, calibration)
 
 
-def _progress(console: Any, title: str) -> Any:
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        SpinnerColumn(),
-        TextColumn(f"[bold]{title}[/]"),
-        BarColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
-
-
 def _one(
     model_spec: Any,
     cluster_spec: Any,
@@ -339,7 +330,7 @@ def _one(
     routing = tr.load_trace(tr.resolve_trace(trace), model=model_spec)
     routing.check_model(model_spec, str(trace))
     deployed = read_current(current, model_spec, cluster_spec)
-    with _progress(console, "rebalancing") as bar:
+    with task_progress(console, "rebalancing") as bar:
         task = bar.add_task("full replan", total=None)
 
         def progress(done: int, total: int, text: str) -> None:
@@ -410,7 +401,7 @@ def _series(
         deployed = place(
             "eplb", model_spec, cluster_spec, traces[0], engine=engine, tokens_per_gpu=sim["tokens_per_gpu"]
         )
-    with _progress(console, "scoring intervals") as bar:
+    with task_progress(console, "scoring intervals") as bar:
         task = bar.add_task("", total=None)
 
         def progress(done: int, total: int, text: str) -> None:

@@ -161,6 +161,20 @@ def check_slot_count(
     return P // G
 
 
+def placement_layers(placement: Placement, model: ModelSpec, origin: str) -> list[int]:
+    """The model layer of each placement row: ``meta["layers"]``, else one row per MoE layer in order;
+    ``PlacementError`` when the rows are neither."""
+    layers = placement.meta.get("layers")
+    if layers is not None and len(layers) == placement.num_layers:
+        return [int(x) for x in layers]
+    if placement.num_layers != model.num_moe_layers:
+        raise PlacementError(
+            f"{origin}: layers: {placement.num_layers} rows without layer indices, {model.slug} has "
+            f"{model.num_moe_layers} MoE layers"
+        )
+    return [int(x) for x in model.moe_layers]
+
+
 def moe_rows_placement(rows: np.ndarray, model: ModelSpec, cluster: ClusterSpec, path: str, method: str) -> Placement:
     """A :class:`Placement` of ``rows [num_moe_layers, P]`` (one per MoE layer, in ``model.moe_layers`` order)
     with even shares, as SGLang, TensorRT-LLM and vLLM split a replicated expert's tokens."""

@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moesim.errors import PlacementError
-from tuner.engine_files.base import EngineFormat, check_for_cluster, check_slot_count, moe_rows_placement
+from tuner.engine_files.base import (
+    EngineFormat,
+    check_for_cluster,
+    check_slot_count,
+    moe_rows_placement,
+    placement_layers,
+)
 
 if TYPE_CHECKING:
     from moesim.placement import Placement
@@ -49,14 +55,7 @@ def full_counts(placement: Placement, model: ModelSpec, counts: np.ndarray, orig
         )
     if not np.all(np.isfinite(counts)) or np.any(counts < 0):
         raise PlacementError(f"{origin}: {KEY}: loads must be finite and >= 0")
-    layers = placement.meta.get("layers")
-    if layers is None or len(layers) != placement.num_layers:
-        if placement.num_layers != model.num_moe_layers:
-            raise PlacementError(
-                f"{origin}: layers: {placement.num_layers} rows without layer indices, {model.slug} has "
-                f"{model.num_moe_layers} MoE layers"
-            )
-        layers = list(model.moe_layers)
+    layers = placement_layers(placement, model, origin)
     out = np.tile(counts.mean(axis=0), (model.num_layers, 1))
     for row, layer in enumerate(layers):
         if not 0 <= int(layer) < model.num_layers:

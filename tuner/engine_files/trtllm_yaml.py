@@ -39,6 +39,7 @@ from tuner.engine_files.base import (
     check_map,
     check_slot_count,
     moe_rows_placement,
+    placement_layers,
 )
 
 if TYPE_CHECKING:
@@ -61,14 +62,7 @@ def default_row(num_experts: int, ep_size: int, num_slots: int) -> np.ndarray:
 def assignments(placement: Placement, model: ModelSpec, cluster: ClusterSpec, origin: str) -> dict[int, list[int]]:
     """``{model layer: [expert of every slot]}`` for every MoE layer of ``model``."""
     check_for_cluster(placement, model, cluster, origin)
-    layers = placement.meta.get("layers")
-    if layers is None or len(layers) != placement.num_layers:
-        if placement.num_layers != model.num_moe_layers:
-            raise PlacementError(
-                f"{origin}: layers: {placement.num_layers} rows without layer indices, {model.slug} has "
-                f"{model.num_moe_layers} MoE layers"
-            )
-        layers = list(model.moe_layers)
+    layers = placement_layers(placement, model, origin)
     moe = [int(x) for x in model.moe_layers]
     P = placement.num_physical
     rows = {layer: default_row(model.num_experts, placement.num_gpus, P) for layer in moe}
