@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a throwaway PostgreSQL server on 127.0.0.1 for tests/tuner/test_postgres.py (Optuna's RDB storage).
+# Start a throwaway PostgreSQL server on 127.0.0.1 for tests/tuner/autotune/test_postgres.py (Optuna's RDB storage).
 #
 #   source .ci/postgres.sh      # exports MOESIM_TEST_POSTGRES_URL (what .ci/run does)
 #   bash .ci/postgres.sh        # prints the export line

@@ -45,7 +45,7 @@ def _stop(*args, **kwargs):
     sys.stdout.flush()
     os._exit(0)
 ilp.solve = _stop  # tuner.plan calls it through the module
-from moesim.cli.main import main
+from cli.main import main
 sys.argv = ["moesim", "plan", "--model", "deepseek-v3", "--cluster", "h100-8x8-ib400", "--trace", sys.argv[1],
             "--redundant-experts", "64", "--time-limit", "60", "-o", sys.argv[2]]
 main()
@@ -68,7 +68,7 @@ def timed(cmd: list[str], cwd: Path, name: str, env: dict[str, str] | None = Non
 def commands(tmp: Path) -> dict[str, tuple[list[str], int]]:
     """Row name -> (command, runs divisor: the long rows run fewer times)."""
     py = sys.executable
-    moesim = [py, "-m", "moesim"]
+    moesim = [py, "-m", "cli"]
     return {
         "import numpy": ([py, "-c", "import numpy"], 1),
         "simulate": (
@@ -111,7 +111,7 @@ def main() -> None:
         env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
         synth = ["trace", "synth", "--model", "deepseek-v3", "--tokens", "262144", "--skew", "zipf:0.9"]
         synth += ["--affinity", "0.5", "--counts-only", "-o", str(tmp / "dsv3.npz")]
-        timed([sys.executable, "-m", "moesim", *synth], REPO, "trace synth", env)  # the plan row's input, untimed
+        timed([sys.executable, "-m", "cli", *synth], REPO, "trace synth", env)  # the plan row's input, untimed
         rows = commands(tmp)
         wanted = {s.strip() for s in args.only.split(",") if s.strip()}
         unknown = wanted - set(rows)

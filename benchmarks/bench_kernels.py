@@ -39,10 +39,22 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 SHAPES = {
-    "mixtral_tp2": {"E": 8, "N": 7168, "K": 4096, "top_k": 2, "Ms": [1, 16, 64, 256, 1024, 1536, 4096],
-                    "published": "vllm_fused_moe_h100_mixtral_tp2"},
-    "qwen3_30b_a3b_tp2": {"E": 128, "N": 384, "K": 2048, "top_k": 8, "Ms": [1, 16, 64, 256, 1024, 4096],
-                          "published": None},
+    "mixtral_tp2": {
+        "E": 8,
+        "N": 7168,
+        "K": 4096,
+        "top_k": 2,
+        "Ms": [1, 16, 64, 256, 1024, 1536, 4096],
+        "published": "vllm_fused_moe_h100_mixtral_tp2",
+    },
+    "qwen3_30b_a3b_tp2": {
+        "E": 128,
+        "N": 384,
+        "K": 2048,
+        "top_k": 8,
+        "Ms": [1, 16, 64, 256, 1024, 4096],
+        "published": None,
+    },
 }
 KERNEL_DTYPE = "bfloat16"  # fp16 in the CPU dry run: the interpreter's bf16 tl.dot is wrong
 DEV = "cuda"  # "cpu" only for --cpu-dry-run (the interpreter, tiny shapes, wall-clock timing)
@@ -119,16 +131,20 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 def print_plan(shapes: dict) -> None:
     print("bench_kernels: would run (pass --device-runs on a CUDA machine):")
     for name, s in shapes.items():
-        print(f"  {name}: E={s['E']} N={s['N']} K={s['K']} top-{s['top_k']} bf16, M in {s['Ms']}: "
-              "vLLM shipped config, default config, torch reference")
+        print(
+            f"  {name}: E={s['E']} N={s['N']} K={s['K']} top-{s['top_k']} bf16, M in {s['Ms']}: "
+            "vLLM shipped config, default config, torch reference"
+        )
 
 
 def run(args: argparse.Namespace, dry: bool = False) -> int:
     import torch
 
     if not dry and not torch.cuda.is_available():
-        print("bench_kernels: --device-runs needs a CUDA GPU and none is visible "
-              "(torch.cuda.is_available() is False)", file=sys.stderr)
+        print(
+            "bench_kernels: --device-runs needs a CUDA GPU and none is visible (torch.cuda.is_available() is False)",
+            file=sys.stderr,
+        )
         return 2
     from kernels import configs, fused_moe, reference_moe
     from kernels.align import moe_align_block_size
@@ -139,25 +155,53 @@ def run(args: argparse.Namespace, dry: bool = False) -> int:
     dev_name = "DRY_RUN_CPU" if dry else configs.device_name()
     ver = versions()
     if configs.reference_dir() is None:
-        log("WARNING: no folder of vLLM configs found (profiles/vllm_configs or MOESIM_VLLM_CONFIG_DIR): "
-            "the vLLM-config rows will be missing")
-    log(f"device {'none (dry run)' if dry else torch.cuda.get_device_name()} ({dev_name}), "
+        log(
+            "WARNING: no folder of vLLM configs found (profiles/vllm_configs or MOESIM_VLLM_CONFIG_DIR): "
+            "the vLLM-config rows will be missing"
+        )
+    log(
+        f"device {'none (dry run)' if dry else torch.cuda.get_device_name()} ({dev_name}), "
         f"driver {ver['driver']}, CUDA {ver['cuda']}, "
-        f"torch {ver['torch']}, triton {ver['triton']}; vLLM configs from {configs.reference_dir()}")
+        f"torch {ver['torch']}, triton {ver['triton']}; vLLM configs from {configs.reference_dir()}"
+    )
     out_dir = Path(args.out) if args.out else REPO / "profiles" / "measured" / dev_name
     out_path = out_dir / "bench_kernels.jsonl"
-    base = {"schema": 1, "device_name": dev_name, **ver,
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "dtype": {"bfloat16": "bf16", "float16": "fp16"}[KERNEL_DTYPE]}
+    base = {
+        "schema": 1,
+        "device_name": dev_name,
+        **ver,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "dtype": {"bfloat16": "bf16", "float16": "fp16"}[KERNEL_DTYPE],
+    }
     records: list[dict] = []
 
     bw_gbs, peak_tflops = measure_ceilings(torch, time_cuda_graph, small=dry)
     empty_cache()
     log(f"ceilings: copy {bw_gbs:.0f} GB/s (read+write), bf16 matmul 8192^3 {peak_tflops:.0f} TFLOP/s")
-    records.append({**base, "kind": "copy", "nbytes": 2 * (1 << 30), "gb_s": bw_gbs, "repeats": 10,
-                    "median_us": 2 * (1 << 30) / (bw_gbs * 1e9) * 1e6, "config": {}})
-    records.append({**base, "kind": "matmul", "M": 8192, "N": 8192, "K": 8192, "tflops": peak_tflops,
-                    "repeats": 10, "median_us": 2 * 8192**3 / (peak_tflops * 1e12) * 1e6, "config": {}})
+    records.append(
+        {
+            **base,
+            "kind": "copy",
+            "nbytes": 2 * (1 << 30),
+            "gb_s": bw_gbs,
+            "repeats": 10,
+            "median_us": 2 * (1 << 30) / (bw_gbs * 1e9) * 1e6,
+            "config": {},
+        }
+    )
+    records.append(
+        {
+            **base,
+            "kind": "matmul",
+            "M": 8192,
+            "N": 8192,
+            "K": 8192,
+            "tflops": peak_tflops,
+            "repeats": 10,
+            "median_us": 2 * 8192**3 / (peak_tflops * 1e12) * 1e6,
+            "config": {},
+        }
+    )
     write_jsonl(out_path, records)
 
     rows = []
@@ -171,13 +215,17 @@ def run(args: argparse.Namespace, dry: bool = False) -> int:
             shipped = configs.shipped_configs(8, 7168, "NVIDIA_H100_80GB_HBM3")
         shipped_label = configs.config_file_name(E, N, dev_name) if shipped else None
         if shipped is None:
-            log(f"{name}: no shipped vLLM file {configs.config_file_name(E, N, dev_name)} for this device; "
-                "timing the default config only")
-        log(f"{name}: E={E} N={N} K={K} top-{top_k}: allocating {KERNEL_DTYPE} weights "
-            f"({(3 * E * N * K * 2) / 2**30:.2f} GiB)")
+            log(
+                f"{name}: no shipped vLLM file {configs.config_file_name(E, N, dev_name)} for this device; "
+                "timing the default config only"
+            )
+        log(
+            f"{name}: E={E} N={N} K={K} top-{top_k}: allocating {KERNEL_DTYPE} weights "
+            f"({(3 * E * N * K * 2) / 2**30:.2f} GiB)"
+        )
         gen = torch.Generator(device=DEV).manual_seed(1234)
-        w1 = (torch.randn(E, 2 * N, K, device=DEV, generator=gen, dtype=getattr(torch, KERNEL_DTYPE)) / K**0.5)
-        w2 = (torch.randn(E, K, N, device=DEV, generator=gen, dtype=getattr(torch, KERNEL_DTYPE)) / N**0.5)
+        w1 = torch.randn(E, 2 * N, K, device=DEV, generator=gen, dtype=getattr(torch, KERNEL_DTYPE)) / K**0.5
+        w2 = torch.randn(E, K, N, device=DEV, generator=gen, dtype=getattr(torch, KERNEL_DTYPE)) / N**0.5
 
         # --- correctness gate: bf16 kernel vs float32 reference, both configs, odd M --------------------------
         align_method = None
@@ -185,13 +233,15 @@ def run(args: argparse.Namespace, dry: bool = False) -> int:
         w1f, w2f = w1.float(), w2.float()
         for m_chk in (1, 333):
             h = torch.randn(m_chk, K, device=DEV, generator=gen).to(getattr(torch, KERNEL_DTYPE))
-            (ids, w), = make_routings(torch, m_chk, E, top_k, 1, seed=99 + m_chk)
+            ((ids, w),) = make_routings(torch, m_chk, E, top_k, 1, seed=99 + m_chk)
             for bm in (16, 64):
                 a = moe_align_block_size(ids, bm, E, method="triton")
                 b = moe_align_block_size(ids, bm, E, method="torch")
                 if not all(torch.equal(x, y) for x, y in zip(a, b)):
-                    log(f"{name}: WARNING Triton align differs from torch align (M={m_chk}, B={bm}); "
-                        "using the torch align for this shape")
+                    log(
+                        f"{name}: WARNING Triton align differs from torch align (M={m_chk}, B={bm}); "
+                        "using the torch align for this shape"
+                    )
                     align_method = "torch"
             ref = reference_moe(h.float(), w1f, w2f, w, ids)
             cands = [("default", configs.default_config(m_chk, E, N, K, top_k))]
@@ -228,18 +278,38 @@ def run(args: argparse.Namespace, dry: bool = False) -> int:
                 if method == "triton" and align_method == "torch":
                     continue
                 cyc_a = itertools.cycle(routings)
-                us_a = time_cuda_graph(lambda cyc_a=cyc_a, method=method, bm=bm, E=E: moe_align_block_size(
-                    next(cyc_a)[0], bm, E, method=method), warmup=3, repeats=args.repeats, launches=R)
-                records.append({**base, "kind": "align", "impl": method, "E": E, "M": M, "top_k": top_k,
-                                "routing": "uniform", "config": {"BLOCK_SIZE_M": bm}, "median_us": us_a,
-                                "repeats": args.repeats, "launches_per_graph": R})
+                us_a = time_cuda_graph(
+                    lambda cyc_a=cyc_a, method=method, bm=bm, E=E: moe_align_block_size(
+                        next(cyc_a)[0], bm, E, method=method
+                    ),
+                    warmup=3,
+                    repeats=args.repeats,
+                    launches=R,
+                )
+                records.append(
+                    {
+                        **base,
+                        "kind": "align",
+                        "impl": method,
+                        "E": E,
+                        "M": M,
+                        "top_k": top_k,
+                        "routing": "uniform",
+                        "config": {"BLOCK_SIZE_M": bm},
+                        "median_us": us_a,
+                        "repeats": args.repeats,
+                        "launches_per_graph": R,
+                    }
+                )
                 log(f"{name} M={M:5d} align[{method}] B={bm}: {us_a:.1f} us")
             for impl, source, cfg in impls:
                 cyc = itertools.cycle(routings)
                 if cfg is not None:
+
                     def fn(cfg=cfg, cyc=cyc, h=h, w1=w1, w2=w2, am=align_method):
                         ids, w = next(cyc)
                         return fused_moe(h, w1, w2, w, ids, config=cfg, align_method=am)
+
                     try:
                         us = time_cuda_graph(fn, warmup=3, repeats=args.repeats, launches=R)
                     except Exception as exc:  # noqa: BLE001 - a config that fails to compile/launch is reported
@@ -247,24 +317,46 @@ def run(args: argparse.Namespace, dry: bool = False) -> int:
                         continue
                     reps = args.repeats
                 else:
+
                     def fn(cyc=cyc, h=h, w1=w1, w2=w2):
                         ids, w = next(cyc)
                         return reference_moe(h, w1, w2, w, ids)
+
                     reps = max(3, args.repeats // 3)
                     us = time_cuda_events(fn, warmup=1, repeats=reps)
                 tflops = flops / (us * 1e-6) / 1e12
                 gbs = nbytes / (us * 1e-6) / 1e9
                 pub = published.get(M)
                 rows.append((name, M, impl, us, tflops, gbs, roof_us / us, pub, cfg))
-                records.append({**base, "kind": "fused_moe", "impl": impl, "config_source": source,
-                                "E": E, "N": N, "K": K, "M": M, "top_k": top_k, "routing": "uniform",
-                                "config": cfg or {}, "median_us": us, "repeats": reps, "launches_per_graph": R,
-                                "timing": "cuda_graph" if cfg is not None else "cuda_events",
-                                "tflops": tflops, "gb_s": gbs, "roofline_us": roof_us,
-                                "experts_hit_mean": hit, "tokens_per_expert": tpe,
-                                "published_vllm_us": pub})
-                log(f"{name} M={M:5d} {impl:14s} {us:10.1f} us  {tflops:7.1f} TFLOP/s  {gbs:7.0f} GB/s  "
-                    f"roofline {roof_us:8.1f} us" + (f"  vLLM published {pub:g} us" if pub else ""))
+                records.append(
+                    {
+                        **base,
+                        "kind": "fused_moe",
+                        "impl": impl,
+                        "config_source": source,
+                        "E": E,
+                        "N": N,
+                        "K": K,
+                        "M": M,
+                        "top_k": top_k,
+                        "routing": "uniform",
+                        "config": cfg or {},
+                        "median_us": us,
+                        "repeats": reps,
+                        "launches_per_graph": R,
+                        "timing": "cuda_graph" if cfg is not None else "cuda_events",
+                        "tflops": tflops,
+                        "gb_s": gbs,
+                        "roofline_us": roof_us,
+                        "experts_hit_mean": hit,
+                        "tokens_per_expert": tpe,
+                        "published_vllm_us": pub,
+                    }
+                )
+                log(
+                    f"{name} M={M:5d} {impl:14s} {us:10.1f} us  {tflops:7.1f} TFLOP/s  {gbs:7.0f} GB/s  "
+                    f"roofline {roof_us:8.1f} us" + (f"  vLLM published {pub:g} us" if pub else "")
+                )
             write_jsonl(out_path, records)
         w1 = w2 = h = routings = None
         empty_cache()
@@ -272,8 +364,10 @@ def run(args: argparse.Namespace, dry: bool = False) -> int:
     print_table(rows, dev_name, bw_gbs, peak_tflops)
     for n, m, impl, us, _, _, _, pub, _ in rows:
         if pub and impl.startswith("ours"):
-            print(f"{n} M={m}: {impl} {us:.0f} us vs vLLM published {pub:g} us (H100, its own kernel): "
-                  f"{pub / us:.2f}x", flush=True)
+            print(
+                f"{n} M={m}: {impl} {us:.0f} us vs vLLM published {pub:g} us (H100, its own kernel): {pub / us:.2f}x",
+                flush=True,
+            )
     log(f"wrote {len(records)} records to {out_path}; total {time.time() - t_start:.0f} s")
     return 0
 
@@ -301,9 +395,19 @@ def dry_run(args: argparse.Namespace) -> int:
     timing.time_cuda_graph = fake
     timing.time_cuda_events = lambda fn, warmup=1, repeats=3: fake(fn, warmup, repeats)
     SHAPES.clear()
-    SHAPES.update({"tiny_e8": {"E": 8, "N": 7168 // 112, "K": 64, "top_k": 2, "Ms": [1, 16],
-                               "published": "vllm_fused_moe_h100_mixtral_tp2"},
-                   "tiny_e128": {"E": 128, "N": 32, "K": 32, "top_k": 8, "Ms": [3], "published": None}})
+    SHAPES.update(
+        {
+            "tiny_e8": {
+                "E": 8,
+                "N": 7168 // 112,
+                "K": 64,
+                "top_k": 2,
+                "Ms": [1, 16],
+                "published": "vllm_fused_moe_h100_mixtral_tp2",
+            },
+            "tiny_e128": {"E": 128, "N": 32, "K": 32, "top_k": 8, "Ms": [3], "published": None},
+        }
+    )
     args.shapes = list(SHAPES)
     args.launches, args.repeats = 2, 2
     if args.out is None:
@@ -312,11 +416,15 @@ def dry_run(args: argparse.Namespace) -> int:
 
 
 def print_table(rows, dev_name: str, bw_gbs: float, peak_tflops: float) -> None:
-    title = (f"fused MoE {KERNEL_DTYPE} on {dev_name} (ceilings measured: {bw_gbs:.0f} GB/s copy, "
-             f"{peak_tflops:.0f} TFLOP/s matmul)")
+    title = (
+        f"fused MoE {KERNEL_DTYPE} on {dev_name} (ceilings measured: {bw_gbs:.0f} GB/s copy, "
+        f"{peak_tflops:.0f} TFLOP/s matmul)"
+    )
     header = ["shape", "M", "impl", "median us", "TFLOP/s", "GB/s", "% roofline", "vLLM published us"]
-    body = [[n, str(m), i, f"{us:.1f}", f"{tf:.1f}", f"{gb:.0f}", f"{100 * frac:.0f}%",
-             f"{pub:g}" if pub else ""] for n, m, i, us, tf, gb, frac, pub, _ in rows]
+    body = [
+        [n, str(m), i, f"{us:.1f}", f"{tf:.1f}", f"{gb:.0f}", f"{100 * frac:.0f}%", f"{pub:g}" if pub else ""]
+        for n, m, i, us, tf, gb, frac, pub, _ in rows
+    ]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -336,16 +444,21 @@ def print_table(rows, dev_name: str, bw_gbs: float, peak_tflops: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog="example: PYTHONPATH=. python benchmarks/bench_kernels.py --device-runs")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="example: PYTHONPATH=. python benchmarks/bench_kernels.py --device-runs",
+    )
     p.add_argument("--device-runs", action="store_true", help="run on the GPU (otherwise print the plan)")
     p.add_argument("--out", default=None, help="output folder (default profiles/measured/<device_name>/)")
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     p.add_argument("--repeats", type=int, default=15, help="graph replays per measurement (median)")
     p.add_argument("--launches", type=int, default=8, help="launches (distinct routings) per CUDA graph")
     p.add_argument("--quick", action="store_true", help="first three batch sizes only")
-    p.add_argument("--cpu-dry-run", action="store_true",
-                   help="developers: run every code path on the CPU with tiny shapes (no meaningful numbers)")
+    p.add_argument(
+        "--cpu-dry-run",
+        action="store_true",
+        help="developers: run every code path on the CPU with tiny shapes (no meaningful numbers)",
+    )
     args = p.parse_args(argv)
     if args.cpu_dry_run:
         return dry_run(args)

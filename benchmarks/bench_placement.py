@@ -62,9 +62,10 @@ def realised_max_mean(best, model, cluster, counts: np.ndarray) -> np.ndarray:
     return np.asarray(out)
 
 
-def run_case(name: str, model_name: str, cluster, trace, redundant: int, limit: float, solver: str,
-             check_draw: bool) -> dict:
-    from moesim.calibration import resolve_calibration
+def run_case(
+    name: str, model_name: str, cluster, trace, redundant: int, limit: float, solver: str, check_draw: bool
+) -> dict:
+    from moesim.calibration.resolve import resolve_calibration
     from moesim.specs import load_model
     from tuner.plan import plan, scaled_routing
 
@@ -72,11 +73,26 @@ def run_case(name: str, model_name: str, cluster, trace, redundant: int, limit: 
     cal = resolve_calibration("auto", cluster.gpu.slug)  # what `moesim plan` simulates with by default
     t0 = time.perf_counter()
     try:
-        res = plan(model, cluster, trace, redundant_experts=redundant, solver=solver, time_limit_s=limit,
-                   trace_name=name, engine=ENGINE, calibration=cal)
+        res = plan(
+            model,
+            cluster,
+            trace,
+            redundant_experts=redundant,
+            solver=solver,
+            time_limit_s=limit,
+            trace_name=name,
+            engine=ENGINE,
+            calibration=cal,
+        )
     except Exception as exc:  # a crash is a result here: the goal says "no crash"
-        return {"case": name, "cluster": cluster.slug, "gpus": cluster.num_gpus, "redundant": redundant,
-                "solver": solver, "error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "case": name,
+            "cluster": cluster.slug,
+            "gpus": cluster.num_gpus,
+            "redundant": redundant,
+            "solver": solver,
+            "error": f"{type(exc).__name__}: {exc}",
+        }
     wall = time.perf_counter() - t0
     rows = {r["method"]: r for r in res.rows}
     ilp = rows["ilp"]
@@ -85,16 +101,25 @@ def run_case(name: str, model_name: str, cluster, trace, redundant: int, limit: 
     hier = rows.get("eplb-hierarchical")
     per_layer_best = np.min([r["layer_max_mean"] for r in eplbs], axis=0)
     out = {
-        "case": name, "cluster": cluster.slug, "gpus": cluster.num_gpus, "redundant": redundant, "solver": solver,
-        "rows": res.rows, "notes": res.notes, "wall_s": wall, "status": res.ilp.status, "gap": ilp["gap"],
+        "case": name,
+        "cluster": cluster.slug,
+        "gpus": cluster.num_gpus,
+        "redundant": redundant,
+        "solver": solver,
+        "rows": res.rows,
+        "notes": res.notes,
+        "wall_s": wall,
+        "status": res.ilp.status,
+        "gap": ilp["gap"],
         "sub_gap": res.ilp.gap,
         "best_eplb": best_eplb["method"],
         "load_ok": ilp["max_mean_load"] <= min(r["max_mean_load"] for r in eplbs) * (1 + 1e-6),
         "layers_load_ok": float(np.mean(np.asarray(ilp["layer_max_mean"]) <= per_layer_best * (1 + 1e-6))),
         "lat_vs_eplb": ilp["layer_latency_us"] / best_eplb["layer_latency_us"],
         "node_vs_hier": (ilp["cross_node_bytes"] / hier["cross_node_bytes"]) if hier else None,
-        "node_vs_eplb": (ilp["cross_node_bytes"] / best_eplb["cross_node_bytes"]
-                         if best_eplb["cross_node_bytes"] > 1.0 else None),
+        "node_vs_eplb": (
+            ilp["cross_node_bytes"] / best_eplb["cross_node_bytes"] if best_eplb["cross_node_bytes"] > 1.0 else None
+        ),
         "draw": None,
         "floor_vs_hier": None,
     }
@@ -108,8 +133,10 @@ def run_case(name: str, model_name: str, cluster, trace, redundant: int, limit: 
 
         counts, _ = scaled_routing(trace, cluster.num_gpus, 4096)
         S = slots_per_gpu(model.num_experts, redundant, cluster.num_gpus)
-        floor = bytes_per_token(model) * cluster.num_gpus * float(
-            inbound_bound(counts, cluster.num_gpus, cluster.gpus_per_node, S).sum()
+        floor = (
+            bytes_per_token(model)
+            * cluster.num_gpus
+            * float(inbound_bound(counts, cluster.num_gpus, cluster.gpus_per_node, S).sum())
         )
         out["floor_vs_hier"] = floor / hier["cross_node_bytes"]
     if check_draw:
@@ -131,44 +158,72 @@ def main() -> None:
     args = ap.parse_args()
 
     from moesim.specs import load_cluster, load_model
-    from moesim.trace import load_trace, synthetic_trace
+    from moesim.traces.formats import load_trace
+    from moesim.traces.synthetic import synthetic_trace
 
     cases = []
     two_nodes = load_cluster("h100-2x8-ib400")
     for dom in ("c4",) if args.quick else OLMOE_TRACES:
         tr = load_trace(ROOT / "profiles" / "traces" / f"olmoe_{dom}.npz")
-        cases.append(run_case(f"olmoe {dom}", "olmoe-1b-7b", two_nodes, tr, 16, args.olmoe_limit, args.solver,
-                              check_draw=False))
+        cases.append(
+            run_case(f"olmoe {dom}", "olmoe-1b-7b", two_nodes, tr, 16, args.olmoe_limit, args.solver, check_draw=False)
+        )
         print(f"done: olmoe {dom}", file=sys.stderr, flush=True)
     ds = load_model("deepseek-v3")
     eight = load_cluster("h100-8x8-ib400")
     skews = (("zipf", 0.9),) if args.quick else (("zipf", 0.9), ("dirichlet", 0.5))
     for skew, alpha in skews:
         tr = synthetic_trace(ds, 1 << 18, skew=skew, alpha=alpha, affinity=0.5, seed=0, with_topk_ids=False)
-        cases.append(run_case(f"dsv3 {skew}:{alpha} aff0.5", "deepseek-v3", eight, tr, 64, args.dsv3_limit,
-                              args.solver, check_draw=True))
+        cases.append(
+            run_case(
+                f"dsv3 {skew}:{alpha} aff0.5",
+                "deepseek-v3",
+                eight,
+                tr,
+                64,
+                args.dsv3_limit,
+                args.solver,
+                check_draw=True,
+            )
+        )
         print(f"done: deepseek-v3 {skew} on 64 GPUs", file=sys.stderr, flush=True)
     if not args.quick:
         tr = synthetic_trace(ds, 1 << 18, skew="zipf", alpha=0.9, affinity=0.5, seed=0, with_topk_ids=False)
         for solver in ("cbc", "highs"):
-            cases.append(run_case("dsv3 zipf:0.9 aff0.5", "deepseek-v3", eight.with_nodes(32), tr, 256,
-                                  args.large_limit, solver, check_draw=False))
+            cases.append(
+                run_case(
+                    "dsv3 zipf:0.9 aff0.5",
+                    "deepseek-v3",
+                    eight.with_nodes(32),
+                    tr,
+                    256,
+                    args.large_limit,
+                    solver,
+                    check_draw=False,
+                )
+            )
             print(f"done: deepseek-v3 on 256 GPUs ({solver})", file=sys.stderr, flush=True)
 
-    print(f"engine {ENGINE}; network bytes per step over the recorded layers as simulated; latency = simulated "
-          "MoE layer (tail GPU), mean over recorded layers; gap = (objective - lower bound) / objective\n")
+    print(
+        f"engine {ENGINE}; network bytes per step over the recorded layers as simulated; latency = simulated "
+        "MoE layer (tail GPU), mean over recorded layers; gap = (objective - lower bound) / objective\n"
+    )
     print("| case | GPUs (+R) | solver | method | max/mean load | cross-node GB | layer us | gap to bound |")
     print("|---|---|---|---|---:|---:|---:|---:|")
     for c in cases:
         for r in c.get("rows", []):
-            print(f"| {c['case']} | {c['gpus']} (+{c['redundant']}) | {c['solver']} | {r['method']} | "
-                  f"{r['max_mean_load']:.3f} | {r['cross_node_bytes'] / 1e9:,.2f} | {r['layer_latency_us']:,.1f} | "
-                  f"{100 * r['gap']:.1f}% |")
+            print(
+                f"| {c['case']} | {c['gpus']} (+{c['redundant']}) | {c['solver']} | {r['method']} | "
+                f"{r['max_mean_load']:.3f} | {r['cross_node_bytes'] / 1e9:,.2f} | {r['layer_latency_us']:,.1f} | "
+                f"{100 * r['gap']:.1f}% |"
+            )
     print("\n## Goals\n")
-    print("| case | GPUs | solver | load <= best EPLB (worst layer; layers) | latency vs best EPLB (<= 0.9) | "
-          "cross-node vs hierarchical EPLB (<= 0.8; floor without de-duplication) | vs best EPLB | "
-          "predicted vs realised max/mean (<= 5%) | "
-          "status; true gap (<= 3%); subproblem gap | plan wall s |")
+    print(
+        "| case | GPUs | solver | load <= best EPLB (worst layer; layers) | latency vs best EPLB (<= 0.9) | "
+        "cross-node vs hierarchical EPLB (<= 0.8; floor without de-duplication) | vs best EPLB | "
+        "predicted vs realised max/mean (<= 5%) | "
+        "status; true gap (<= 3%); subproblem gap | plan wall s |"
+    )
     print("|---|---|---|---|---:|---:|---:|---:|---|---:|")
     for c in cases:
         if "error" in c:
@@ -176,11 +231,13 @@ def main() -> None:
             continue
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
         draw = "n/a" if c["draw"] is None else f"{100 * c['draw']:.2f}%"
-        print(f"| {c['case']} | {c['gpus']} | {c['solver']} | {'yes' if c['load_ok'] else 'NO'}; "
-              f"{100 * c['layers_load_ok']:.0f}% | {c['lat_vs_eplb']:.3f} ({c['best_eplb']}) | "
-              f"{fmt(c['node_vs_hier'])}; {fmt(c['floor_vs_hier'])} | {fmt(c['node_vs_eplb'])} | {draw} | "
-              f"{c['status']}; "
-              f"{100 * c['gap']:.2f}%; {100 * c['sub_gap']:.2f}% | {c['wall_s']:.1f} |")
+        print(
+            f"| {c['case']} | {c['gpus']} | {c['solver']} | {'yes' if c['load_ok'] else 'NO'}; "
+            f"{100 * c['layers_load_ok']:.0f}% | {c['lat_vs_eplb']:.3f} ({c['best_eplb']}) | "
+            f"{fmt(c['node_vs_hier'])}; {fmt(c['floor_vs_hier'])} | {fmt(c['node_vs_eplb'])} | {draw} | "
+            f"{c['status']}; "
+            f"{100 * c['gap']:.2f}%; {100 * c['sub_gap']:.2f}% | {c['wall_s']:.1f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(cases, indent=1, default=float))
 

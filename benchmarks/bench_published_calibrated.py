@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import yaml
 
-from moesim.calibration import load_calibration, shipped_calibration_path
-from moesim.collector_routing import local_counts
+from moesim.calibration.file_format import load_calibration
+from moesim.calibration.resolve import shipped_calibration_path
 from moesim.fused_moe import fused_moe_kernel_us
 from moesim.specs import load_gpu, profiles_dir
+from moesim.traces.collector_routing import local_counts
 
 
 def main() -> None:

@@ -14,10 +14,10 @@ rebalance`` does by default):
   shipped domain; the new load is another domain's trace (the shipped real traces).
 - DeepSeek-V3 on ``h100-8x8-ib400`` (64 GPUs, +64, 2^18 synthetic tokens, group-limited routing): the deployed
   placement is EPLB's (or moesim plan's, 60 s) on a zipf 0.9 / dirichlet 0.5 trace; the new load is that trace
-  drifted (``moesim.synthetic.drift_trace``: log popularity + sigma * N(0, 1) per expert and layer).
+  drifted (``moesim.traces.synthetic.drift_trace``: log popularity + sigma * N(0, 1) per expert and layer).
 
 For each, two references: the full replan by EPLB (what the engines run online) and by moesim's MILP; each
-relabelled to keep what it can of the deployed map (``tuner.rebalance.align_to``), so its move count is its
+relabelled to keep what it can of the deployed map (``tuner.rebalance.replan.align_to``), so its move count is its
 fewest. Columns: the replan's moves and simulated step gain (recorded layers); the fewest moves on moesim's
 curve whose simulated gain reaches 80% of the replan's (``--target-gain 0.8``), as a fraction of the replan's
 moves; the wall time of the whole rebalance (replan, search, simulated points).
@@ -44,7 +44,7 @@ OLMOE_PAIRS = (("c4", "github"), ("c4", "arxiv"), ("github", "book"), ("book", "
 
 
 def run_case(name: str, model, cluster, deployed, new_trace, replan: str, limit: float, cal, weight: float) -> dict:
-    from tuner.rebalance import rebalance
+    from tuner.rebalance.flow import rebalance
 
     t0 = time.perf_counter()
     r = rebalance(
@@ -83,7 +83,7 @@ def run_case(name: str, model, cluster, deployed, new_trace, replan: str, limit:
 
 def olmoe_cases(pairs, replans, cal_for) -> list[dict]:
     from moesim.specs import load_cluster, load_model
-    from moesim.trace import load_trace
+    from moesim.traces.formats import load_trace
     from tuner.plan import plan
 
     model, cluster = load_model("olmoe-1b-7b"), load_cluster("h100-2x8-ib400")
@@ -101,7 +101,7 @@ def olmoe_cases(pairs, replans, cal_for) -> list[dict]:
 
 def dsv3_cases(specs, replans, cal_for) -> list[dict]:
     from moesim.specs import load_cluster, load_model
-    from moesim.synthetic import drift_trace, synthetic_trace
+    from moesim.traces.synthetic import drift_trace, synthetic_trace
     from tuner.plan import place, plan
 
     model, cluster = load_model("deepseek-v3"), load_cluster("h100-8x8-ib400")
@@ -130,10 +130,11 @@ def cadence_rows(cal_for) -> list[str]:
     """The interval advice on a drifting OLMoE series: c4 then 8 steps of ``drift_trace`` (sigma 0.15, seed 3), one
     snapshot per 1000 steps, deployed with ``moesim plan``'s MILP (20 s) on c4; both policies."""
     from moesim.specs import load_cluster, load_model
-    from moesim.synthetic import drift_trace
-    from moesim.trace import load_trace
-    from tuner.cadence import cadence
+    from moesim.traces.formats import load_trace
+    from moesim.traces.synthetic import drift_trace
     from tuner.plan import plan
+    from tuner.rebalance import DEFAULT_DUMP_STEPS, POLICIES
+    from tuner.rebalance.cadence import cadence
 
     model, cluster = load_model("olmoe-1b-7b"), load_cluster("h100-2x8-ib400")
     cal = cal_for(cluster)
@@ -145,9 +146,17 @@ def cadence_rows(cal_for) -> list[str]:
         "| policy | interval (steps) | rebalances | moves | stall s | total s | vs never |",
         "|---|---|---|---|---|---|---|",
     ]
-    for policy in ("eplb", "moesim"):
+    for policy in POLICIES:
         r = cadence(
-            model, cluster, names, series, deployed, dump_steps=1000, engine=ENGINE, calibration=cal, policy=policy
+            model,
+            cluster,
+            names,
+            series,
+            deployed,
+            dump_steps=DEFAULT_DUMP_STEPS,
+            engine=ENGINE,
+            calibration=cal,
+            policy=policy,
         )
         never = next(x for x in r.intervals if x.never)
         for x in r.intervals:
@@ -176,7 +185,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--cadence", action="store_true", help="only the interval advice on a drifting OLMoE series")
     args = ap.parse_args()
-    from moesim.calibration import resolve_calibration
+    from moesim.calibration.resolve import resolve_calibration
 
     def cal_for(cluster):
         return resolve_calibration("auto", cluster.gpu.slug)

@@ -29,8 +29,6 @@ GOAL_MS = 100.0
 TRACE_TOKENS = 1 << 17
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="deepseek-v3")
@@ -38,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
 
-    from moesim.simulate import SimOptions, simulate
+    from moesim.options import SimOptions
+    from moesim.simulate import simulate
     from moesim.specs import load_cluster, load_model
-    from moesim.trace import synthetic_trace
+    from moesim.traces.synthetic import synthetic_trace
 
     model = load_model(args.model)
     base = load_cluster(args.cluster)

@@ -51,9 +51,9 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from moesim.report import write_report
-    from moesim.scenario import load_scenarios
-    from moesim.whatif import run_whatif
+    from whatif.report import write_report
+    from whatif.scenario import load_scenarios
+    from whatif.sweep import run_whatif
 
     os.chdir(REPO)
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,16 +79,16 @@ def main() -> int:
         assert [r.get("step_latency_us") for r in warm.records] == [r.get("step_latency_us") for r in cold.records]
 
     console = Console(width=100)
-    table = Table(title=f"bench_whatif: 100 scenarios, DeepSeek-V3 x 58 layers, {args.workers} workers, "
-                        f"{os.cpu_count()} cores", title_justify="left")
+    table = Table(
+        title=f"bench_whatif: 100 scenarios, DeepSeek-V3 x 58 layers, {args.workers} workers, {os.cpu_count()} cores",
+        title_justify="left",
+    )
     for col in ("phase", "wall s", "per scenario ms", "goal"):
         table.add_column(col, justify="right" if col != "phase" else "left")
     table.add_row("cold sweep (traces, placements, simulate)", f"{t_cold:.2f}", f"{1e3 * t_cold / 100:.0f}", "")
     table.add_row("warm sweep (all from cache)", f"{t_warm:.2f}", f"{1e3 * t_warm / 100:.1f}", "")
-    table.add_row(f"report (4 plots, html/md/csv/json; results.json {json_mb:.1f} MB)", f"{t_report:.2f}", "",
-                  "")
-    table.add_row("total: cold sweep + report", f"{t_cold + t_report:.2f}", f"{10 * (t_cold + t_report):.0f}",
-                  "< 60 s")
+    table.add_row(f"report (4 plots, html/md/csv/json; results.json {json_mb:.1f} MB)", f"{t_report:.2f}", "", "")
+    table.add_row("total: cold sweep + report", f"{t_cold + t_report:.2f}", f"{10 * (t_cold + t_report):.0f}", "< 60 s")
     console.print(table)
 
     slow = sorted(cold.feasible, key=lambda r: -sum(r["timing_s"].values()))[:5]
@@ -97,11 +97,12 @@ def main() -> int:
         t2.add_column(col, justify="right" if col != "scenario" else "left")
     for r in slow:
         t = r["timing_s"]
-        t2.add_row(r["name"], str(r["num_gpus"]), f"{t['inputs']:.3f}", f"{t['placement']:.3f}",
-                   f"{t['simulate']:.3f}")
+        t2.add_row(r["name"], str(r["num_gpus"]), f"{t['inputs']:.3f}", f"{t['placement']:.3f}", f"{t['simulate']:.3f}")
     console.print(t2)
-    console.print(f"best: {cold.best['name']} ({cold.best['step_latency_us'] / 1e3:.2f} ms per step); "
-                  f"baseline {cold.baseline['name']} ({cold.baseline['step_latency_us'] / 1e3:.2f} ms)")
+    console.print(
+        f"best: {cold.best['name']} ({cold.best['step_latency_us'] / 1e3:.2f} ms per step); "
+        f"baseline {cold.baseline['name']} ({cold.baseline['step_latency_us'] / 1e3:.2f} ms)"
+    )
     return 0 if t_cold + t_report < 60 else 1
 
 

@@ -68,11 +68,13 @@ def moe_align_block_size_torch(
     raw_start = torch.cumsum(counts, 0) - counts
     _, order = torch.sort(key, stable=True)
     sorted_key = key[order]
-    rank = torch.arange(num_a, device=dev, dtype=torch.int64) - raw_start.clamp(max=num_a)[
-        sorted_key.clamp(max=num_experts - 1)
-    ]
-    dest = torch.where(sorted_key < num_experts, pad_start[sorted_key.clamp(max=num_experts - 1)] + rank,
-                       torch.full_like(rank, cap))  # invalid ones go to a dump slot past the end
+    rank = (
+        torch.arange(num_a, device=dev, dtype=torch.int64)
+        - raw_start.clamp(max=num_a)[sorted_key.clamp(max=num_experts - 1)]
+    )
+    dest = torch.where(
+        sorted_key < num_experts, pad_start[sorted_key.clamp(max=num_experts - 1)] + rank, torch.full_like(rank, cap)
+    )  # invalid ones go to a dump slot past the end
     sorted_ids = torch.full((cap + 1,), num_a, dtype=torch.int32, device=dev)
     sorted_ids.scatter_(0, dest, order.to(torch.int32))
     sorted_ids = sorted_ids[:cap]
@@ -87,7 +89,8 @@ def moe_align_block_size_torch(
 def _count_kernel(
     local_ptr,  # [A] int32 local expert per assignment (<0: no work)
     chunk_counts_ptr,  # [C, E_PAD] int32 out: assignments of each expert in each chunk
-    num_a, num_experts,
+    num_a,
+    num_experts,
     E_PAD: tl.constexpr,  # power of two > num_experts (the last bin collects invalid ids)
     CHUNK: tl.constexpr,
 ):
@@ -103,9 +106,15 @@ def _count_kernel(
 @triton.jit
 def _offsets_kernel(
     chunk_counts_ptr,  # [C, E_PAD] in: counts; out: row start of each (chunk, expert) in the sorted buffer
-    expert_ids_ptr, total_ptr,
-    num_experts, num_blocks, num_chunks,
-    BLOCK_SIZE_M: tl.constexpr, E_PAD: tl.constexpr, CB: tl.constexpr, FILL: tl.constexpr,
+    expert_ids_ptr,
+    total_ptr,
+    num_experts,
+    num_blocks,
+    num_chunks,
+    BLOCK_SIZE_M: tl.constexpr,
+    E_PAD: tl.constexpr,
+    CB: tl.constexpr,
+    FILL: tl.constexpr,
 ):
     # One program, walking the [C, E_PAD] counts CB chunks at a time (a cumulative sum down each tile), so a
     # few dozen iterations cover the 512 chunks of M=4096, k=8.
@@ -113,8 +122,9 @@ def _offsets_kernel(
     counts = tl.zeros((E_PAD,), dtype=tl.int32)
     for c0 in range(0, num_chunks, CB):
         offs_c = c0 + tl.arange(0, CB)
-        tile = tl.load(chunk_counts_ptr + offs_c[:, None] * E_PAD + offs_e[None, :],
-                       mask=offs_c[:, None] < num_chunks, other=0)
+        tile = tl.load(
+            chunk_counts_ptr + offs_c[:, None] * E_PAD + offs_e[None, :], mask=offs_c[:, None] < num_chunks, other=0
+        )
         counts += tl.sum(tile, axis=0)
     counts = tl.where(offs_e < num_experts, counts, 0)
     padded = (counts + BLOCK_SIZE_M - 1) // BLOCK_SIZE_M * BLOCK_SIZE_M
@@ -139,9 +149,13 @@ def _offsets_kernel(
 
 @triton.jit
 def _scatter_kernel(
-    local_ptr, chunk_offsets_ptr, sorted_ptr,
-    num_a, num_experts,
-    E_PAD: tl.constexpr, CHUNK: tl.constexpr,
+    local_ptr,
+    chunk_offsets_ptr,
+    sorted_ptr,
+    num_a,
+    num_experts,
+    E_PAD: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     c = tl.program_id(0)
     offs = c * CHUNK + tl.arange(0, CHUNK)
@@ -197,9 +211,20 @@ def moe_align_block_size(
     chunk_counts = torch.empty((num_chunks, e_pad), dtype=torch.int32, device=dev)
     _count_kernel[(num_chunks,)](local, chunk_counts, num_a, num_experts, E_PAD=e_pad, CHUNK=chunk, num_warps=4)
     fill = max(16, min(1024, 16384 // e_pad))
-    _offsets_kernel[(1,)](chunk_counts, expert_ids, total, num_experts, cap // block_size_m, num_chunks,
-                          BLOCK_SIZE_M=block_size_m, E_PAD=e_pad, CB=max(1, min(64, 8192 // e_pad)), FILL=fill,
-                          num_warps=8)
-    _scatter_kernel[(num_chunks,)](local, chunk_counts, sorted_ids, num_a, num_experts,
-                                   E_PAD=e_pad, CHUNK=chunk, num_warps=4)
+    _offsets_kernel[(1,)](
+        chunk_counts,
+        expert_ids,
+        total,
+        num_experts,
+        cap // block_size_m,
+        num_chunks,
+        BLOCK_SIZE_M=block_size_m,
+        E_PAD=e_pad,
+        CB=max(1, min(64, 8192 // e_pad)),
+        FILL=fill,
+        num_warps=8,
+    )
+    _scatter_kernel[(num_chunks,)](
+        local, chunk_counts, sorted_ids, num_a, num_experts, E_PAD=e_pad, CHUNK=chunk, num_warps=4
+    )
     return sorted_ids, expert_ids, total

@@ -53,8 +53,10 @@ def apply_capacity(
         new_ids, keep = _capacity.apply_capacity(ids, weights, int(capacity), policy, egpu)
     except SpecError as exc:
         raise ValueError(str(exc)) from exc
-    return (torch.from_numpy(new_ids).to(device=topk_ids.device, dtype=topk_ids.dtype),
-            torch.from_numpy(keep).to(topk_ids.device))
+    return (
+        torch.from_numpy(new_ids).to(device=topk_ids.device, dtype=topk_ids.dtype),
+        torch.from_numpy(keep).to(topk_ids.device),
+    )
 
 
 def capacity_ids(

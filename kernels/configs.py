@@ -51,21 +51,45 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int = 2) -> Config:
     The deciding quantity is tokens per expert, ``M*top_k/E``: below a tile of 16 rows the GEMMs are weight-bound
     (each expert's weights are streamed once for a few rows), so small row blocks and wide K steps keep the
     HBM stream busy; as rows grow the kernel turns compute-bound and wants large square-ish tiles, more warps
-    and L2 grouping. All values lie in vLLM's tuning grid (tuner.kernel_space) so the tuner can start from it.
+    and L2 grouping. All values lie in vLLM's tuning grid (tuner.autotune.space) so the tuner can start from it.
     """
     per_expert = M * top_k / max(E, 1)
     if per_expert <= 16:
-        cfg = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1,
-               "num_warps": 4, "num_stages": 4}
+        cfg = {
+            "BLOCK_SIZE_M": 16,
+            "BLOCK_SIZE_N": 64,
+            "BLOCK_SIZE_K": 128,
+            "GROUP_SIZE_M": 1,
+            "num_warps": 4,
+            "num_stages": 4,
+        }
     elif per_expert <= 64:
-        cfg = {"BLOCK_SIZE_M": 32, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 16,
-               "num_warps": 4, "num_stages": 4}
+        cfg = {
+            "BLOCK_SIZE_M": 32,
+            "BLOCK_SIZE_N": 64,
+            "BLOCK_SIZE_K": 128,
+            "GROUP_SIZE_M": 16,
+            "num_warps": 4,
+            "num_stages": 4,
+        }
     elif per_expert <= 256:
-        cfg = {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 16,
-               "num_warps": 4, "num_stages": 4}
+        cfg = {
+            "BLOCK_SIZE_M": 64,
+            "BLOCK_SIZE_N": 128,
+            "BLOCK_SIZE_K": 64,
+            "GROUP_SIZE_M": 16,
+            "num_warps": 4,
+            "num_stages": 4,
+        }
     else:
-        cfg = {"BLOCK_SIZE_M": 128, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 16,
-               "num_warps": 8, "num_stages": 4}
+        cfg = {
+            "BLOCK_SIZE_M": 128,
+            "BLOCK_SIZE_N": 128,
+            "BLOCK_SIZE_K": 64,
+            "GROUP_SIZE_M": 16,
+            "num_warps": 8,
+            "num_stages": 4,
+        }
     # narrow experts (small N) leave few column tiles: halve BLOCK_SIZE_N so more programs run
     if N < 512 and cfg["BLOCK_SIZE_N"] > 64:
         cfg["BLOCK_SIZE_N"] = 64
@@ -84,8 +108,13 @@ def config_dirs() -> list[Path]:
     return _fmt.config_dirs(reference_dir())
 
 
-def tuned_configs(E: int, N: int, device: str | None = None, dtype: str | None = None,
-                  block_shape: list[int] | tuple[int, ...] | None = None) -> dict[int, Config] | None:
+def tuned_configs(
+    E: int,
+    N: int,
+    device: str | None = None,
+    dtype: str | None = None,
+    block_shape: list[int] | tuple[int, ...] | None = None,
+) -> dict[int, Config] | None:
     """:func:`moesim.vllm_configs.tuned_configs` on :func:`config_dirs`, for this CUDA device by default."""
     return _fmt.tuned_configs(E, N, device or device_name(), dtype, block_shape, config_dirs())
 
@@ -99,8 +128,9 @@ def get_config(E: int, N: int, M: int, K: int = 0, top_k: int = 2, dtype: str | 
     return default_config(M, E, N, K, top_k)
 
 
-def save_configs(path: str | os.PathLike, configs: dict[int, dict[str, Any]],
-                 triton_version: str | None = None) -> None:
+def save_configs(
+    path: str | os.PathLike, configs: dict[int, dict[str, Any]], triton_version: str | None = None
+) -> None:
     """Write ``{M: config}`` as a vLLM JSON file (keys as strings, ascending M), atomically (temp + rename)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -58,14 +58,28 @@ def _grouped_pid(pid, num_pid_m, num_pid_n, GROUP_SIZE_M: tl.constexpr):
 
 @triton.jit
 def _gate_up_kernel(
-    h_ptr, w1_ptr, act_ptr,
-    sorted_ptr, expert_ids_ptr, total_ptr,
-    N, K, num_a, num_pid_m,
-    stride_hm, stride_hk,
-    stride_we, stride_wn, stride_wk,
-    stride_am, stride_an,
+    h_ptr,
+    w1_ptr,
+    act_ptr,
+    sorted_ptr,
+    expert_ids_ptr,
+    total_ptr,
+    N,
+    K,
+    num_a,
+    num_pid_m,
+    stride_hm,
+    stride_hk,
+    stride_we,
+    stride_wn,
+    stride_wk,
+    stride_am,
+    stride_an,
     TOP_K: tl.constexpr,
-    BLOCK_SIZE_M: tl.constexpr, HALF_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
+    BLOCK_SIZE_M: tl.constexpr,
+    HALF_N: tl.constexpr,
+    BLOCK_SIZE_K: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -106,14 +120,29 @@ def _gate_up_kernel(
 
 @triton.jit
 def _down_kernel(
-    act_ptr, w2_ptr, y_ptr, topk_w_ptr,
-    sorted_ptr, expert_ids_ptr, total_ptr,
-    N, K, num_a, num_pid_m,
-    stride_am, stride_an,
-    stride_we, stride_wk, stride_wn,
-    stride_ym, stride_yk,
-    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr, BLOCK_SIZE_K: tl.constexpr,
-    GROUP_SIZE_M: tl.constexpr, PRECISION: tl.constexpr,
+    act_ptr,
+    w2_ptr,
+    y_ptr,
+    topk_w_ptr,
+    sorted_ptr,
+    expert_ids_ptr,
+    total_ptr,
+    N,
+    K,
+    num_a,
+    num_pid_m,
+    stride_am,
+    stride_an,
+    stride_we,
+    stride_wk,
+    stride_wn,
+    stride_ym,
+    stride_yk,
+    BLOCK_SIZE_M: tl.constexpr,
+    BLOCK_SIZE_N: tl.constexpr,
+    BLOCK_SIZE_K: tl.constexpr,
+    GROUP_SIZE_M: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     # Output columns are the hidden dim K (tiled by BLOCK_SIZE_N); the reduction runs over N (by BLOCK_SIZE_K).
     pid = tl.program_id(0)
@@ -170,20 +199,27 @@ def check_config(config: dict[str, Any]) -> dict[str, int]:
 
 def _check_inputs(hidden, w1, w2, topk_weights, topk_ids) -> tuple[int, int, int, int, int]:
     if hidden.dim() != 2 or w1.dim() != 3 or w2.dim() != 3:
-        raise ValueError(f"fused_moe: need hidden [M, K], w1 [E, 2N, K], w2 [E, K, N]; got "
-                         f"{tuple(hidden.shape)}, {tuple(w1.shape)}, {tuple(w2.shape)}")
+        raise ValueError(
+            f"fused_moe: need hidden [M, K], w1 [E, 2N, K], w2 [E, K, N]; got "
+            f"{tuple(hidden.shape)}, {tuple(w1.shape)}, {tuple(w2.shape)}"
+        )
     M, K = hidden.shape
     E, two_n, K1 = w1.shape
     N = two_n // 2
     if K1 != K or two_n % 2 or tuple(w2.shape) != (E, K, N):
-        raise ValueError(f"fused_moe: shapes disagree: hidden {tuple(hidden.shape)}, w1 {tuple(w1.shape)}, "
-                         f"w2 {tuple(w2.shape)} (want w1 [E, 2N, K], w2 [E, K, N])")
+        raise ValueError(
+            f"fused_moe: shapes disagree: hidden {tuple(hidden.shape)}, w1 {tuple(w1.shape)}, "
+            f"w2 {tuple(w2.shape)} (want w1 [E, 2N, K], w2 [E, K, N])"
+        )
     if topk_ids.dim() != 2 or topk_ids.shape[0] != M or tuple(topk_weights.shape) != tuple(topk_ids.shape):
-        raise ValueError(f"fused_moe: topk_ids {tuple(topk_ids.shape)} and topk_weights "
-                         f"{tuple(topk_weights.shape)} must both be [M={M}, k]")
+        raise ValueError(
+            f"fused_moe: topk_ids {tuple(topk_ids.shape)} and topk_weights "
+            f"{tuple(topk_weights.shape)} must both be [M={M}, k]"
+        )
     if hidden.dtype not in _TL_DTYPES or w1.dtype != hidden.dtype or w2.dtype != hidden.dtype:
-        raise ValueError(f"fused_moe: dtypes must match and be fp16/bf16/fp32, got {hidden.dtype}, {w1.dtype}, "
-                         f"{w2.dtype}")
+        raise ValueError(
+            f"fused_moe: dtypes must match and be fp16/bf16/fp32, got {hidden.dtype}, {w1.dtype}, {w2.dtype}"
+        )
     return M, K, E, N, topk_ids.shape[1]
 
 
@@ -240,14 +276,31 @@ def fused_moe(
     half_n = max(cfg["BLOCK_SIZE_N"] // 2, 16)
     grid1 = (num_pid_m * triton.cdiv(N, half_n),)
     _gate_up_kernel[grid1](
-        hidden, w1, act, sorted_ids, expert_ids, total,
-        N, K, num_a, num_pid_m,
-        hidden.stride(0), hidden.stride(1),
-        w1.stride(0), w1.stride(1), w1.stride(2),
-        act.stride(0), act.stride(1),
-        TOP_K=top_k, BLOCK_SIZE_M=bm, HALF_N=half_n, BLOCK_SIZE_K=cfg["BLOCK_SIZE_K"],
-        GROUP_SIZE_M=cfg["GROUP_SIZE_M"], PRECISION=prec,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        hidden,
+        w1,
+        act,
+        sorted_ids,
+        expert_ids,
+        total,
+        N,
+        K,
+        num_a,
+        num_pid_m,
+        hidden.stride(0),
+        hidden.stride(1),
+        w1.stride(0),
+        w1.stride(1),
+        w1.stride(2),
+        act.stride(0),
+        act.stride(1),
+        TOP_K=top_k,
+        BLOCK_SIZE_M=bm,
+        HALF_N=half_n,
+        BLOCK_SIZE_K=cfg["BLOCK_SIZE_K"],
+        GROUP_SIZE_M=cfg["GROUP_SIZE_M"],
+        PRECISION=prec,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     # Assignments with no work (absent expert, dropped) are never written by the down GEMM: start from zeros.
     if partial:
@@ -258,14 +311,31 @@ def fused_moe(
     weights = topk_weights.reshape(-1).contiguous()
     grid2 = (num_pid_m * triton.cdiv(K, cfg["BLOCK_SIZE_N"]),)
     _down_kernel[grid2](
-        act, w2, y2, weights, sorted_ids, expert_ids, total,
-        N, K, num_a, num_pid_m,
-        act.stride(0), act.stride(1),
-        w2.stride(0), w2.stride(1), w2.stride(2),
-        y2.stride(0), y2.stride(1),
-        BLOCK_SIZE_M=bm, BLOCK_SIZE_N=cfg["BLOCK_SIZE_N"], BLOCK_SIZE_K=cfg["BLOCK_SIZE_K"],
-        GROUP_SIZE_M=cfg["GROUP_SIZE_M"], PRECISION=prec,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        act,
+        w2,
+        y2,
+        weights,
+        sorted_ids,
+        expert_ids,
+        total,
+        N,
+        K,
+        num_a,
+        num_pid_m,
+        act.stride(0),
+        act.stride(1),
+        w2.stride(0),
+        w2.stride(1),
+        w2.stride(2),
+        y2.stride(0),
+        y2.stride(1),
+        BLOCK_SIZE_M=bm,
+        BLOCK_SIZE_N=cfg["BLOCK_SIZE_N"],
+        BLOCK_SIZE_K=cfg["BLOCK_SIZE_K"],
+        GROUP_SIZE_M=cfg["GROUP_SIZE_M"],
+        PRECISION=prec,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     if top_k == 1:
         return y.view(M, K)

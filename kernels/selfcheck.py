@@ -25,8 +25,11 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("kernels.selfcheck: no CUDA device visible; nothing to check (CPU tests: pytest tests/kernels)")
         return 2
-    print(f"device {torch.cuda.get_device_name()} -> config name {configs.device_name()}; "
-          f"shipped vLLM configs at {configs.reference_dir()}", flush=True)
+    print(
+        f"device {torch.cuda.get_device_name()} -> config name {configs.device_name()}; "
+        f"shipped vLLM configs at {configs.reference_dir()}",
+        flush=True,
+    )
     ok = True
     gen = torch.Generator(device="cuda").manual_seed(0)
     dev = "cuda"
@@ -42,17 +45,27 @@ def main() -> int:
             b = moe_align_block_size(ids, 16, E, method="torch")
             align_ok = all(torch.equal(x, y) for x, y in zip(a, b))
             ref = reference_moe(h.float(), w1.float(), w2.float(), w, ids)
-            for label, cfg in (("default", configs.default_config(M, E, N, K, k)),
-                               ("vllm E=8,N=7168", configs.pick_config(
-                                   configs.shipped_configs(8, 7168, "NVIDIA_H100_80GB_HBM3") or
-                                   {1: configs.default_config(M, E, N, K, k)}, M))):
+            for label, cfg in (
+                ("default", configs.default_config(M, E, N, K, k)),
+                (
+                    "vllm E=8,N=7168",
+                    configs.pick_config(
+                        configs.shipped_configs(8, 7168, "NVIDIA_H100_80GB_HBM3")
+                        or {1: configs.default_config(M, E, N, K, k)},
+                        M,
+                    ),
+                ),
+            ):
                 out = fused_moe(h, w1, w2, w, ids, config=cfg)
                 torch.cuda.synchronize()
                 err = _rel(out, ref)
                 good = err < tol and bool(torch.isfinite(out).all()) and align_ok
                 ok &= good
-                print(f"{dtype!s:15s} M={M:5d} {label:16s} rel_err={err:.2e} (tol {tol:g}) "
-                      f"align_triton==torch={align_ok} {'OK' if good else 'FAIL'}", flush=True)
+                print(
+                    f"{dtype!s:15s} M={M:5d} {label:16s} rel_err={err:.2e} (tol {tol:g}) "
+                    f"align_triton==torch={align_ok} {'OK' if good else 'FAIL'}",
+                    flush=True,
+                )
     # CUDA graph capture of the whole call (no host sync inside)
     from kernels.timing import time_cuda_graph
 

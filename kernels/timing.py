@@ -79,10 +79,14 @@ def versions() -> dict[str, str]:
     import triton
 
     try:
-        res = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=False)
+        res = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         driver = (res.stdout.strip().splitlines() or ["unknown"])[0]
     except (OSError, subprocess.SubprocessError):
         driver = "unknown"
-    return {"torch": torch.__version__, "triton": triton.__version__, "cuda": str(torch.version.cuda),
-            "driver": driver}
+    return {"torch": torch.__version__, "triton": triton.__version__, "cuda": str(torch.version.cuda), "driver": driver}

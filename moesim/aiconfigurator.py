@@ -13,7 +13,7 @@ tokens over all E experts and keeps experts ``[0, E/ep)`` local. vLLM's collecto
 so the kernels walk every token's ``k`` rows (moesim's ``allgather`` EP mode; ``ep_emulation`` ``all_tokens``);
 SGLang's (``build_rank0_workloads``) gives it only the tokens with at least one local expert, their remote slots
 as id -1, with no expert map (``ep_emulation`` ``local_tokens``). ``distribution`` is ``balanced`` or ``power_law_<a>``
-(:mod:`moesim.collector_routing`).
+(:mod:`moesim.traces.collector_routing`).
 
 ``comm/sglang/<v>/wideep_deepep_normal_perf.parquet`` (``collector/sglang/collect_deepep*.py``): DeepEP normal
 (intranode, ``node_num`` 1 = 8 ranks) ``dispatch_transmit_us`` / ``combine_transmit_us`` in **us** for

@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from moesim.errors import check_keys, field_error
+from moesim.errors import field_error
+from moesim.schema import check_keys
 
 __all__ = [
     "NCCL_OPS",

@@ -14,25 +14,57 @@ and a grouped GEMM is the sum over its experts plus one launch overhead. The wei
 small-batch (decode) MoE weight-bandwidth bound: each expert that receives any token streams its whole
 ``n * k`` weight matrix from HBM.
 
-``eff`` and ``hbm_eff`` come from a :class:`moesim.calibration.Calibration` when one is given (curves fitted
-to measured profiles), otherwise from the GPU profile's constants ``gemm_efficiency`` / ``hbm_efficiency``.
-The peak is the FP8 one for 1-byte weights and the BF16 one otherwise.
+``eff`` and ``hbm_eff`` come from an :class:`EfficiencyModel` when one is given (a
+:class:`moesim.calibration.model.Calibration`: curves fitted to measured profiles), otherwise from the GPU
+profile's constants ``gemm_efficiency`` / ``hbm_efficiency``. The peak is the FP8 one for 1-byte weights and the
+BF16 one otherwise.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from moesim.calibration import MIN_EFFICIENCY
-
-if TYPE_CHECKING:  # the spec module is only needed for type hints here
+if TYPE_CHECKING:  # the spec modules are only needed for type hints here
+    from moesim.fused_moe import FusedMoEParams
     from moesim.specs import GPUSpec
 
 # Modelling assumption, not a published figure: a CUDA kernel launch plus its tail costs a few microseconds
 # when not captured in a CUDA graph; measured calibrations replace it with their own ``launch_overhead_us``.
 DEFAULT_LAUNCH_OVERHEAD_US = 4.0
+# Efficiencies are clipped to (0, 1]; this is the smallest value returned, so a time never divides by zero.
+MIN_EFFICIENCY = 1e-6
+
+
+class EfficiencyModel(Protocol):
+    """What the cost model reads of a calibration (:class:`moesim.calibration.model.Calibration` is one)::
+
+        eff     = gemm_efficiency(m, n, k)  # fraction of peak dense TFLOP/s of m x n x k GEMMs, elementwise over m
+        hbm_eff = hbm_efficiency(nbytes)    # fraction of peak HBM GB/s moving nbytes (read + write), elementwise
+        launch_overhead_us                  # us per kernel launch
+        has_curves                          # both curves present (else the GPU profile's constants hold)
+        fused_moe                           # fitted fused-MoE kernel model, or None (the roofline below)
+        device_name                         # the measured device (picks vLLM's tile configs)
+
+    Efficiencies are clipped to ``[MIN_EFFICIENCY, 1]`` here whatever the model returns.
+    """
+
+    @property
+    def launch_overhead_us(self) -> float: ...
+
+    @property
+    def has_curves(self) -> bool: ...
+
+    @property
+    def fused_moe(self) -> FusedMoEParams | None: ...
+
+    @property
+    def device_name(self) -> str: ...
+
+    def gemm_efficiency(self, m: np.ndarray | float, n: int, k: int) -> np.ndarray: ...
+
+    def hbm_efficiency(self, nbytes: np.ndarray | float) -> np.ndarray: ...
 
 
 def peak_tflops(gpu: GPUSpec, dtype_bytes: float) -> float:
@@ -40,28 +72,30 @@ def peak_tflops(gpu: GPUSpec, dtype_bytes: float) -> float:
     return float(gpu.fp8_tflops) if dtype_bytes <= 1 else float(gpu.bf16_tflops)
 
 
-def launch_overhead_us(calibration: Any | None) -> float:
+def launch_overhead_us(calibration: EfficiencyModel | None) -> float:
     """Per-kernel launch overhead (us): the calibration's, or :data:`DEFAULT_LAUNCH_OVERHEAD_US`."""
     if calibration is None:
         return DEFAULT_LAUNCH_OVERHEAD_US
     return float(calibration.launch_overhead_us)
 
 
-def has_curves(calibration: Any | None) -> bool:
+def has_curves(calibration: EfficiencyModel | None) -> bool:
     """Whether ``calibration`` carries GEMM/HBM efficiency curves (a schema-2 file may hold only kernel
     models; then the GPU profile's constants stay in force for the GEMMs outside the fused MoE)."""
     return calibration is not None and bool(getattr(calibration, "has_curves", True))
 
 
-def fused_moe_params(calibration: Any | None) -> Any | None:
+def fused_moe_params(calibration: EfficiencyModel | None) -> FusedMoEParams | None:
     """The calibration's fitted fused-MoE kernel model (:class:`moesim.fused_moe.FusedMoEParams`), or None."""
     return getattr(calibration, "fused_moe", None) if calibration is not None else None
 
 
-def gemm_efficiency(gpu: GPUSpec, m: np.ndarray, n: int, k: int, calibration: Any | None = None) -> np.ndarray:
+def gemm_efficiency(
+    gpu: GPUSpec, m: np.ndarray, n: int, k: int, calibration: EfficiencyModel | None = None
+) -> np.ndarray:
     """Fraction of peak FLOP/s reached by one ``m x n x k`` GEMM (dimensionless, (0, 1]; a calibration's
-    value is clipped as :class:`moesim.calibration.Curve` clips it, so duck-typed calibrations obey the same
-    bounds)."""
+    value is clipped as :class:`moesim.calibration.model.Curve` clips it, so every :class:`EfficiencyModel`
+    obeys the same bounds)."""
     m = np.asarray(m, dtype=np.float64)
     if not has_curves(calibration):
         return np.full(m.shape, float(gpu.gemm_efficiency))
@@ -69,7 +103,7 @@ def gemm_efficiency(gpu: GPUSpec, m: np.ndarray, n: int, k: int, calibration: An
     return np.clip(np.broadcast_to(eff, m.shape), MIN_EFFICIENCY, 1.0)
 
 
-def hbm_efficiency(gpu: GPUSpec, nbytes: np.ndarray, calibration: Any | None = None) -> np.ndarray:
+def hbm_efficiency(gpu: GPUSpec, nbytes: np.ndarray, calibration: EfficiencyModel | None = None) -> np.ndarray:
     """Fraction of HBM bandwidth reached when streaming ``nbytes`` (dimensionless, (0, 1]; clipped like
     :func:`gemm_efficiency`)."""
     nbytes = np.asarray(nbytes, dtype=np.float64)
@@ -79,7 +113,7 @@ def hbm_efficiency(gpu: GPUSpec, nbytes: np.ndarray, calibration: Any | None = N
     return np.clip(np.broadcast_to(eff, nbytes.shape), MIN_EFFICIENCY, 1.0)
 
 
-def memory_us(gpu: GPUSpec, nbytes: np.ndarray | float, calibration: Any | None = None) -> np.ndarray:
+def memory_us(gpu: GPUSpec, nbytes: np.ndarray | float, calibration: EfficiencyModel | None = None) -> np.ndarray:
     """Time to move ``nbytes`` through HBM (us): ``nbytes / (hbm_bw_gb_s * 1e3 * hbm_eff(nbytes))``."""
     nbytes = np.asarray(nbytes, dtype=np.float64)
     return nbytes / (float(gpu.hbm_bw_gb_s) * 1e3 * hbm_efficiency(gpu, nbytes, calibration))
@@ -91,7 +125,7 @@ def gemm_us(
     n: int,
     k: int,
     dtype_bytes: float = 2,
-    calibration: Any | None = None,
+    calibration: EfficiencyModel | None = None,
     act_bytes: float = 2,
 ) -> np.ndarray:
     """Roofline time (us) of independent ``m x n x k`` GEMMs, elementwise over ``m`` (no launch overhead).
@@ -114,7 +148,7 @@ def grouped_gemm_us(
     n: int,
     k: int,
     dtype_bytes: float = 2,
-    calibration: Any | None = None,
+    calibration: EfficiencyModel | None = None,
 ) -> np.ndarray:
     """One grouped GEMM over the local experts (us).
 
@@ -153,7 +187,7 @@ def fused_moe_us(
     top_k: int,
     dtype_bytes: float = 2,
     block_size_m: int = 64,
-    calibration: Any | None = None,
+    calibration: EfficiencyModel | None = None,
     *,
     num_experts: int | None = None,
     gated: bool = True,
@@ -221,7 +255,7 @@ def dense_mlp_us(
     hidden: int,
     intermediate: int,
     dtype_bytes: float = 2,
-    calibration: Any | None = None,
+    calibration: EfficiencyModel | None = None,
 ) -> np.ndarray:
     """A gated MLP (gate+up then down) over ``num_tokens`` rows: shared experts and dense layers (us)."""
     m = np.asarray(num_tokens, dtype=np.float64)[..., None]

@@ -17,13 +17,14 @@ residual adds are ignored (memory bound, a few percent).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from moesim.compute import dense_mlp_us, gemm_efficiency, gemm_us, launch_overhead_us, peak_tflops
 
 if TYPE_CHECKING:
+    from moesim.compute import EfficiencyModel
     from moesim.specs import GPUSpec, ModelSpec
 
 
@@ -33,7 +34,7 @@ def attention_us(
     num_tokens: float,
     seq_len: int,
     dtype_bytes: float = 2,
-    calibration: Any | None = None,
+    calibration: EfficiencyModel | None = None,
 ) -> float:
     """One attention block on ``num_tokens`` tokens of sequences ``seq_len`` long (us)."""
     t = float(num_tokens)
@@ -55,24 +56,29 @@ def attention_us(
 
 
 def dense_layer_us(
-    gpu: GPUSpec, model: ModelSpec, num_tokens: float, dtype_bytes: float = 2, calibration: Any | None = None
+    gpu: GPUSpec,
+    model: ModelSpec,
+    num_tokens: float,
+    dtype_bytes: float = 2,
+    calibration: EfficiencyModel | None = None,
 ) -> float:
     """The MLP of one dense (non-MoE) layer (us); 0 for models without dense layers."""
     return float(
-        dense_mlp_us(
-            gpu, num_tokens, model.hidden_size, model.dense_intermediate_size, dtype_bytes, calibration
-        )
+        dense_mlp_us(gpu, num_tokens, model.hidden_size, model.dense_intermediate_size, dtype_bytes, calibration)
     )
 
 
 def lm_head_us(
-    gpu: GPUSpec, model: ModelSpec, num_tokens: float, dtype_bytes: float = 2, calibration: Any | None = None
+    gpu: GPUSpec,
+    model: ModelSpec,
+    num_tokens: float,
+    dtype_bytes: float = 2,
+    calibration: EfficiencyModel | None = None,
 ) -> float:
     """The output projection to the vocabulary, once per step (us)."""
     t = float(num_tokens)
     if t <= 0 or model.vocab_size <= 0:
         return 0.0
     return float(
-        gemm_us(gpu, t, model.vocab_size, model.hidden_size, dtype_bytes, calibration)
-        + launch_overhead_us(calibration)
+        gemm_us(gpu, t, model.vocab_size, model.hidden_size, dtype_bytes, calibration) + launch_overhead_us(calibration)
     )

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from moesim.errors import check_keys, field_error
+from moesim.errors import field_error
+from moesim.schema import check_keys
 from moesim.vllm_configs import TileSource, kernel_tile
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from moesim.calibration import Calibration
+from moesim.calibration.model import Calibration
 from moesim.errors import field_error
 from moesim.measured_rows import fused_moe_rows
 
@@ -100,8 +100,8 @@ def fit_calibration_from_records(
 
 def _fused_uncalibrated(records: Sequence[dict[str, Any]], gpu: Any) -> np.ndarray:
     """The roofline of :func:`moesim.compute.fused_moe_us` per record (mean over the routing's draws)."""
-    from moesim.collector_routing import local_counts
     from moesim.compute import fused_moe_us
+    from moesim.traces.collector_routing import local_counts
 
     out = np.empty(len(records))
     cache: dict[tuple[Any, ...], np.ndarray] = {}

@@ -2,7 +2,7 @@
 
 A fused-MoE record (docs/ARCHITECTURE.md, measured records) names a shape, tokens per rank, TP, EP and a
 routing; :func:`fused_moe_rows` rebuilds each row's local per-expert counts with
-:mod:`moesim.collector_routing` (all draws the collector averaged over), reduces them to
+:mod:`moesim.traces.collector_routing` (all draws the collector averaged over), reduces them to
 :class:`moesim.fused_moe.KernelStats` ``[R, D]`` and returns :class:`moesim.fused_moe.FitRows`. Counts depend on
 ``(tokens, top_k, experts, ep, distribution)`` only (generated once per key, :func:`local_counts` caches them);
 the tile the engine runs also depends on the shard ``I / tp``, the engine and version, and the device.
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from moesim.collector_routing import COLLECTOR_DRAWS, local_counts, touched_tokens
 from moesim.fused_moe import FitRows, KernelStats, kernel_stats
+from moesim.traces.collector_routing import COLLECTOR_DRAWS, local_counts, touched_tokens
 from moesim.vllm_configs import TileSource
 
 __all__ = ["fused_moe_rows", "shape_key"]

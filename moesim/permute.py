@@ -18,13 +18,14 @@ whole blocks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from moesim.compute import launch_overhead_us, memory_us
 
 if TYPE_CHECKING:
+    from moesim.compute import EfficiencyModel
     from moesim.specs import GPUSpec
 
 
@@ -35,7 +36,7 @@ def permute_us(
     padded_rows: np.ndarray,
     hidden: int,
     in_bytes_per_elem: float = 2.0,
-    calibration: Any | None = None,
+    calibration: EfficiencyModel | None = None,
 ) -> np.ndarray:
     """Permute + unpermute time (us), elementwise over the batch axes of the three count arrays."""
     r = np.asarray(received_tokens, dtype=np.float64)

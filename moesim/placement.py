@@ -44,8 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from moesim.errors import PlacementError
-from moesim.fileio import atomic_write_text
+from moesim.errors import PlacementError, SpecError
+from moesim.fileio import atomic_write_text, read_yaml
+from moesim.schema import Fields
+from moesim.specs.limits import MAX_EXPERTS, MAX_GPUS, MAX_LAYERS
 
 if TYPE_CHECKING:
     from moesim.specs import GPUSpec, ModelSpec
@@ -92,15 +94,22 @@ class PlacementMethod(str, Enum):
         )
 
 
-
 @dataclass(frozen=True)
 class Placement:
+    """Which slot holds which expert, per layer, and the replica shares (see the module docstring).
+
+    ``__post_init__`` enforces the structure (:func:`check_structure`): no instance has impossible shapes, ids
+    or shares. :meth:`validate` adds the coverage rule (every expert's shares sum to 1)."""
+
     num_gpus: int
     slots_per_gpu: int
     num_experts: int
     phy2log: np.ndarray  # [L, P] int64
     shares: np.ndarray  # [L, P] float64
     meta: dict[str, Any] = field(default_factory=dict)  # model, cluster, trace, method, predicted figures
+
+    def __post_init__(self) -> None:
+        check_structure(self.num_gpus, self.slots_per_gpu, self.num_experts, self.phy2log, self.shares)
 
     @property
     def num_layers(self) -> int:
@@ -140,34 +149,55 @@ class Placement:
         return Placement(self.num_gpus, self.slots_per_gpu, self.num_experts, self.phy2log, self.shares, merged)
 
     def validate(self, origin: str = "placement") -> None:
-        """``PlacementError`` unless: shapes agree, ids are in range, every expert of every layer has at least
-        one replica, shares lie in [0, 1] and sum to 1 per (layer, expert), and every GPU has the same number of
-        slots (implied by ``P = G * S``)."""
-        for name in ("num_gpus", "slots_per_gpu", "num_experts"):
-            if int(getattr(self, name)) < 1:
-                raise PlacementError(f"{origin}: {name}: must be >= 1, got {getattr(self, name)}")
-        phy2log = np.asarray(self.phy2log)
-        shares = np.asarray(self.shares, dtype=np.float64)
-        if phy2log.ndim != 2 or phy2log.shape[1] != self.num_physical or shares.shape != phy2log.shape:
-            raise PlacementError(f"{origin}: phy2log: shape {phy2log.shape} (shares {shares.shape}), expected "
-                                 f"[layers, {self.num_gpus} GPUs x {self.slots_per_gpu} slots]")
-        if self.num_physical < self.num_experts:
-            raise PlacementError(f"{origin}: slots_per_gpu: {self.num_physical} slots for {self.num_experts} "
-                                 f"experts; every expert needs a slot")
-        if phy2log.size and (phy2log.min() < 0 or phy2log.max() >= self.num_experts):
-            raise PlacementError(f"{origin}: phy2log: expert ids must be in [0, {self.num_experts}), got "
-                                 f"{int(phy2log.min())}..{int(phy2log.max())}")
-        # a 0 share is a replica that holds weights but gets no tokens (spare slots of an uneven split, or a
-        # replica an engine's dispatch rule never picks); the per-expert sum below still needs a positive one
-        if not np.all(np.isfinite(shares)) or np.any(shares < 0) or np.any(shares > 1 + _SHARE_ATOL):
-            raise PlacementError(f"{origin}: shares: every share must be in [0, 1]")
-        total = _per_expert_sum(phy2log, self.num_experts, shares)
+        """``PlacementError`` naming ``origin`` unless the structure holds (:func:`check_structure`, which
+        ``__post_init__`` already enforces) and every expert of every layer has replicas whose shares sum to 1.
+
+        This is the one placement rule: loading (:func:`placement_from_dict`) and the simulator
+        (``moesim.simulate.check_placement``) both call it."""
+        check_structure(self.num_gpus, self.slots_per_gpu, self.num_experts, self.phy2log, self.shares, origin)
+        total = _per_expert_sum(np.asarray(self.phy2log), self.num_experts, np.asarray(self.shares, dtype=np.float64))
         bad = np.argwhere(~np.isclose(total, 1.0, atol=_SHARE_ATOL))
         if bad.size:
-            row, expert = (int(v) for v in bad[0])
-            what = "has no replica" if total[row, expert] == 0 else f"has shares summing to {total[row, expert]:.6g}"
-            raise PlacementError(f"{origin}: layers[{row}]: expert {expert} {what} ({len(bad)} (layer, expert) "
-                                 f"pairs wrong)")
+            missing = np.argwhere(total <= 0)  # a missing expert first: it is the cause of a neighbour's excess
+            row, expert = (int(v) for v in (missing if missing.size else bad)[0])
+            if total[row, expert] <= 0:
+                what = f"has no replica, so expert {expert} is missing"
+            else:
+                what = f"has shares summing to {total[row, expert]:.6g}"
+            raise PlacementError(
+                f"{origin}: layers[{row}]: expert {expert} {what} ({len(bad)} (layer, expert) pairs wrong)"
+            )
+
+
+def check_structure(
+    num_gpus: int, slots_per_gpu: int, num_experts: int, phy2log: Any, shares: Any, origin: str = "placement"
+) -> None:
+    """``PlacementError`` naming ``origin`` unless: the counts are >= 1, ``phy2log`` and ``shares`` are
+    ``[L, G*S]``, there are at least ``E`` slots, ids are in ``[0, E)`` and shares are finite in ``[0, 1]``."""
+    for name, value in (("num_gpus", num_gpus), ("slots_per_gpu", slots_per_gpu), ("num_experts", num_experts)):
+        if int(value) < 1:
+            raise PlacementError(f"{origin}: {name}: must be >= 1, got {value}")
+    num_physical = int(num_gpus) * int(slots_per_gpu)
+    phy2log = np.asarray(phy2log)
+    shares = np.asarray(shares, dtype=np.float64)
+    if phy2log.ndim != 2 or phy2log.shape[1] != num_physical or shares.shape != phy2log.shape:
+        raise PlacementError(
+            f"{origin}: phy2log: shape {phy2log.shape} (shares {shares.shape}), expected "
+            f"[layers, {num_gpus} GPUs x {slots_per_gpu} slots]"
+        )
+    if num_physical < num_experts:
+        raise PlacementError(
+            f"{origin}: slots_per_gpu: {num_physical} slots for {num_experts} experts; every expert needs a slot"
+        )
+    if phy2log.size and (phy2log.min() < 0 or phy2log.max() >= num_experts):
+        raise PlacementError(
+            f"{origin}: phy2log: expert ids must be in [0, {num_experts}), got "
+            f"{int(phy2log.min())}..{int(phy2log.max())}"
+        )
+    # a 0 share is a replica that holds weights but gets no tokens (spare slots of an uneven split, or a
+    # replica an engine's dispatch rule never picks); the per-expert sum of validate() still needs a positive one
+    if not np.all(np.isfinite(shares)) or np.any(shares < 0) or np.any(shares > 1 + _SHARE_ATOL):
+        raise PlacementError(f"{origin}: shares: every share must be in [0, 1]")
 
 
 def _per_expert_sum(phy2log: np.ndarray, num_experts: int, weights: np.ndarray | None = None) -> np.ndarray:
@@ -175,8 +205,11 @@ def _per_expert_sum(phy2log: np.ndarray, num_experts: int, weights: np.ndarray |
     phy2log = np.asarray(phy2log, dtype=np.int64)
     num_layers = phy2log.shape[0]
     layer_off = np.arange(num_layers)[:, None] * num_experts
-    total = np.bincount((layer_off + phy2log).ravel(), weights=None if weights is None else np.ravel(weights),
-                        minlength=num_layers * num_experts)
+    total = np.bincount(
+        (layer_off + phy2log).ravel(),
+        weights=None if weights is None else np.ravel(weights),
+        minlength=num_layers * num_experts,
+    )
     return total.reshape(num_layers, num_experts)
 
 
@@ -188,8 +221,10 @@ def slots_per_gpu(num_experts: int, redundant_experts: int, num_gpus: int, origi
     if num_gpus < 1:
         raise PlacementError(f"{origin}: num_gpus: must be >= 1, got {num_gpus}")
     if total % num_gpus:
-        raise PlacementError(f"{origin}: redundant_experts: {num_experts} experts + {redundant_experts} redundant "
-                             f"= {total} slots do not divide evenly over {num_gpus} GPUs")
+        raise PlacementError(
+            f"{origin}: redundant_experts: {num_experts} experts + {redundant_experts} redundant "
+            f"= {total} slots do not divide evenly over {num_gpus} GPUs"
+        )
     if total < num_gpus:
         raise PlacementError(f"{origin}: num_gpus: {num_gpus} GPUs but only {total} expert slots")
     return total // num_gpus
@@ -200,15 +235,27 @@ def expert_weight_bytes_per_gpu(slots: int, num_moe_layers: int, expert_bytes: f
     return float(slots) * float(num_moe_layers) * float(expert_bytes)
 
 
-def check_memory(placement: Placement, model: ModelSpec, gpu: GPUSpec, dtype_bytes: float = 2.0,
-                 reserve_fraction: float = DEFAULT_MEMORY_RESERVE, origin: str = "placement") -> None:
+def check_memory(
+    placement: Placement,
+    model: ModelSpec,
+    gpu: GPUSpec,
+    dtype_bytes: float = 2.0,
+    reserve_fraction: float = DEFAULT_MEMORY_RESERVE,
+    origin: str = "placement",
+) -> None:
     """``PlacementError`` if one GPU's expert weights exceed ``(1 - reserve_fraction) * hbm``
     (:func:`check_slots_memory` with the placement's slots per GPU)."""
     check_slots_memory(placement.slots_per_gpu, model, gpu, dtype_bytes, reserve_fraction, origin)
 
 
-def check_slots_memory(slots: int, model: ModelSpec, gpu: GPUSpec, dtype_bytes: float = 2.0,
-                       reserve_fraction: float = DEFAULT_MEMORY_RESERVE, origin: str = "placement") -> None:
+def check_slots_memory(
+    slots: int,
+    model: ModelSpec,
+    gpu: GPUSpec,
+    dtype_bytes: float = 2.0,
+    reserve_fraction: float = DEFAULT_MEMORY_RESERVE,
+    origin: str = "placement",
+) -> None:
     """``PlacementError`` if ``slots`` expert slots per GPU exceed ``(1 - reserve_fraction) * hbm``.
 
     Every MoE layer of the deployed model has ``slots`` slots per GPU, whatever layers a placement's rows
@@ -220,7 +267,8 @@ def check_slots_memory(slots: int, model: ModelSpec, gpu: GPUSpec, dtype_bytes: 
         raise PlacementError(
             f"{origin}: GPU memory: {slots} expert slots x {model.num_moe_layers} MoE layers x "
             f"{model.expert_weight_bytes(dtype_bytes) / 1e6:.1f} MB = {need / 1e9:.1f} GB of expert weights per GPU, "
-            f"more than {have / 1e9:.1f} GB ({100 * (1 - reserve_fraction):.0f}% of {gpu.slug}'s {gpu.hbm_gb:g} GB)")
+            f"more than {have / 1e9:.1f} GB ({100 * (1 - reserve_fraction):.0f}% of {gpu.slug}'s {gpu.hbm_gb:g} GB)"
+        )
 
 
 def contiguous(num_experts: int, num_gpus: int, num_layers: int) -> Placement:
@@ -295,8 +343,7 @@ def placement_to_dict(p: Placement) -> dict[str, Any]:
     doc: dict[str, Any] = {"format": FORMAT}
     for key in ("model", "cluster", "trace", "method"):
         doc[key] = meta.pop(key, "")
-    doc.update({"num_experts": int(p.num_experts), "num_gpus": int(p.num_gpus),
-                "slots_per_gpu": int(p.slots_per_gpu)})
+    doc.update({"num_experts": int(p.num_experts), "num_gpus": int(p.num_gpus), "slots_per_gpu": int(p.slots_per_gpu)})
     doc["predicted"] = _jsonable(meta.pop("predicted", {}))
     if meta:
         doc["extra"] = _jsonable(meta)
@@ -318,8 +365,11 @@ def _flow_dumper() -> Any:
         pass
 
     def repr_list(dumper: Any, data: list) -> Any:
-        flow = bool(data) and all(not isinstance(x, dict) for x in data) and not (
-            data and isinstance(data[0], list) and data[0] and isinstance(data[0][0], list))
+        flow = (
+            bool(data)
+            and all(not isinstance(x, dict) for x in data)
+            and not (data and isinstance(data[0], list) and data[0] and isinstance(data[0][0], list))
+        )
         return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 
     Dumper.add_representer(list, repr_list)
@@ -340,10 +390,6 @@ def placement_from_dict(doc: Any, origin: str = "placement") -> Placement:
         raise PlacementError(f"{origin}: not a placement document (expected a mapping)")
     if doc.get("format") != FORMAT:
         raise PlacementError(f"{origin}: format: expected {FORMAT!r}, got {doc.get('format')!r}")
-    from moesim.errors import SpecError
-    from moesim.schema import Fields
-    from moesim.specs import MAX_EXPERTS, MAX_GPUS, MAX_LAYERS
-
     f = Fields(origin, doc)
     try:
         num_experts = f.int_("num_experts", minimum=1, maximum=MAX_EXPERTS)
@@ -367,12 +413,16 @@ def placement_from_dict(doc: Any, origin: str = "placement") -> Placement:
         layer_ids.append(layer)
         gpus = row["gpus"]
         if not isinstance(gpus, list) or len(gpus) != num_gpus:
-            raise PlacementError(f"{where}: gpus: expected {num_gpus} GPUs, got "
-                                 f"{len(gpus) if isinstance(gpus, list) else type(gpus).__name__}")
+            raise PlacementError(
+                f"{where}: gpus: expected {num_gpus} GPUs, got "
+                f"{len(gpus) if isinstance(gpus, list) else type(gpus).__name__}"
+            )
         for g, gslots in enumerate(gpus):
             if not isinstance(gslots, list) or len(gslots) != slots:
-                raise PlacementError(f"{where}: gpus[{g}]: expected {slots} slots (every GPU the same), got "
-                                     f"{len(gslots) if isinstance(gslots, list) else gslots!r}")
+                raise PlacementError(
+                    f"{where}: gpus[{g}]: expected {slots} slots (every GPU the same), got "
+                    f"{len(gslots) if isinstance(gslots, list) else gslots!r}"
+                )
     # every slot is an entry of the file now, so these are as large as the file, not as the header says
     # (num_gpus: 131072 with slots_per_gpu: 8192 asked for 8 GiB per layer before a single slot was read)
     phy2log = np.zeros((len(rows), num_gpus * slots), dtype=np.int64)
@@ -399,17 +449,16 @@ def placement_from_dict(doc: Any, origin: str = "placement") -> Placement:
     if isinstance(doc.get("extra"), dict):
         for k, v in doc["extra"].items():
             meta.setdefault(k, v)
-    p = Placement(num_gpus=num_gpus, slots_per_gpu=slots, num_experts=num_experts, phy2log=phy2log,
-                  shares=shares, meta=meta)
+    check_structure(num_gpus, slots, num_experts, phy2log, shares, origin)  # before __post_init__ names no file
+    p = Placement(
+        num_gpus=num_gpus, slots_per_gpu=slots, num_experts=num_experts, phy2log=phy2log, shares=shares, meta=meta
+    )
     p.validate(origin)
     return p
 
 
 def load_placement(path: str | os.PathLike) -> Placement:
     """Read a native placement YAML (``PlacementError`` naming the file on any problem)."""
-    from moesim.errors import SpecError
-    from moesim.fileio import read_yaml
-
     origin = str(path)
     try:
         doc = read_yaml(path, origin, mapping=False)

@@ -16,13 +16,14 @@ per pass and is limited by HBM, not by the k-way selection).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from moesim.compute import gemm_us, launch_overhead_us, memory_us
 
 if TYPE_CHECKING:
+    from moesim.compute import EfficiencyModel
     from moesim.specs import GPUSpec
 
 
@@ -34,14 +35,12 @@ def router_us(
     top_k: int,
     n_group: int = 1,
     act_bytes: float = 2,
-    calibration: Any | None = None,
+    calibration: EfficiencyModel | None = None,
 ) -> np.ndarray:
     """Gate GEMM + top-k for ``num_tokens`` tokens (us); elementwise over ``num_tokens``."""
     t_tokens = np.asarray(num_tokens, dtype=np.float64)
     # the gate weight is kept in BF16 in every model we know (DeepSeek-V3 keeps it unquantised)
-    t_gate = gemm_us(
-        gpu, t_tokens, num_experts, hidden, dtype_bytes=2, calibration=calibration, act_bytes=act_bytes
-    )
+    t_gate = gemm_us(gpu, t_tokens, num_experts, hidden, dtype_bytes=2, calibration=calibration, act_bytes=act_bytes)
     passes = 2 if n_group > 1 else 1
     topk_bytes = t_tokens * num_experts * 4.0 * passes + t_tokens * top_k * (4.0 + 8.0)
     t_topk = memory_us(gpu, topk_bytes, calibration)

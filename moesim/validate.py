@@ -21,11 +21,14 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from moesim.errors import field_error
+
+if TYPE_CHECKING:
+    from moesim.calibration.model import Calibration
 
 __all__ = ["Validation", "family", "load_measured", "run_validation", "summarise"]
 
@@ -142,14 +145,14 @@ def _fold_ids(records: Sequence[dict[str, Any]], folds: int, seed: int = 0) -> n
     return out
 
 
-def _base_calibration(spec: str, gpu_slug: str) -> Any:
-    from moesim.calibration import load_calibration
-    from moesim.specs import profiles_dir
+def _base_calibration(spec: str, gpu_slug: str) -> Calibration | None:
+    from moesim.calibration.file_format import load_calibration
+    from moesim.calibration.resolve import shipped_calibration_path
 
     if spec == "none":
         return None
     if spec == "auto":
-        path = profiles_dir() / "measured" / gpu_slug / "calibration.json"
+        path = shipped_calibration_path(gpu_slug)
         if not path.is_file():
             return None  # no shipped calibration: fold fits still run; the report says "uncalibrated"
         return load_calibration(path)

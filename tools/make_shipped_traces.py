@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from moesim.trace import load_trace, shipped_traces_dir
-from moesim.trace_import import convert_olmoe_analysis
+from moesim.traces.formats import load_trace
+from moesim.traces.shipped import convert_olmoe_analysis, shipped_traces_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,8 +21,10 @@ def main(argv: list[str]) -> int:
     for path in convert_olmoe_analysis(src, dst):
         t = load_trace(path)
         imb = t.load_stats()["max_over_mean"]
-        print(f"{path.relative_to(dst.parent) if path.is_relative_to(dst.parent) else path}: {t.model} "
-              f"layers {list(t.layers)} tokens {t.num_tokens} max/mean {' '.join(f'{x:.2f}' for x in imb)}")
+        print(
+            f"{path.relative_to(dst.parent) if path.is_relative_to(dst.parent) else path}: {t.model} "
+            f"layers {list(t.layers)} tokens {t.num_tokens} max/mean {' '.join(f'{x:.2f}' for x in imb)}"
+        )
     return 0
 
 

@@ -35,18 +35,29 @@ def round_robin(num_experts: int, num_gpus: int, num_layers: int) -> Placement:
     from moesim.errors import PlacementError
 
     if num_experts % num_gpus:
-        raise PlacementError(f"round_robin placement: num_experts {num_experts} is not divisible by "
-                             f"{num_gpus} GPUs")
+        raise PlacementError(f"round_robin placement: num_experts {num_experts} is not divisible by {num_gpus} GPUs")
     slots = num_experts // num_gpus
     # [G, S]: row g = g, g+G, g+2G, ...
     row = (np.arange(num_gpus)[:, None] + num_gpus * np.arange(slots)[None, :]).ravel().astype(np.int64)
     phy2log = np.tile(row, (num_layers, 1))
-    return Placement(num_gpus=num_gpus, slots_per_gpu=slots, num_experts=num_experts, phy2log=phy2log,
-                     shares=np.ones(phy2log.shape), meta={"method": "round_robin"})
+    return Placement(
+        num_gpus=num_gpus,
+        slots_per_gpu=slots,
+        num_experts=num_experts,
+        phy2log=phy2log,
+        shares=np.ones(phy2log.shape),
+        meta={"method": "round_robin"},
+    )
 
 
-def eplb(counts: np.ndarray, num_gpus: int, redundant_experts: int, num_groups: int = 1, num_nodes: int = 1,
-         hierarchical: bool | None = None) -> Placement:
+def eplb(
+    counts: np.ndarray,
+    num_gpus: int,
+    redundant_experts: int,
+    num_groups: int = 1,
+    num_nodes: int = 1,
+    hierarchical: bool | None = None,
+) -> Placement:
     """EPLB-equivalent placement of ``counts [L, E]`` with ``E + redundant_experts`` slots (see ``tuner.eplb``)."""
     from tuner.eplb import eplb_placement
 

@@ -91,8 +91,9 @@ def crossing_bound(transitions: np.ndarray, slots_per_bin: int) -> np.ndarray:
     return out
 
 
-def inbound_bound(counts: np.ndarray, num_gpus: int, gpus_per_node: int, slots_per_gpu: int,
-                  gpus_per_nic: int = 1) -> np.ndarray:
+def inbound_bound(
+    counts: np.ndarray, num_gpus: int, gpus_per_node: int, slots_per_gpu: int, gpus_per_nic: int = 1
+) -> np.ndarray:
     """``[L]`` lower bound on the busiest NIC's network inbound under a nearest-replica rule (module
     docstring). counts: ``[L, E]``."""
     c = np.atleast_2d(np.asarray(counts, dtype=np.float64))
@@ -110,9 +111,16 @@ def inbound_bound(counts: np.ndarray, num_gpus: int, gpus_per_node: int, slots_p
     return (c.sum(axis=1) - covered / N) * int(gpus_per_nic) / int(num_gpus)
 
 
-def network_load_bound(counts: np.ndarray, num_gpus: int, gpus_per_node: int, slots_per_gpu: int,
-                       us_per_token: float, us_per_nic_assignment: float, gpus_per_nic: int = 1,
-                       max_cells: int = BOUND_CELLS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def network_load_bound(
+    counts: np.ndarray,
+    num_gpus: int,
+    gpus_per_node: int,
+    slots_per_gpu: int,
+    us_per_token: float,
+    us_per_nic_assignment: float,
+    gpus_per_nic: int = 1,
+    max_cells: int = BOUND_CELLS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per layer, a lower bound on ``c_tok * load + c_nic * network`` over every placement (module docstring),
     by best-first branch and bound over the two caps ``(M, Q)``.
 
@@ -130,8 +138,9 @@ def network_load_bound(counts: np.ndarray, num_gpus: int, gpus_per_node: int, sl
             r = _fewest_replicas(c[l], float(least[l]), P)
             out[0][l], out[1][l], out[2][l], out[3][l] = us_per_token * least[l], least[l], 0.0, r
             continue
-        f, load, net, r = _layer_network_load(c[l], G, N, P, G // int(gpus_per_nic), float(least[l]),
-                                              us_per_token, us_per_nic_assignment, max_cells)
+        f, load, net, r = _layer_network_load(
+            c[l], G, N, P, G // int(gpus_per_nic), float(least[l]), us_per_token, us_per_nic_assignment, max_cells
+        )
         out[0][l], out[1][l], out[2][l], out[3][l] = f, load, net, r
     return out
 
@@ -144,8 +153,9 @@ def _fewest_replicas(c: np.ndarray, cap: float, slots: int) -> np.ndarray:
     return r
 
 
-def _layer_network_load(c: np.ndarray, G: int, N: int, P: int, nics: int, least: float, c_tok: float,
-                        c_nic: float, max_cells: int) -> tuple[float, float, float, np.ndarray]:
+def _layer_network_load(
+    c: np.ndarray, G: int, N: int, P: int, nics: int, least: float, c_tok: float, c_nic: float, max_cells: int
+) -> tuple[float, float, float, np.ndarray]:
     """One layer of :func:`network_load_bound`. A point ``(M, Q)`` sets the fewest replicas with every replica's
     load ``c_e / r_e <= M`` and network inbound ``q_e(r_e) = c_e (N - min(r_e, N)) / (N r_e) <= Q``; the spare
     slots then go to the heaviest experts on fewer than N nodes (the least total inbound ``tot(M, Q)``). Every
@@ -225,8 +235,9 @@ def objective_bound(
     then bounded together (:func:`network_load_bound`)."""
     gpn = min(int(gpus_per_node), int(num_gpus))
     if network and int(num_gpus) > gpn and cost.us_per_nic_assignment > 0:
-        _, M, inb, _ = network_load_bound(counts, num_gpus, gpn, slots_per_gpu, cost.us_per_token,
-                                          cost.us_per_nic_assignment, cost.gpus_per_nic)
+        _, M, inb, _ = network_load_bound(
+            counts, num_gpus, gpn, slots_per_gpu, cost.us_per_token, cost.us_per_nic_assignment, cost.gpus_per_nic
+        )
         inbound = float(inb.sum())
     else:
         M, inbound = load_bound(counts, num_gpus, slots_per_gpu), 0.0

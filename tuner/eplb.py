@@ -90,8 +90,9 @@ def _inverse(perm: np.ndarray) -> np.ndarray:
     return inv
 
 
-def rebalance_hierarchical(weight: np.ndarray, num_physical: int, num_groups: int, num_nodes: int,
-                           num_gpus: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rebalance_hierarchical(
+    weight: np.ndarray, num_physical: int, num_groups: int, num_nodes: int, num_gpus: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Groups to nodes, replicas within nodes, replicas to GPUs.
 
     Args:
@@ -113,8 +114,9 @@ def rebalance_hierarchical(weight: np.ndarray, num_physical: int, num_groups: in
     # 1. groups -> nodes; "mlog" numbers experts node by node (node-major, groups in packing order)
     group_load = weight.reshape(num_layers, num_groups, group_size).sum(-1)
     g_pack, g_rank = balanced_packing(group_load, num_nodes)
-    log2mlog = (((g_pack * groups_per_node + g_rank) * group_size)[:, :, None]
-                + np.arange(group_size)).reshape(num_layers, num_logical)
+    log2mlog = (((g_pack * groups_per_node + g_rank) * group_size)[:, :, None] + np.arange(group_size)).reshape(
+        num_layers, num_logical
+    )
     mlog2log = _inverse(log2mlog)
 
     # 2. replicas within each node: rows are (layer, node)
@@ -135,8 +137,14 @@ def rebalance_hierarchical(weight: np.ndarray, num_physical: int, num_groups: in
     return pphy2log, pphy_rank, logcnt
 
 
-def rebalance_experts(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
-                      hierarchical: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rebalance_experts(
+    weight: np.ndarray,
+    num_replicas: int,
+    num_groups: int,
+    num_nodes: int,
+    num_gpus: int,
+    hierarchical: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """EPLB's entry point: ``phy2log [L, P]``, ``log2phy [L, E, P - E + 1]`` (-1 padded), ``logcnt [L, E]``.
 
     ``hierarchical=None`` picks as EPLB does: hierarchical when ``num_groups % num_nodes == 0``, global
@@ -154,13 +162,23 @@ def rebalance_experts(weight: np.ndarray, num_replicas: int, num_groups: int, nu
         phy2log, phy_rank, logcnt = rebalance_hierarchical(weight, num_replicas, 1, 1, num_gpus)
     max_cnt = num_replicas - num_logical + 1
     log2phy = np.full((num_layers, num_logical * max_cnt), -1, dtype=np.int64)
-    np.put_along_axis(log2phy, phy2log * max_cnt + phy_rank,
-                      np.broadcast_to(np.arange(num_replicas), (num_layers, num_replicas)), axis=1)
+    np.put_along_axis(
+        log2phy,
+        phy2log * max_cnt + phy_rank,
+        np.broadcast_to(np.arange(num_replicas), (num_layers, num_replicas)),
+        axis=1,
+    )
     return phy2log, log2phy.reshape(num_layers, num_logical, max_cnt), logcnt
 
 
-def eplb_placement(counts: np.ndarray, num_gpus: int, redundant_experts: int, num_groups: int = 1,
-                   num_nodes: int = 1, hierarchical: bool | None = None) -> Placement:
+def eplb_placement(
+    counts: np.ndarray,
+    num_gpus: int,
+    redundant_experts: int,
+    num_groups: int = 1,
+    num_nodes: int = 1,
+    hierarchical: bool | None = None,
+) -> Placement:
     """A :class:`Placement` from EPLB over ``counts [L, E]`` with ``E + redundant_experts`` slots.
 
     Falls back to the global policy when the hierarchical one's divisibility conditions do not hold (groups
@@ -174,12 +192,22 @@ def eplb_placement(counts: np.ndarray, num_gpus: int, redundant_experts: int, nu
     slots_per_gpu(num_experts, redundant_experts, num_gpus, origin="eplb")
     num_groups = max(1, int(num_groups))
     num_nodes = max(1, int(num_nodes))
-    can_hier = (num_experts % num_groups == 0 and num_groups % num_nodes == 0 and num_gpus % num_nodes == 0
-                and (num_experts + redundant_experts) % num_nodes == 0)
+    can_hier = (
+        num_experts % num_groups == 0
+        and num_groups % num_nodes == 0
+        and num_gpus % num_nodes == 0
+        and (num_experts + redundant_experts) % num_nodes == 0
+    )
     use_hier = can_hier if hierarchical is None else (hierarchical and can_hier)
-    phy2log, _, _ = rebalance_experts(counts, num_experts + redundant_experts, num_groups, num_nodes, num_gpus,
-                                      hierarchical=use_hier)
+    phy2log, _, _ = rebalance_experts(
+        counts, num_experts + redundant_experts, num_groups, num_nodes, num_gpus, hierarchical=use_hier
+    )
     method = "eplb-hierarchical" if use_hier and num_nodes > 1 else "eplb-global"
-    return Placement(num_gpus=num_gpus, slots_per_gpu=(num_experts + redundant_experts) // num_gpus,
-                     num_experts=num_experts, phy2log=phy2log, shares=even_shares(phy2log, num_experts),
-                     meta={"method": method})
+    return Placement(
+        num_gpus=num_gpus,
+        slots_per_gpu=(num_experts + redundant_experts) // num_gpus,
+        num_experts=num_experts,
+        phy2log=phy2log,
+        shares=even_shares(phy2log, num_experts),
+        meta={"method": method},
+    )

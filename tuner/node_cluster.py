@@ -45,8 +45,9 @@ def node_shares(phy2log_row: np.ndarray, node_row: np.ndarray, replicas: np.ndar
     return out
 
 
-def cross_node_tokens(phy2log: np.ndarray, slot_node: np.ndarray, transitions: np.ndarray, num_experts: int,
-                      num_nodes: int) -> float:
+def cross_node_tokens(
+    phy2log: np.ndarray, slot_node: np.ndarray, transitions: np.ndarray, num_experts: int, num_nodes: int
+) -> float:
     """Transitions whose two experts' shares sit on different nodes, summed over the layer pairs.
 
     Args:
@@ -56,13 +57,24 @@ def cross_node_tokens(phy2log: np.ndarray, slot_node: np.ndarray, transitions: n
     L = phy2log.shape[0]
     k = [np.bincount(phy2log[l], minlength=num_experts).astype(np.float64) for l in range(L)]
     X = [node_shares(phy2log[l], slot_node[l], k[l], num_nodes) for l in range(L)]
-    return float(sum(transitions[l].sum() - np.einsum("ij,in,jn->", transitions[l], X[l], X[l + 1])
-                     for l in range(L - 1)))
+    return float(
+        sum(transitions[l].sum() - np.einsum("ij,in,jn->", transitions[l], X[l], X[l + 1]) for l in range(L - 1))
+    )
 
 
-def cluster_nodes(counts: np.ndarray, transitions: np.ndarray, phy2log: np.ndarray, slot_node: np.ndarray,
-                  num_nodes: int, node_cap: np.ndarray, *, steps: int, temperature: float = 0.05, seed: int = 0,
-                  time_limit_s: float = math.inf) -> np.ndarray:
+def cluster_nodes(
+    counts: np.ndarray,
+    transitions: np.ndarray,
+    phy2log: np.ndarray,
+    slot_node: np.ndarray,
+    num_nodes: int,
+    node_cap: np.ndarray,
+    *,
+    steps: int,
+    temperature: float = 0.05,
+    seed: int = 0,
+    time_limit_s: float = math.inf,
+) -> np.ndarray:
     """Re-assign replicas to nodes to cut cross-node transitions, every layer at once (see module docstring).
 
     Args:
@@ -156,8 +168,14 @@ def cluster_nodes(counts: np.ndarray, transitions: np.ndarray, phy2log: np.ndarr
                 nb, f = node[l], ex[l]
                 la = loads[l][na] - wrep[l, a] + wrep[l]
                 lb = loads[l][nb] - wrep[l] + wrep[l, a]
-                ok = (nb != na) & (f != e) & (np.maximum(la, lb) <= np.maximum(
-                    float(node_cap[l]), np.maximum(loads[l][na], loads[l][nb])) * (1 + 1e-12))
+                ok = (
+                    (nb != na)
+                    & (f != e)
+                    & (
+                        np.maximum(la, lb)
+                        <= np.maximum(float(node_cap[l]), np.maximum(loads[l][na], loads[l][nb])) * (1 + 1e-12)
+                    )
+                )
                 g = (C[l][e, nb] - C[l][e, na]) / k[l, e] + (C[l][f, na] - C[l][f, nb]) / k[l, f]
                 g = np.where(ok, g, -np.inf)
                 b = int(np.argmax(g))

@@ -47,8 +47,9 @@ from tuner.placers.base import DEFAULT_AMORTISE_STEPS
 from tuner.placers.ilp import REFINE_SHARE, bytes_per_token, cost_model
 
 if TYPE_CHECKING:
+    from moesim.compute import EfficiencyModel
     from moesim.specs import ClusterSpec, ModelSpec
-    from moesim.trace import RoutingTrace
+    from moesim.traces.trace import RoutingTrace
 
 # --time-limit covers the whole plan. After the MILP method come ROWS_AFTER simulations (its row, the two refined
 # spread candidates', the per-layer mix's), each timed like a baseline's; the static rule's settling takes
@@ -109,14 +110,15 @@ def evaluate(
     method: str,
     solve_s: float = 0.0,
     gap: float | None = None,
-    calibration: Any | None = None,
+    calibration: EfficiencyModel | None = None,
     engine: str = "placement",
     dependency: str = "home",
 ) -> dict[str, Any]:
     """One comparison row (see the module docstring), from one simulation of ``placement`` under ``engine``'s
     dispatch rule (its shares set the loads and crossings; the simulator also sends each rank's tokens by the
     rule's per-rank split)."""
-    from moesim.simulate import SimOptions, simulate
+    from moesim.options import SimOptions
+    from moesim.simulate import simulate
 
     gpn = int(cluster.gpus_per_node)
     scored = apply_engine(placement, engine, gpn, model, trace.layers)
@@ -166,13 +168,13 @@ def plan(
     sweeps: int = 2,
     amortise_steps: int = DEFAULT_AMORTISE_STEPS,
     progress: Callable[[int, int, str], None] | None = None,
-    calibration: Any | None = None,
+    calibration: EfficiencyModel | None = None,
     engine: str = "placement",
     dependency: str = "home",
     weight_bytes: float = 2.0,
 ) -> PlanResult:
     """Run contiguous, round-robin, EPLB (hierarchical where it applies, and global) and the MILP; evaluate
-    each (simulated with ``calibration``, a :class:`moesim.calibration.Calibration` or None) with the replica
+    each (simulated with ``calibration``, a :class:`moesim.calibration.model.Calibration` or None) with the replica
     shares ``engine``'s dispatch rule gives it (:mod:`moesim.engine_dispatch`).
 
     The plan is never worse than a baseline: the warm start is the baseline with the lowest objective under
@@ -289,10 +291,22 @@ def plan(
                     caps = out.load_caps
                     # the search runs to its time, so it stops short of --time-limit by the simulations still to
                     # come, each as slow as the slowest baseline's: the mix's, and a whole candidate's if it wins
-                    t_search = min(SETTLE_SHARE * refine_s - t_settle + out.left_s,
-                                   time_limit_s - (time.perf_counter() - t_start) - 2 * max(row_s, default=0.0))
-                    mixed, m2 = balance(mixed, counts, gpn, ratio, cost.gpus_per_nic, shares=drawn, keep_draw=True,
-                                        time_limit_s=max(0.0, t_search), load_caps=caps, kicks=None)
+                    t_search = min(
+                        SETTLE_SHARE * refine_s - t_settle + out.left_s,
+                        time_limit_s - (time.perf_counter() - t_start) - 2 * max(row_s, default=0.0),
+                    )
+                    mixed, m2 = balance(
+                        mixed,
+                        counts,
+                        gpn,
+                        ratio,
+                        cost.gpus_per_nic,
+                        shares=drawn,
+                        keep_draw=True,
+                        time_limit_s=max(0.0, t_search),
+                        load_caps=caps,
+                        kicks=None,
+                    )
                     m += m2
                 notes.append(f"settled on SGLang's static draw: {m} slot swaps that keep the draw")
             solve_s += time.perf_counter() - t1

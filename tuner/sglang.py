@@ -49,16 +49,19 @@ def physical_to_logical_map(placement: Placement, model: ModelSpec) -> tuple[np.
     from moesim.errors import PlacementError
 
     if placement.num_experts != model.num_experts:
-        raise PlacementError(f"sglang export: num_experts: placement has {placement.num_experts}, "
-                             f"{model.slug} has {model.num_experts}")
+        raise PlacementError(
+            f"sglang export: num_experts: placement has {placement.num_experts}, {model.slug} has {model.num_experts}"
+        )
     P = placement.num_physical
     trivial = np.arange(P, dtype=np.int64) % model.num_experts
     out = np.tile(trivial, (int(model.num_layers), 1))
     layers = placement.meta.get("layers")
     if layers is None or len(layers) != placement.num_layers:
         if placement.num_layers != model.num_moe_layers:
-            raise PlacementError(f"sglang export: layers: {placement.num_layers} rows without layer indices, "
-                                 f"{model.slug} has {model.num_moe_layers} MoE layers")
+            raise PlacementError(
+                f"sglang export: layers: {placement.num_layers} rows without layer indices, "
+                f"{model.slug} has {model.num_moe_layers} MoE layers"
+            )
         layers = list(model.moe_layers)
     moe = {int(x) for x in model.moe_layers}
     for row, layer in enumerate(layers):
@@ -76,8 +79,10 @@ def check_sglang_path(path: str | os.PathLike) -> None:
     from moesim.errors import PlacementError
 
     if not str(path).endswith(".json"):
-        raise PlacementError(f"{path}: --sglang: SGLang reads --init-expert-location as a file only when the name ends "
-                             "in .json (otherwise it parses the argument itself as JSON); use a .json name")
+        raise PlacementError(
+            f"{path}: --sglang: SGLang reads --init-expert-location as a file only when the name ends "
+            "in .json (otherwise it parses the argument itself as JSON); use a .json name"
+        )
 
 
 # Whether SGLang's model class keeps expert locations (defines ``get_model_config_for_expert_location``), for
@@ -89,9 +94,11 @@ EXPERT_LOCATION_SUPPORT = {"deepseek-v2-lite": True, "deepseek-v3": True, "olmoe
 def support_note(model: ModelSpec) -> str | None:
     """A warning when SGLang is known not to use an expert-location file for ``model`` (else None)."""
     if EXPERT_LOCATION_SUPPORT.get(model.slug) is False:
-        return (f"SGLang keeps no expert locations for {model.slug} (its model class has no "
-                "get_model_config_for_expert_location), so it ignores this file; the format is what "
-                "DeepSeek-V2/V3 servers load")
+        return (
+            f"SGLang keeps no expert locations for {model.slug} (its model class has no "
+            "get_model_config_for_expert_location), so it ignores this file; the format is what "
+            "DeepSeek-V2/V3 servers load"
+        )
     return None
 
 

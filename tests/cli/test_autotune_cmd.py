@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from moesim.cli.main import main
+from cli.main import main
 
 
 def _run(args, capsys):
@@ -31,26 +31,60 @@ def test_kernel_without_cuda_exits_2_with_a_clear_message():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    proc = subprocess.run([sys.executable, "-m", "moesim", "autotune", "kernel", "--E", "8", "--N", "7168",
-                           "--K", "4096"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "autotune", "kernel", "--E", "8", "--N", "7168", "--K", "4096"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("moesim: error: autotune kernel: no CUDA GPU visible")
     assert "--backend interpret" in proc.stderr
 
 
 def test_kernel_bad_ms_is_an_error(capsys):
-    code, _, err = _run(["autotune", "kernel", "--backend", "interpret", "--E", "4", "--N", "32", "--K", "64",
-                         "--ms", "0"], capsys)
+    code, _, err = _run(
+        ["autotune", "kernel", "--backend", "interpret", "--E", "4", "--N", "32", "--K", "64", "--ms", "0"], capsys
+    )
     assert code == 2 and "--ms" in err
 
 
 def test_kernel_interpret_json(tmp_path):
     env = dict(os.environ, MOESIM_CACHE_DIR=str(tmp_path / "cache"), TRITON_INTERPRET="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "moesim", "autotune", "kernel", "--backend", "interpret", "--E", "4", "--N", "32",
-         "--K", "64", "--ms", "2", "--trials", "3", "--warmup", "0", "--repeats", "1", "--seed", "0",
-         "--save-dir", str(tmp_path / "cfg"), "--json"],
-        capture_output=True, text=True, timeout=300, env=env)
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "autotune",
+            "kernel",
+            "--backend",
+            "interpret",
+            "--E",
+            "4",
+            "--N",
+            "32",
+            "--K",
+            "64",
+            "--ms",
+            "2",
+            "--trials",
+            "3",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--seed",
+            "0",
+            "--save-dir",
+            str(tmp_path / "cfg"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["results"][0]["trials"] == 3 and doc["results"][0]["best_config"]
@@ -61,9 +95,27 @@ def test_kernel_interpret_json(tmp_path):
 def test_capacity_front_and_max_drop(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MOESIM_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "front.json"
-    code, stdout, err = _run(["autotune", "capacity", "--model", "olmoe-1b-7b", "--cluster", "dgx-h100",
-                              "--trace", "profiles/traces/olmoe_c4.npz", "--trials", "40", "--population", "10",
-                              "--max-drop", "0.02", "-o", str(out)], capsys)
+    code, stdout, err = _run(
+        [
+            "autotune",
+            "capacity",
+            "--model",
+            "olmoe-1b-7b",
+            "--cluster",
+            "dgx-h100",
+            "--trace",
+            "profiles/traces/olmoe_c4.npz",
+            "--trials",
+            "40",
+            "--population",
+            "10",
+            "--max-drop",
+            "0.02",
+            "-o",
+            str(out),
+        ],
+        capsys,
+    )
     assert code in (0, None), err
     assert "Pareto front" in stdout and "--max-drop 0.02" in stdout
     doc = json.loads(out.read_text())
@@ -73,20 +125,31 @@ def test_capacity_front_and_max_drop(tmp_path, capsys, monkeypatch):
 
 
 def test_capacity_bad_trace(capsys):
-    code, _, err = _run(["autotune", "capacity", "--model", "olmoe-1b-7b", "--cluster", "dgx-h100",
-                         "--trace", "nope.npz"], capsys)
+    code, _, err = _run(
+        ["autotune", "capacity", "--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", "nope.npz"], capsys
+    )
     assert code == 2 and "nope.npz" in err
 
 
-CAPACITY = ["autotune", "capacity", "--model", "olmoe-1b-7b", "--cluster", "dgx-h100",
-            "--trace", "profiles/traces/olmoe_c4.npz", "--population", "10"]
+CAPACITY = [
+    "autotune",
+    "capacity",
+    "--model",
+    "olmoe-1b-7b",
+    "--cluster",
+    "dgx-h100",
+    "--trace",
+    "profiles/traces/olmoe_c4.npz",
+    "--population",
+    "10",
+]
 
 
 def _complete(url, running_ok=False):
     """COMPLETE trials of the one study in ``url`` (none RUNNING unless ``running_ok``)."""
     import optuna
 
-    from tuner.storage import open_storage
+    from tuner.autotune.storage import open_storage
 
     storage = open_storage(url)
     (name,) = optuna.get_all_study_names(storage)
@@ -96,8 +159,9 @@ def _complete(url, running_ok=False):
 
 
 def _cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "moesim", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
 
 
 def test_capacity_resumes_after_sigkill(tmp_path):
@@ -116,7 +180,7 @@ def test_capacity_resumes_after_sigkill(tmp_path):
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert 0 < _complete(f"journal://{log}", running_ok=True) < 600
-    rerun = subprocess.run([sys.executable, "-m", "moesim", *args], capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["trials"] == 600 == _complete(f"journal://{log}")
 
@@ -147,8 +211,7 @@ def test_capacity_bad_storage_is_one_line_and_writes_nothing(tmp_path, capsys, s
     tmp = tmp_path / "dir.log"
     tmp.mkdir()
     out = tmp_path / "front.json"
-    code, stdout, err = _run([*CAPACITY, "--trials", "5", "--storage", storage.format(tmp=tmp), "-o", str(out)],
-                             capsys)
+    code, stdout, err = _run([*CAPACITY, "--trials", "5", "--storage", storage.format(tmp=tmp), "-o", str(out)], capsys)
     assert code == 2 and stdout == ""
     assert err.startswith(f"moesim: error: {message.format(tmp=tmp)}") and len(err.strip().splitlines()) == 1
     assert not out.exists() and list(tmp.iterdir()) == []

@@ -15,20 +15,43 @@ TRACE = ROOT / "profiles" / "traces" / "olmoe_c4.npz"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "moesim", "plan", *args], capture_output=True, text=True,
-                          check=False, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "plan", *args], capture_output=True, text=True, check=False, cwd=ROOT, timeout=120
+    )
 
 
 def test_plan_json_rows_and_files(tmp_path) -> None:
     out, js = tmp_path / "p.yaml", tmp_path / "p.json"
-    r = _run("--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", str(TRACE), "--redundant-experts", "8",
-             "--time-limit", "8", "-o", str(out), "--sglang", str(js), "--json")
+    r = _run(
+        "--model",
+        "olmoe-1b-7b",
+        "--cluster",
+        "dgx-h100",
+        "--trace",
+        str(TRACE),
+        "--redundant-experts",
+        "8",
+        "--time-limit",
+        "8",
+        "-o",
+        str(out),
+        "--sglang",
+        str(js),
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     # one node: EPLB's hierarchical policy is its global one
     assert [row["method"] for row in rows] == ["contiguous", "round-robin", "eplb-global", "ilp"]
-    assert set(rows[0]) == {"method", "max_mean_load", "cross_gpu_bytes", "cross_node_bytes", "layer_latency_us",
-                            "solve_s", "gap"}
+    assert set(rows[0]) == {
+        "method",
+        "max_mean_load",
+        "cross_gpu_bytes",
+        "cross_node_bytes",
+        "layer_latency_us",
+        "solve_s",
+        "gap",
+    }
     ilp = rows[-1]
     # scored under sglang-static (the default with --sglang): never slower than a baseline
     assert all(ilp["layer_latency_us"] <= row["layer_latency_us"] * (1 + 1e-9) for row in rows)
@@ -41,16 +64,49 @@ def test_plan_json_rows_and_files(tmp_path) -> None:
     assert mapping.shape == (16, 72)
     np.testing.assert_array_equal(mapping[7], p.phy2log[1])
     # the file loads back into the simulator
-    sim = subprocess.run([sys.executable, "-m", "moesim", "simulate", "--model", "olmoe-1b-7b", "--cluster",
-                          "dgx-h100", "--trace", str(TRACE), "--placement", str(out), "--json"],
-                         capture_output=True, text=True, check=False, cwd=ROOT, timeout=60)
+    sim = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "simulate",
+            "--model",
+            "olmoe-1b-7b",
+            "--cluster",
+            "dgx-h100",
+            "--trace",
+            str(TRACE),
+            "--placement",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert sim.returncode == 0, sim.stderr
 
 
 def _run_flags(tmp_path, js) -> str:
     """The launch line `plan` prints after writing an SGLang file."""
-    r = _run("--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", str(TRACE), "--redundant-experts", "8",
-             "--time-limit", "4", "-o", str(tmp_path / "q.yaml"), "--sglang", str(js))
+    r = _run(
+        "--model",
+        "olmoe-1b-7b",
+        "--cluster",
+        "dgx-h100",
+        "--trace",
+        str(TRACE),
+        "--redundant-experts",
+        "8",
+        "--time-limit",
+        "4",
+        "-o",
+        str(tmp_path / "q.yaml"),
+        "--sglang",
+        str(js),
+    )
     assert r.returncode == 0, r.stderr
     line = " ".join(r.stdout.split())
     assert f"--init-expert-location {js}" in line and "--ep-num-redundant-experts 8" in line
@@ -60,8 +116,19 @@ def _run_flags(tmp_path, js) -> str:
 def test_engine_rule_scores_every_row(tmp_path) -> None:
     """`--engine even` scores the file's replicas as even splits; the same plan under sglang-static differs
     where replicas share a node, and the rows say which rule scored them only through the numbers."""
-    base = ["--model", "olmoe-1b-7b", "--cluster", "h100-2x8-ib400", "--trace", str(TRACE), "--redundant-experts",
-            "16", "--time-limit", "6", "--json"]
+    base = [
+        "--model",
+        "olmoe-1b-7b",
+        "--cluster",
+        "h100-2x8-ib400",
+        "--trace",
+        str(TRACE),
+        "--redundant-experts",
+        "16",
+        "--time-limit",
+        "6",
+        "--json",
+    ]
     even = json.loads(_run(*base, "--engine", "even", "-o", str(tmp_path / "e.yaml")).stdout)
     static = json.loads(_run(*base, "--engine", "sglang-static", "-o", str(tmp_path / "s.yaml")).stdout)
     # OLMoE has no expert groups to keep on a node: EPLB runs its global policy
@@ -73,15 +140,18 @@ def test_engine_rule_scores_every_row(tmp_path) -> None:
     assert all(static[-1]["layer_latency_us"] <= r["layer_latency_us"] * (1 + 1e-9) for r in static)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--redundant-experts", "3"], "do not divide"),
-    (["--model", "deepseek-v3", "--cluster", "dgx-h100"], "num_experts"),  # trace of another model
-    (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--solver", "gurobi"], "solver"),
-    (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--engine", "sglang"], "engine: must be one of"),
-    (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--time-limit", "0.01"], "no incumbent"),
-    # SGLang reads --init-expert-location as a file only when it ends in .json (eplb/expert_location.py)
-    (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--sglang", "placement.txt"], "ends in .json"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--redundant-experts", "3"], "do not divide"),
+        (["--model", "deepseek-v3", "--cluster", "dgx-h100"], "num_experts"),  # trace of another model
+        (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--solver", "gurobi"], "solver"),
+        (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--engine", "sglang"], "engine: must be one of"),
+        (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--time-limit", "0.01"], "no incumbent"),
+        # SGLang reads --init-expert-location as a file only when it ends in .json (eplb/expert_location.py)
+        (["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--sglang", "placement.txt"], "ends in .json"),
+    ],
+)
 def test_bad_input_one_line_exit_2_no_file(tmp_path, args, message) -> None:
     out = tmp_path / "p.yaml"
     r = _run(*args, "--trace", str(TRACE), "-o", str(out))
@@ -94,7 +164,8 @@ def test_bad_input_one_line_exit_2_no_file(tmp_path, args, message) -> None:
 def test_memory_exceeded(tmp_path) -> None:
     # DeepSeek-V3 on 8 GPUs: 32 expert slots x 58 layers x 88 MB = 163 GB per GPU
     from moesim.specs import load_model
-    from moesim.trace import save_trace, synthetic_trace
+    from moesim.traces.native import save_trace
+    from moesim.traces.synthetic import synthetic_trace
 
     tr = tmp_path / "ds.npz"
     save_trace(synthetic_trace(load_model("deepseek-v3"), 2048, with_topk_ids=False), tr)
@@ -114,8 +185,22 @@ def test_sglang_stat_dump_with_model_deepseek_64_gpus(tmp_path) -> None:
     dump = tmp_path / "expert_distribution_recorder_1700000000.5.pt"
     torch.save({"rank": 0, "logical_count": torch.from_numpy(lc)}, dump)
     js = tmp_path / "p.json"
-    r = _run("--trace", str(dump), "--model", "deepseek-v3", "--cluster", "h100-8x8-ib400", "--redundant-experts",
-             "64", "--time-limit", "15", "-o", str(tmp_path / "p.yaml"), "--sglang", str(js))
+    r = _run(
+        "--trace",
+        str(dump),
+        "--model",
+        "deepseek-v3",
+        "--cluster",
+        "h100-8x8-ib400",
+        "--redundant-experts",
+        "64",
+        "--time-limit",
+        "15",
+        "-o",
+        str(tmp_path / "p.yaml"),
+        "--sglang",
+        str(js),
+    )
     assert r.returncode == 0, r.stderr
     mapping = np.array(json.loads(js.read_text())["physical_to_logical_map"])
     assert mapping.shape == (61, 320)
@@ -126,8 +211,23 @@ def test_sglang_stat_dump_with_model_deepseek_64_gpus(tmp_path) -> None:
 def test_highs_json_stdout_is_only_json(tmp_path) -> None:
     """HiGHS prints a banner from C when it starts; with --json stdout must still parse."""
     pytest.importorskip("highspy", reason="HiGHS comes with PuLP's optional highspy")
-    r = _run("--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", str(TRACE), "--redundant-experts", "8",
-             "--time-limit", "4", "--solver", "highs", "-o", str(tmp_path / "p.yaml"), "--json")
+    r = _run(
+        "--model",
+        "olmoe-1b-7b",
+        "--cluster",
+        "dgx-h100",
+        "--trace",
+        str(TRACE),
+        "--redundant-experts",
+        "8",
+        "--time-limit",
+        "4",
+        "--solver",
+        "highs",
+        "-o",
+        str(tmp_path / "p.yaml"),
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     assert [row["method"] for row in json.loads(r.stdout)][-1] == "ilp"
 
@@ -137,12 +237,28 @@ def test_export_every_engine_file_and_read_them_back_as_current(tmp_path) -> Non
     torch = pytest.importorskip("torch", reason="SGLang .pt files need torch (the kernels extra)")
     from tuner.engine_files import FORMATS
 
-    names = {"sglang-json": "m.json", "sglang-pt": "m.pt", "sglang-count": "c.json", "trtllm": "e.yaml",
-             "vllm": "v.json", "vllm-flags": "v.txt"}
+    names = {
+        "sglang-json": "m.json",
+        "sglang-pt": "m.pt",
+        "sglang-count": "c.json",
+        "trtllm": "e.yaml",
+        "vllm": "v.json",
+        "vllm-flags": "v.txt",
+    }
     assert set(names) == set(FORMATS)
     exports = [w for fmt, name in names.items() for w in ("--export", f"{fmt}={tmp_path / name}")]
-    base = ["--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", str(TRACE), "--redundant-experts", "8",
-            "--time-limit", "4"]
+    base = [
+        "--model",
+        "olmoe-1b-7b",
+        "--cluster",
+        "dgx-h100",
+        "--trace",
+        str(TRACE),
+        "--redundant-experts",
+        "8",
+        "--time-limit",
+        "4",
+    ]
     r = _run(*base, "-o", str(tmp_path / "p.yaml"), *exports)
     assert r.returncode == 0, r.stderr
     assert f"{tmp_path / 'v.txt'}" in " ".join(r.stdout.split())  # listed among the files written
@@ -166,24 +282,38 @@ def test_export_every_engine_file_and_read_them_back_as_current(tmp_path) -> Non
         assert json.loads(r.stdout)[-1]["method"] == "ilp"
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--export", "trt=e.yaml"], "e.yaml: --export: unknown format 'trt'"),
-    (["--export", "trtllm"], "trtllm: --export: expected FORMAT=PATH"),
-    (["--export", "sglang-pt={w}/m.json"], "m.json: --export: sglang-pt must be named *.pt"),
-    (["--export", "vllm={w}/nodir/v.json"], "--export: directory"),
-    (["--export", "vllm={w}/p.yaml"], "p.yaml: --export vllm="),  # the same file as -o
-    (["--current", "{w}/v.json"], "v.json: format: vLLM has no placement file"),
-    (["--current", "{w}/odd.yaml"], "odd.yaml: format: not a placement moesim reads"),
-    (["--current", "{w}/m.json"], "m.json: physical_to_logical_map: 72 physical experts, but this plan has 64 "
-                                  "experts + 0 redundant = 64"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--export", "trt=e.yaml"], "e.yaml: --export: unknown format 'trt'"),
+        (["--export", "trtllm"], "trtllm: --export: expected FORMAT=PATH"),
+        (["--export", "sglang-pt={w}/m.json"], "m.json: --export: sglang-pt must be named *.pt"),
+        (["--export", "vllm={w}/nodir/v.json"], "--export: directory"),
+        (["--export", "vllm={w}/p.yaml"], "p.yaml: --export vllm="),  # the same file as -o
+        (["--current", "{w}/v.json"], "v.json: format: vLLM has no placement file"),
+        (["--current", "{w}/odd.yaml"], "odd.yaml: format: not a placement moesim reads"),
+        (
+            ["--current", "{w}/m.json"],
+            "m.json: physical_to_logical_map: 72 physical experts, but this plan has 64 experts + 0 redundant = 64",
+        ),
+    ],
+)
 def test_export_and_current_bad_input_one_line_exit_2_nothing_written(tmp_path, extra, message) -> None:
     (tmp_path / "v.json").write_text('{"window_size": 1000, "num_redundant_experts": 8}')
     (tmp_path / "odd.yaml").write_text("layers: 3\n")
     (tmp_path / "m.json").write_text(json.dumps({"physical_to_logical_map": [list(range(64)) + list(range(8))] * 16}))
     before = sorted(tmp_path.iterdir())
-    r = _run("--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", str(TRACE), "-o", str(tmp_path / "p.yaml"),
-             *[a.replace("{w}", str(tmp_path)) for a in extra])
+    r = _run(
+        "--model",
+        "olmoe-1b-7b",
+        "--cluster",
+        "dgx-h100",
+        "--trace",
+        str(TRACE),
+        "-o",
+        str(tmp_path / "p.yaml"),
+        *[a.replace("{w}", str(tmp_path)) for a in extra],
+    )
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("moesim: error:") and message in lines[0], r.stderr

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from moesim.specs import load_cluster, load_model
-from moesim.synthetic import drift_trace, synthetic_trace
-from moesim.trace import load_trace, save_trace
+from moesim.traces.formats import load_trace
+from moesim.traces.native import save_trace
+from moesim.traces.synthetic import drift_trace, synthetic_trace
 from tuner.engine_files import read_current, write_engine_file
 from tuner.plan import place
 
@@ -23,7 +24,7 @@ BASE = ["--model", "olmoe-1b-7b", "--cluster", "h100-2x8-ib400"]
 
 def _run(*args: object) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "moesim", "rebalance", *map(str, args)],
+        [sys.executable, "-m", "cli", "rebalance", *map(str, args)],
         capture_output=True,
         text=True,
         check=False,

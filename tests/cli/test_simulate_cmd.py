@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from moesim.simulate import LayerResult
+from moesim.results import LayerResult
 
 DSV3 = ("--model", "deepseek-v3", "--cluster", "h100-8x8-ib400")
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "moesim", "simulate", *args],
+        [sys.executable, "-m", "cli", "simulate", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -149,7 +149,7 @@ def test_engine_rule_changes_a_replicated_placement(tmp_path) -> None:
 
     from moesim.placement import save_placement
     from moesim.specs import load_model
-    from moesim.trace import synthetic_trace
+    from moesim.traces.synthetic import synthetic_trace
     from tuner.eplb import eplb_placement
 
     model = load_model("deepseek-v3")
@@ -169,3 +169,64 @@ def test_engine_rule_changes_a_replicated_placement(tmp_path) -> None:
     assert np.isclose(out["even"]["layers"][0]["mean_gpu_tokens"], out["sglang-static"]["layers"][0]["mean_gpu_tokens"])
     bad = run(*args, "--engine", "trtllm")
     assert bad.returncode == 2 and "engine: must be one of" in bad.stderr
+
+
+# ----------------------------------------------------------------- options exposed through SimOptions' metadata
+OLMOE = ("--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--tokens-per-gpu", "256", "--json")
+
+
+@pytest.fixture
+def simulate_in_process(capsys, monkeypatch):
+    """``moesim simulate ARGS`` in this process (as ``moesim`` runs it): (exit code, stdout, stderr)."""
+    from cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "300")  # --help at full width: no flag name cut short
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exc:
+            main(["simulate", *args])
+        out = capsys.readouterr()
+        return int(exc.value.code or 0), out.out, out.err
+
+    return invoke
+
+
+@pytest.mark.parametrize(
+    "flag, value, key",
+    [("--seq-len", "32768", "attention_us"), ("--block-size-m", "128", "moe_us")],
+)
+def test_option_flags_from_metadata_change_the_result(simulate_in_process, flag: str, value: str, key: str) -> None:
+    code, out, err = simulate_in_process(*OLMOE)
+    assert code == 0, err
+    default = json.loads(out)
+    code, out, err = simulate_in_process(*OLMOE, flag, value)
+    assert code == 0, err
+    doc = json.loads(out)
+    name = flag[2:].replace("-", "_")
+    assert doc["options"][name] == int(value) != default["options"][name]
+    assert doc[key] > default[key]
+    code, out, err = simulate_in_process(*OLMOE, flag, "0")
+    assert code == 2 and out == ""
+    assert err == f"moesim: error: options: {name}: must be >= 1, got 0\n"
+
+
+def test_no_check_memory_flag_runs_what_the_memory_check_refuses(simulate_in_process) -> None:
+    args = ("--model", "deepseek-v3", "--cluster", "dgx-h100", "--tokens-per-gpu", "256", "--json")
+    code, out, err = simulate_in_process(*args)
+    assert code == 2 and err.startswith("moesim: error: dgx-h100: num_gpus: 8 GPUs too few for deepseek-v3's")
+    assert err.count("\n") == 1
+    code, out, err = simulate_in_process(*args, "--no-check-memory")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["options"]["check_memory"] is False and doc["step_latency_us"] > 0
+
+
+def test_every_cli_option_field_is_a_flag(simulate_in_process) -> None:
+    """The flags come from ``moesim.options``: every field with ``cli=True`` shows in --help, aliases too."""
+    from moesim.options import cli_fields, cli_flags
+
+    code, out, _ = simulate_in_process("--help")
+    assert code == 0
+    for f in cli_fields():
+        for flag in cli_flags(f):
+            assert flag in out, flag

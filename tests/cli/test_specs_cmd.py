@@ -14,7 +14,7 @@ import pytest
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "250"}  # wide enough that rich does not fold the slugs
     return subprocess.run(
-        [sys.executable, "-m", "moesim", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -16,8 +16,14 @@ SHARED = REPO.parent / "shared" / "data" / "routing" / "olmoe_analysis"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "moesim", "trace", *args], capture_output=True, text=True,
-                          check=False, timeout=120, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "trace", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=REPO,
+    )
 
 
 def _check_against_raw(doc: dict, raw_json: Path) -> None:
@@ -79,15 +85,16 @@ def test_inspect_errors_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_inspect_model_mismatch() -> None:
-    specs = pytest.importorskip("moesim.specs", reason="moesim/specs.py is written in parallel (issue 2)")
+    specs = pytest.importorskip("moesim.specs", reason="moesim/specs/ is written in parallel (issue 2)")
     try:
         specs.load_model("deepseek-v3")
     except Exception as e:  # noqa: BLE001 - profiles not shipped yet
         pytest.skip(f"deepseek-v3 profile not available yet: {e}")
     proc = run("inspect", "profiles/traces/olmoe_c4.npz", "--model", "deepseek-v3")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == ("moesim: error: profiles/traces/olmoe_c4.npz: num_experts: trace has 64 experts "
-                                   "but model deepseek-v3 has 256")
+    assert proc.stderr.strip() == (
+        "moesim: error: profiles/traces/olmoe_c4.npz: num_experts: trace has 64 experts but model deepseek-v3 has 256"
+    )
 
 
 def test_convert_round_trip(tmp_path: Path) -> None:
@@ -103,14 +110,15 @@ def test_convert_round_trip(tmp_path: Path) -> None:
 
 
 def test_synth(tmp_path: Path) -> None:
-    specs = pytest.importorskip("moesim.specs", reason="moesim/specs.py is written in parallel (issue 2)")
+    specs = pytest.importorskip("moesim.specs", reason="moesim/specs/ is written in parallel (issue 2)")
     try:
         specs.load_model("deepseek-v3")
     except Exception as e:  # noqa: BLE001
         pytest.skip(f"deepseek-v3 profile not available yet: {e}")
     out = tmp_path / "dsv3.npz"
-    proc = run("synth", "--model", "deepseek-v3", "--tokens", "4096", "--skew", "zipf:1.2", "--affinity", "0.3",
-               "-o", str(out))
+    proc = run(
+        "synth", "--model", "deepseek-v3", "--tokens", "4096", "--skew", "zipf:1.2", "--affinity", "0.3", "-o", str(out)
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(run("inspect", str(out), "--json").stdout)
     assert doc["model"] == "deepseek-v3" and len(doc["layers"]) == 58 and doc["has_topk_ids"]

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 pytest.importorskip("moesim.specs", reason="moesim.specs (specs engineer) not in this checkout yet")
-pytest.importorskip("moesim.trace", reason="moesim.trace (trace engineer) not in this checkout yet")
+pytest.importorskip("moesim.traces", reason="moesim.traces (trace engineer) not in this checkout yet")
 
 from typer.testing import CliRunner
 
-from moesim.cli.main import app
+from cli.main import app
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,8 +30,7 @@ def sweep(tmp_path) -> Path:
     doc = {
         "title": "NVLink vs PCIe (small)",
         "baseline": "dgx-h100",
-        "base": {"model": "mixtral-8x7b", "cluster": "dgx-h100", "trace": "synthetic:zipf:1.2",
-                 "tokens_per_gpu": 256},
+        "base": {"model": "mixtral-8x7b", "cluster": "dgx-h100", "trace": "synthetic:zipf:1.2", "tokens_per_gpu": 256},
         "axes": {"cluster": ["dgx-h100", "h100-pcie-8"]},
     }
     p = tmp_path / "sweep.yaml"
@@ -64,8 +63,7 @@ def test_whatif_json_and_cache(sweep, tmp_path):
     again = json.loads(CliRunner().invoke(app, ["whatif", str(sweep), "-o", str(out), "--json"]).stdout)
     assert again["cache_hits"] == 2
     assert again["scenarios"] == doc["scenarios"]
-    fresh = json.loads(CliRunner().invoke(app, ["whatif", str(sweep), "-o", str(out), "--json",
-                                                "--no-cache"]).stdout)
+    fresh = json.loads(CliRunner().invoke(app, ["whatif", str(sweep), "-o", str(out), "--json", "--no-cache"]).stdout)
     assert fresh["cache_hits"] == 0 and fresh["scenarios"] == doc["scenarios"]
 
 
@@ -73,8 +71,13 @@ def test_bad_scenario_file_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: {model: mixtral-8x7b, cluster: dgx-h100}\naxes: {capacity_factor: [-1]}\n")
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "moesim", "whatif", str(bad), "-o", str(out)],
-                          capture_output=True, text=True, cwd=REPO, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli", "whatif", str(bad), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -89,7 +92,7 @@ def test_help_shows_an_example():
 
 
 def test_detail_flag_keeps_the_per_gpu_arrays_and_layer_rows(sweep, tmp_path):
-    from moesim.report import DETAIL_FIELDS
+    from whatif.report import DETAIL_FIELDS
 
     plain, full = tmp_path / "plain", tmp_path / "full"
     res = CliRunner().invoke(app, ["whatif", str(sweep), "-o", str(plain), "--workers", "2"])
@@ -102,8 +105,13 @@ def test_detail_flag_keeps_the_per_gpu_arrays_and_layer_rows(sweep, tmp_path):
     assert not any(set(DETAIL_FIELDS) & set(r) for r in p["scenarios"])
     assert all(r["simulate"]["layers"] for r in f["scenarios"])
     assert not any("layers" in r["simulate"] for r in p["scenarios"])
-    strip = [{**{k: v for k, v in r.items() if k not in DETAIL_FIELDS},
-              "simulate": {k: v for k, v in r["simulate"].items() if k != "layers"}} for r in f["scenarios"]]
+    strip = [
+        {
+            **{k: v for k, v in r.items() if k not in DETAIL_FIELDS},
+            "simulate": {k: v for k, v in r["simulate"].items() if k != "layers"},
+        }
+        for r in f["scenarios"]
+    ]
     assert p["scenarios"] == strip  # the second run is served from the cache: the same numbers
     assert len(list((plain / "plots").glob("*.png"))) >= 2
     # --help documents the flag and every field it keeps

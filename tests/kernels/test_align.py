@@ -21,18 +21,28 @@ def check_contract(ids, block, num_experts, expert_map, out):
     assert int(total) == int(padded.sum())
     start = 0
     for e in range(num_experts):
-        run = sorted_ids[start:start + int(padded[e])]
+        run = sorted_ids[start : start + int(padded[e])]
         mine = torch.nonzero(local == e).flatten()
         assert torch.equal(run[: int(counts[e])].long(), mine)  # (token, k) order kept
-        assert (run[int(counts[e]):] == A).all()  # padding is the sentinel
-        assert (expert_ids[start // block:(start + int(padded[e])) // block] == e).all()
+        assert (run[int(counts[e]) :] == A).all()  # padding is the sentinel
+        assert (expert_ids[start // block : (start + int(padded[e])) // block] == e).all()
         start += int(padded[e])
-    assert (sorted_ids[start:] == A).all() and (expert_ids[start // block:] == -1).all()
+    assert (sorted_ids[start:] == A).all() and (expert_ids[start // block :] == -1).all()
 
 
 @pytest.mark.parametrize("method", ["triton", "torch"])
-@pytest.mark.parametrize("M,E,k,B", [(1, 1, 1, 16), (37, 8, 2, 16), (100, 256, 8, 64), (300, 3, 1, 32),
-                                      (0, 4, 2, 16), (129, 64, 6, 128), (1000, 256, 8, 16)])
+@pytest.mark.parametrize(
+    "M,E,k,B",
+    [
+        (1, 1, 1, 16),
+        (37, 8, 2, 16),
+        (100, 256, 8, 64),
+        (300, 3, 1, 32),
+        (0, 4, 2, 16),
+        (129, 64, 6, 128),
+        (1000, 256, 8, 16),
+    ],
+)
 def test_align_contract(device, method, M, E, k, B):
     gen = torch.Generator().manual_seed(M * 7 + E)
     ids = torch.rand(M, E, generator=gen).topk(k, dim=1).indices.to(torch.int32)

@@ -34,8 +34,9 @@ def test_agrees_with_moesim(policy, seed):
     gpus = int(rng.choice([1, 2, 4])) if E >= 4 else 1
     egpu = np.arange(E) % gpus if seed % 2 else np.arange(E) * gpus // E
     new_np, keep_np = moesim_capacity.apply_capacity(ids, w, cap, policy, egpu if policy == "reroute" else None)
-    new_t, keep_t = apply_capacity(torch.from_numpy(ids), torch.from_numpy(w), cap, policy,
-                                   torch.from_numpy(egpu) if policy == "reroute" else None)
+    new_t, keep_t = apply_capacity(
+        torch.from_numpy(ids), torch.from_numpy(w), cap, policy, torch.from_numpy(egpu) if policy == "reroute" else None
+    )
     np.testing.assert_array_equal(keep_t.numpy(), keep_np)
     np.testing.assert_array_equal(new_t.numpy(), new_np)
     # the rule itself: no expert above capacity among kept assignments
@@ -86,9 +87,22 @@ def test_kernel_path_drops_what_moesim_drops(device, policy):
     w2 = torch.randn(E, K, N, generator=gen, dtype=torch.float64) / N**0.5
     tw = torch.from_numpy(w)
     ref = reference_moe(h, w1, w2, tw * torch.from_numpy(keep_np), torch.from_numpy(new_np))
-    out = fused_moe(h.float().to(device), w1.float().to(device), w2.float().to(device), tw.float().to(device),
-                    torch.from_numpy(ids).to(torch.int32).to(device), capacity=cap, drop_policy=policy,
-                    expert_gpu=torch.from_numpy(egpu).to(device) if policy == "reroute" else None,
-                    config={"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 1,
-                            "num_warps": 4, "num_stages": 2})
+    out = fused_moe(
+        h.float().to(device),
+        w1.float().to(device),
+        w2.float().to(device),
+        tw.float().to(device),
+        torch.from_numpy(ids).to(torch.int32).to(device),
+        capacity=cap,
+        drop_policy=policy,
+        expert_gpu=torch.from_numpy(egpu).to(device) if policy == "reroute" else None,
+        config={
+            "BLOCK_SIZE_M": 16,
+            "BLOCK_SIZE_N": 32,
+            "BLOCK_SIZE_K": 32,
+            "GROUP_SIZE_M": 1,
+            "num_warps": 4,
+            "num_stages": 2,
+        },
+    )
     assert float((out.double().cpu() - ref).norm() / ref.norm()) < 1e-5

@@ -12,43 +12,61 @@ from kernels.fused_moe import CONFIG_KEYS, check_config
 
 REF = configs.reference_dir()
 needs_ref = pytest.mark.skipif(REF is None, reason="vLLM configs folder (profiles/vllm_configs) not present")
-VLLM_GRID = {"BLOCK_SIZE_M": {16, 32, 64, 128, 256}, "BLOCK_SIZE_N": {32, 64, 128, 256},
-             "BLOCK_SIZE_K": {64, 128, 256}, "GROUP_SIZE_M": {1, 16, 32, 64}, "num_warps": {4, 8},
-             "num_stages": {2, 3, 4, 5}}
+VLLM_GRID = {
+    "BLOCK_SIZE_M": {16, 32, 64, 128, 256},
+    "BLOCK_SIZE_N": {32, 64, 128, 256},
+    "BLOCK_SIZE_K": {64, 128, 256},
+    "GROUP_SIZE_M": {1, 16, 32, 64},
+    "num_warps": {4, 8},
+    "num_stages": {2, 3, 4, 5},
+}
 
 
-@pytest.mark.parametrize("raw,want", [
-    ("NVIDIA H100 80GB HBM3", "NVIDIA_H100_80GB_HBM3"),
-    ("NVIDIA H200", "NVIDIA_H200"),
-    ("NVIDIA H200 NVL", "NVIDIA_H200"),
-    ("NVIDIA_H200", "NVIDIA_H200"),
-    # vLLM maps only names with H200 as a whole "_"-separated word: GH200 keeps its own files
-    ("NVIDIA GH200 480GB", "NVIDIA_GH200_480GB"),
-    ("NVIDIA GH200 120GB", "NVIDIA_GH200_120GB"),
-    ("NVIDIA H20", "NVIDIA_H20"),
-    ("NVIDIA A100-SXM4-80GB", "NVIDIA_A100-SXM4-80GB"),
-    ("AMD Instinct MI300X/MI325X", "AMD_Instinct_MI300X_MI325X"),
-    # vLLM 0.33.0: each run of whitespace and "/" is one "_", before the H200 rule
-    ("NVIDIA  H100\t80GB HBM3", "NVIDIA_H100_80GB_HBM3"),
-    ("AMD Instinct MI300X / MI325X", "AMD_Instinct_MI300X_MI325X"),
-    ("NVIDIA H200/GH200", "NVIDIA_H200"),
-])
+@pytest.mark.parametrize(
+    "raw,want",
+    [
+        ("NVIDIA H100 80GB HBM3", "NVIDIA_H100_80GB_HBM3"),
+        ("NVIDIA H200", "NVIDIA_H200"),
+        ("NVIDIA H200 NVL", "NVIDIA_H200"),
+        ("NVIDIA_H200", "NVIDIA_H200"),
+        # vLLM maps only names with H200 as a whole "_"-separated word: GH200 keeps its own files
+        ("NVIDIA GH200 480GB", "NVIDIA_GH200_480GB"),
+        ("NVIDIA GH200 120GB", "NVIDIA_GH200_120GB"),
+        ("NVIDIA H20", "NVIDIA_H20"),
+        ("NVIDIA A100-SXM4-80GB", "NVIDIA_A100-SXM4-80GB"),
+        ("AMD Instinct MI300X/MI325X", "AMD_Instinct_MI300X_MI325X"),
+        # vLLM 0.33.0: each run of whitespace and "/" is one "_", before the H200 rule
+        ("NVIDIA  H100\t80GB HBM3", "NVIDIA_H100_80GB_HBM3"),
+        ("AMD Instinct MI300X / MI325X", "AMD_Instinct_MI300X_MI325X"),
+        ("NVIDIA H200/GH200", "NVIDIA_H200"),
+    ],
+)
 def test_device_name_normalisation(raw, want):
     assert configs.normalize_device_name(raw) == want
 
 
 def test_file_name():
-    assert configs.config_file_name(8, 7168, "NVIDIA H100 80GB HBM3") == \
-        "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json"
-    assert configs.config_file_name(128, 384, "NVIDIA_H200", "fp8_w8a8") == \
-        "E=128,N=384,device_name=NVIDIA_H200,dtype=fp8_w8a8.json"
+    assert (
+        configs.config_file_name(8, 7168, "NVIDIA H100 80GB HBM3")
+        == "E=8,N=7168,device_name=NVIDIA_H100_80GB_HBM3.json"
+    )
+    assert (
+        configs.config_file_name(128, 384, "NVIDIA_H200", "fp8_w8a8")
+        == "E=128,N=384,device_name=NVIDIA_H200,dtype=fp8_w8a8.json"
+    )
     # block-quantised files: vLLM writes the list without spaces, and only when no entry is 0
-    assert configs.config_file_name(128, 192, "NVIDIA H100 80GB HBM3", "fp8_w8a8", [128, 128]) == \
-        "E=128,N=192,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,block_shape=[128,128].json"
-    assert configs.config_file_name(128, 384, "NVIDIA H100 PCIe", None, (128, 128)) == \
-        "E=128,N=384,device_name=NVIDIA_H100_PCIe,block_shape=[128,128].json"
-    assert configs.config_file_name(8, 7168, "NVIDIA H200", "fp8_w8a8", [0, 0]) == \
-        "E=8,N=7168,device_name=NVIDIA_H200,dtype=fp8_w8a8.json"
+    assert (
+        configs.config_file_name(128, 192, "NVIDIA H100 80GB HBM3", "fp8_w8a8", [128, 128])
+        == "E=128,N=192,device_name=NVIDIA_H100_80GB_HBM3,dtype=fp8_w8a8,block_shape=[128,128].json"
+    )
+    assert (
+        configs.config_file_name(128, 384, "NVIDIA H100 PCIe", None, (128, 128))
+        == "E=128,N=384,device_name=NVIDIA_H100_PCIe,block_shape=[128,128].json"
+    )
+    assert (
+        configs.config_file_name(8, 7168, "NVIDIA H200", "fp8_w8a8", [0, 0])
+        == "E=8,N=7168,device_name=NVIDIA_H200,dtype=fp8_w8a8.json"
+    )
 
 
 # names of files in vLLM's vllm/model_executor/layers/fused_moe/configs/ (vllm-project/vllm)
@@ -92,8 +110,9 @@ def test_pick_ties_follow_file_order_like_vllm(tmp_path):
     """A file listing M descending: vLLM's min() over the keys in file order picks the earlier key on a tie."""
     path = tmp_path / "E=4,N=64,device_name=X.json"
     cfg = configs.default_config(1, 4, 64, 32)
-    path.write_text(json.dumps({"triton_version": "3.4.0", "64": {**cfg, "BLOCK_SIZE_M": 64},
-                                "16": {**cfg, "BLOCK_SIZE_M": 16}}))
+    path.write_text(
+        json.dumps({"triton_version": "3.4.0", "64": {**cfg, "BLOCK_SIZE_M": 64}, "16": {**cfg, "BLOCK_SIZE_M": 16}})
+    )
     table = configs.load_configs(path)
     assert list(table) == [64, 16]
     for M in (1, 16, 39, 40, 41, 64, 500):
@@ -136,13 +155,33 @@ def test_user_folder_first_then_shipped(monkeypatch, tmp_path):
 def test_vllm_default_config_by_batch_size():
     # vLLM 0.33.0's get_default_config, bf16 on CUDA: tiles grow with the batch size M, grouping by tokens per expert
     # (checked against vLLM's own function in tests/moesim/test_vllm_configs.py)
-    assert configs.vllm_default_config(8, 8) == {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128,
-                                                 "GROUP_SIZE_M": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 4}
-    assert configs.vllm_default_config(96, 8) == {"BLOCK_SIZE_M": 32, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 64,
-                                                  "GROUP_SIZE_M": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 3}
-    assert configs.vllm_default_config(4096, 8) == {"BLOCK_SIZE_M": 128, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 64,
-                                                    "GROUP_SIZE_M": 16, "SPLIT_K": 1, "num_warps": 8,
-                                                    "num_stages": 3}
+    assert configs.vllm_default_config(8, 8) == {
+        "BLOCK_SIZE_M": 16,
+        "BLOCK_SIZE_N": 64,
+        "BLOCK_SIZE_K": 128,
+        "GROUP_SIZE_M": 1,
+        "SPLIT_K": 1,
+        "num_warps": 4,
+        "num_stages": 4,
+    }
+    assert configs.vllm_default_config(96, 8) == {
+        "BLOCK_SIZE_M": 32,
+        "BLOCK_SIZE_N": 128,
+        "BLOCK_SIZE_K": 64,
+        "GROUP_SIZE_M": 1,
+        "SPLIT_K": 1,
+        "num_warps": 4,
+        "num_stages": 3,
+    }
+    assert configs.vllm_default_config(4096, 8) == {
+        "BLOCK_SIZE_M": 128,
+        "BLOCK_SIZE_N": 128,
+        "BLOCK_SIZE_K": 64,
+        "GROUP_SIZE_M": 16,
+        "SPLIT_K": 1,
+        "num_warps": 8,
+        "num_stages": 3,
+    }
     assert configs.vllm_default_config(4096, 32)["GROUP_SIZE_M"] == 1  # 128 tokens per expert: not > 128
     bms = [configs.vllm_default_config(m, 8)["BLOCK_SIZE_M"] for m in (32, 33, 96, 97, 512, 513)]
     assert bms == [16, 32, 32, 64, 64, 128]
@@ -181,8 +220,10 @@ def test_every_shipped_file_loads():
         assert int(fields["E"]) >= 1 and int(fields["N"]) >= 1
         assert fields["device_name"].startswith(("NVIDIA_H", "NVIDIA_A100"))
         # our lookup builds exactly this name, so every shipped file can be found
-        assert configs.config_file_name(int(fields["E"]), int(fields["N"]), fields["device_name"],
-                                        fields.get("dtype")) == name
+        assert (
+            configs.config_file_name(int(fields["E"]), int(fields["N"]), fields["device_name"], fields.get("dtype"))
+            == name
+        )
         assert table and all(isinstance(m, int) for m in table)
         raw = json.loads((REF / name).read_text())
         assert len(table) == len([k for k in raw if k != "triton_version"])
@@ -192,8 +233,15 @@ def test_every_shipped_file_loads():
 
 
 @needs_ref
-@pytest.mark.parametrize("E,N,device", [(8, 7168, "NVIDIA H100 80GB HBM3"), (128, 384, "NVIDIA H100 80GB HBM3"),
-                                        (128, 384, "NVIDIA H200"), (8, 7168, "NVIDIA H200 NVL")])
+@pytest.mark.parametrize(
+    "E,N,device",
+    [
+        (8, 7168, "NVIDIA H100 80GB HBM3"),
+        (128, 384, "NVIDIA H100 80GB HBM3"),
+        (128, 384, "NVIDIA H200"),
+        (8, 7168, "NVIDIA H200 NVL"),
+    ],
+)
 def test_benchmark_shapes_find_their_shipped_file(monkeypatch, E, N, device):
     """The issue's shapes (Mixtral TP2: N = 14336/2; Qwen3-30B-A3B TP2: N = 768/2) hit the shipped files."""
     monkeypatch.delenv("VLLM_TUNED_CONFIG_FOLDER", raising=False)
@@ -210,8 +258,10 @@ def _one_config_per_file():
     if REF is None:
         return []
     # the smallest-M entry of each file: small row blocks, cheap to interpret
-    return [pytest.param(table[min(table)], id=name.removesuffix(".json"))
-            for name, table in sorted(configs.load_configs(REF).items())]
+    return [
+        pytest.param(table[min(table)], id=name.removesuffix(".json"))
+        for name, table in sorted(configs.load_configs(REF).items())
+    ]
 
 
 @needs_ref

@@ -13,8 +13,7 @@ from kernels import default_config, fused_moe, reference_moe
 
 # fp16: 11 mantissa bits, inputs/act/outputs rounded once each -> ~1e-3; fp32 in the interpreter is exact-ish
 TOL = {torch.float16: 4e-3, torch.float32: 1e-5}
-SMALL = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 4, "num_warps": 4,
-         "num_stages": 2}
+SMALL = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "BLOCK_SIZE_K": 32, "GROUP_SIZE_M": 4, "num_warps": 4, "num_stages": 2}
 
 
 def make_case(M, E, N, K, k, dtype, device, gen, ids=None):
@@ -110,8 +109,9 @@ def vllm_expert_map(ep_size, ep_rank, num_experts, strategy):
     return emap
 
 
-@pytest.mark.parametrize("strategy,dtype", [("round_robin", torch.float32), ("round_robin", torch.float16),
-                                            ("linear", torch.float32)])
+@pytest.mark.parametrize(
+    "strategy,dtype", [("round_robin", torch.float32), ("round_robin", torch.float16), ("linear", torch.float32)]
+)
 def test_vllm_expert_maps_over_all_ranks_sum_to_full_layer(monkeypatch, device, strategy, dtype):
     """Each EP rank runs its local weights with vLLM's expert_map (E=10 on 4 ranks: 3, 3, 2, 2 experts); the
     ranks' outputs add up to the whole layer, as vLLM's combine does."""
@@ -138,8 +138,11 @@ def test_capacity_each_policy(monkeypatch, device, policy):
     gen = torch.Generator().manual_seed(hash(policy) % 1000)
     M, E, N, K, k = 60, 8, 32, 32, 2
     # skewed routing so that capacity binds: half of the assignments on experts 0 and 1
-    ids = torch.where(torch.rand(M, 1, generator=gen) < 0.5, torch.tensor([[0, 1]]),
-                      torch.rand(M, E, generator=gen).topk(k, dim=1).indices).to(torch.int32)
+    ids = torch.where(
+        torch.rand(M, 1, generator=gen) < 0.5,
+        torch.tensor([[0, 1]]),
+        torch.rand(M, E, generator=gen).topk(k, dim=1).indices,
+    ).to(torch.int32)
     h, w1, w2, w, ids = make_case(M, E, N, K, k, torch.float32, device, gen, ids=ids)
     egpu = torch.arange(E) // 4 if policy == "reroute" else None
     kw = {"capacity": 18, "drop_policy": policy, "expert_gpu": egpu}
@@ -167,5 +170,11 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="shapes disagree"):
         fused_moe(h, w1, torch.zeros(2, 32, 16), torch.zeros(4, 1), torch.zeros(4, 1, dtype=torch.int32))
     with pytest.raises(ValueError, match="BLOCK_SIZE_K"):
-        fused_moe(h, w1, torch.zeros(2, 32, 32), torch.zeros(4, 1), torch.zeros(4, 1, dtype=torch.int32),
-                  config={**SMALL, "BLOCK_SIZE_K": 24})
+        fused_moe(
+            h,
+            w1,
+            torch.zeros(2, 32, 32),
+            torch.zeros(4, 1),
+            torch.zeros(4, 1, dtype=torch.int32),
+            config={**SMALL, "BLOCK_SIZE_K": 24},
+        )

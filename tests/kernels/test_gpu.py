@@ -1,6 +1,6 @@
 """GPU tests (marker ``gpu``; skipped without CUDA): bf16 and fp16 fused_moe against a float64 reference.
 
-    python -m pytest tests/kernels/test_gpu.py -m gpu -q
+python -m pytest tests/kernels/test_gpu.py -m gpu -q
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import torch
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
-                       reason="needs a CUDA GPU (native Triton, not the interpreter)"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+        reason="needs a CUDA GPU (native Triton, not the interpreter)",
+    ),
 ]
 
 # bf16 keeps 8 mantissa bits (unit roundoff 2^-9 ~ 2e-3): inputs, act and outputs are each rounded once, so a
@@ -36,16 +38,32 @@ def _rel(out, ref):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("M,E,N,K,k", [(1, 8, 256, 512, 2), (333, 8, 384, 1024, 2), (1000, 64, 128, 256, 8),
-                                        (77, 256, 64, 128, 8), (2048, 1, 96, 160, 1)])
+@pytest.mark.parametrize(
+    "M,E,N,K,k",
+    [
+        (1, 8, 256, 512, 2),
+        (333, 8, 384, 1024, 2),
+        (1000, 64, 128, 256, 8),
+        (77, 256, 64, 128, 8),
+        (2048, 1, 96, 160, 1),
+    ],
+)
 def test_fused_moe_gpu_matches_float64(dtype, M, E, N, K, k):
     from kernels import configs, fused_moe, reference_moe
 
     h, w1, w2, w, ids = _case(M, E, N, K, k, dtype, seed=M * 31 + E)
     ref = reference_moe(h.double(), w1.double(), w2.double(), w.double(), ids)
-    cfgs = [configs.default_config(M, E, N, K, k),
-            {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 64, "GROUP_SIZE_M": 8, "num_warps": 4,
-             "num_stages": 3}]
+    cfgs = [
+        configs.default_config(M, E, N, K, k),
+        {
+            "BLOCK_SIZE_M": 64,
+            "BLOCK_SIZE_N": 128,
+            "BLOCK_SIZE_K": 64,
+            "GROUP_SIZE_M": 8,
+            "num_warps": 4,
+            "num_stages": 3,
+        },
+    ]
     for cfg in cfgs:
         out = fused_moe(h, w1, w2, w, ids, config=cfg)
         torch.cuda.synchronize()

@@ -1,4 +1,5 @@
-"""Calibration: file round trip, interpolation, effect on the roofline, fitting, and one-line errors."""
+"""moesim.calibration (model, file_format, fit, resolve): file round trip, interpolation, effect on the roofline,
+fitting, and one-line errors."""
 
 from __future__ import annotations
 
@@ -9,14 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from moesim.calibration import (
-    Calibration,
-    Curve,
-    calibration_to_dict,
-    fit_calibration,
-    load_calibration,
-    save_calibration,
-)
+from moesim.calibration.file_format import calibration_to_dict, load_calibration, save_calibration
+from moesim.calibration.fit import fit_calibration
+from moesim.calibration.model import Calibration, Curve
 from moesim.compute import gemm_us, grouped_gemm_us
 from moesim.errors import SpecError
 
@@ -249,7 +245,7 @@ def _simulate(*args: str) -> subprocess.CompletedProcess:
         [
             sys.executable,
             "-m",
-            "moesim",
+            "cli",
             "simulate",
             "--model",
             "olmoe-1b-7b",
@@ -294,10 +290,10 @@ def test_cli_bad_calibration_exit_2(tmp_path) -> None:
 
 
 def test_load_by_measured_device_name(tmp_path, monkeypatch) -> None:
-    import moesim.specs
+    import moesim.calibration.file_format
 
     save_calibration(sample(), tmp_path / "measured" / "NVIDIA_H100_80GB_HBM3" / "calibration.json")
-    monkeypatch.setattr(moesim.specs, "profiles_dir", lambda: tmp_path)
+    monkeypatch.setattr(moesim.calibration.file_format, "profiles_dir", lambda: tmp_path)
     monkeypatch.chdir(tmp_path)  # no file or directory of that name here: the name means a measured device
     assert load_calibration("NVIDIA_H100_80GB_HBM3") == sample()
     with pytest.raises(SpecError, match="NO_SUCH_GPU: calibration: no such file"):

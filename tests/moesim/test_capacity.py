@@ -121,3 +121,13 @@ def test_batched_matches_single_and_conserves() -> None:
         assert (d1, r1) == (dropped[layer], rerouted[layer])
     assert (kept.sum(1) + dropped == counts.sum(1)).all()
     assert kept.max() <= 20
+
+
+def test_drop_policy_registry() -> None:
+    """Every drop policy follows the DropPolicy protocol under its registry name, in the documented order."""
+    from moesim.capacity import DROP_POLICIES, DropPolicy
+
+    assert tuple(DROP_POLICIES) == ("probs", "position", "reroute")
+    for name, member in DROP_POLICIES.items():
+        assert isinstance(member, DropPolicy) and member.name == name
+    assert [m.needs_expert_gpu for m in DROP_POLICIES.values()] == [False, False, True]

@@ -38,9 +38,7 @@ def test_decode_gemm_is_weight_bandwidth_bound(gpu) -> None:
     n, k = 4096, 7168
     t = float(gemm_us(gpu, 1, n, k, dtype_bytes=2))
     weight_bytes = n * k * 2
-    assert t == pytest.approx(
-        (weight_bytes + (k + n) * 2) / (gpu.hbm_bw_gb_s * 1e3 * gpu.hbm_efficiency), rel=1e-9
-    )
+    assert t == pytest.approx((weight_bytes + (k + n) * 2) / (gpu.hbm_bw_gb_s * 1e3 * gpu.hbm_efficiency), rel=1e-9)
     # 1 and 16 tokens cost nearly the same: the weights dominate
     assert float(gemm_us(gpu, 16, n, k)) < 1.05 * t
 
@@ -72,7 +70,7 @@ def test_batched_shapes(gpu) -> None:
 
 
 class _Calibration:
-    """Duck-typed calibration (the real one lives in moesim/calibration.py)."""
+    """Duck-typed calibration (the real one lives in moesim/calibration/model.py)."""
 
     launch_overhead_us = 2.0
     device_name = "test"

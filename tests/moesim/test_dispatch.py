@@ -300,8 +300,13 @@ def test_loads_by_source_equal_rank_one_loads_when_sources_agree(cluster_name, s
         14336.0,
     )
     for f in fields(ref):
-        np.testing.assert_allclose(np.broadcast_to(getattr(got, f.name), np.shape(getattr(ref, f.name))),
-                                   getattr(ref, f.name), rtol=1e-12, atol=1e-6, err_msg=f.name)
+        np.testing.assert_allclose(
+            np.broadcast_to(getattr(got, f.name), np.shape(getattr(ref, f.name))),
+            getattr(ref, f.name),
+            rtol=1e-12,
+            atol=1e-6,
+            err_msg=f.name,
+        )
 
 
 def test_loads_by_source_credit_a_local_replica() -> None:
@@ -321,3 +326,14 @@ def test_loads_by_source_credit_a_local_replica() -> None:
         local = strategy.loads_by_source(links, u, un, 100.0, 1.0)
         averaged = strategy.loads(links, u.mean(axis=1), un.mean(axis=1), 100.0, 1.0)
         assert local.network_bytes[0] == 0.0 and averaged.network_bytes[0] > 0.0
+
+
+def test_alltoall_registry_is_the_one_choice_list() -> None:
+    """Every scheme follows the AllToAll protocol under its registry name."""
+    from moesim.dispatch import ALLTOALL, AllToAll, make_alltoall
+
+    assert list(ALLTOALL) == ["flat", "hierarchical"]
+    for name, cls in ALLTOALL.items():
+        assert cls.name == name and isinstance(make_alltoall(name), AllToAll)
+    with pytest.raises(SpecError, match="options: alltoall: must be one of flat, hierarchical"):
+        make_alltoall("ring")

@@ -132,3 +132,13 @@ def test_registry_and_errors() -> None:
     p = Placement(2, 2, 2, phy, even_shares(phy, 2))
     assert apply_engine(p, "placement", 1) is p
     assert apply_engine(p, "vllm", 1).meta["engine"] == "vllm"
+
+
+def test_engine_registry() -> None:
+    """Every engine rule follows the EngineRule protocol under its registry name, in the CLI's order."""
+    from moesim.engine_dispatch import EngineRule, engine_names
+
+    assert engine_names() == ("placement", "even", "vllm", "sglang-static", "sglang-dynamic")
+    for name, rule in ENGINES.items():
+        assert isinstance(rule, EngineRule) and rule.name == name and rule.summary and rule.source
+    assert [r.per_rank for r in ENGINES.values()] == [False, True, True, True, True]

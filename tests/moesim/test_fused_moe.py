@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moesim.calibration import load_calibration, shipped_calibration_path
-from moesim.collector_routing import balanced_counts, local_counts, parse_distribution, touched_tokens
+from moesim.calibration.file_format import load_calibration
+from moesim.calibration.resolve import shipped_calibration_path
 from moesim.errors import SpecError
 from moesim.fused_moe import (
     INITIAL,
@@ -18,6 +18,7 @@ from moesim.fused_moe import (
 )
 from moesim.measured_rows import fused_moe_rows
 from moesim.specs import load_gpu
+from moesim.traces.collector_routing import balanced_counts, local_counts, parse_distribution, touched_tokens
 from moesim.vllm_configs import TileSource
 
 GPU = load_gpu("h100-sxm")

@@ -15,12 +15,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def bench():
+    benchmarks = str(ROOT / "benchmarks")
+    sys.path.insert(0, benchmarks)  # bench_fuzz imports its seeds and mutations from fuzz_inputs beside it
     spec = importlib.util.spec_from_file_location("bench_fuzz", ROOT / "benchmarks" / "bench_fuzz.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["bench_fuzz"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_fuzz", None)
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop("bench_fuzz", None)
+        sys.modules.pop("fuzz_inputs", None)
+        sys.path.remove(benchmarks)
 
 
 def test_seeds_load(bench, tmp_path: Path) -> None:

@@ -1,7 +1,5 @@
 """Placement validation, memory check and the native YAML round trip."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -15,13 +13,19 @@ from moesim.placement import (
     save_placement,
     slots_per_gpu,
 )
+from moesim.specs import load_gpu, load_model
 
 
 def _replicated() -> Placement:
     phy2log = np.array([[0, 1, 2, 0, 3, 1], [3, 2, 1, 0, 0, 0]])
-    return Placement(num_gpus=3, slots_per_gpu=2, num_experts=4, phy2log=phy2log,
-                     shares=even_shares(phy2log, 4), meta={"method": "test", "model": "m", "layers": [3, 9],
-                                                           "predicted": {"max_mean_load": np.float64(1.25)}})
+    return Placement(
+        num_gpus=3,
+        slots_per_gpu=2,
+        num_experts=4,
+        phy2log=phy2log,
+        shares=even_shares(phy2log, 4),
+        meta={"method": "test", "model": "m", "layers": [3, 9], "predicted": {"max_mean_load": np.float64(1.25)}},
+    )
 
 
 def test_round_trip(tmp_path) -> None:
@@ -44,18 +48,20 @@ def test_gpu_loads_use_shares() -> None:
     np.testing.assert_allclose(loads[1], [3 + 1, 1 + 1 / 3, 2 / 3])
 
 
-@pytest.mark.parametrize("phy2log, shares, match", [
-    ([[0, 1, 2, 2]], [[1, 1, 0.5, 0.5]], "expert 3 has no replica"),
-    ([[0, 1, 2, 3]], [[1, 1, 0.5, 1]], "summing to 0.5"),
-    ([[0, 1, 2, 4]], [[1, 1, 1, 1]], r"ids must be in \[0, 4\)"),
-    ([[0, 1, 2]], [[1, 1, 1]], "shape"),
-    ([[0, 1, 2, 3]], [[1, 1, 1, -0.5]], r"must be in \[0, 1\]"),
-    ([[0, 1, 2, 3]], [[1, 1, 1, 0]], "expert 3 has no replica"),  # a 0 share only: no tokens go anywhere
-])
+@pytest.mark.parametrize(
+    "phy2log, shares, match",
+    [
+        ([[0, 1, 2, 2]], [[1, 1, 0.5, 0.5]], "expert 3 has no replica"),
+        ([[0, 1, 2, 3]], [[1, 1, 0.5, 1]], "summing to 0.5"),
+        ([[0, 1, 2, 4]], [[1, 1, 1, 1]], r"ids must be in \[0, 4\)"),
+        ([[0, 1, 2]], [[1, 1, 1]], "shape"),
+        ([[0, 1, 2, 3]], [[1, 1, 1, -0.5]], r"must be in \[0, 1\]"),
+        ([[0, 1, 2, 3]], [[1, 1, 1, 0]], "expert 3 has no replica"),  # a 0 share only: no tokens go anywhere
+    ],
+)
 def test_validation_errors(phy2log, shares, match) -> None:
-    p = Placement(2, 2, 4, np.array(phy2log), np.array(shares, dtype=float))
-    with pytest.raises(PlacementError, match=match):
-        p.validate()
+    with pytest.raises(PlacementError, match=match):  # the structure fails in __post_init__, coverage in validate
+        Placement(2, 2, 4, np.array(phy2log), np.array(shares, dtype=float)).validate()
 
 
 def test_zero_share_spare_slot_is_valid() -> None:
@@ -71,8 +77,8 @@ def test_slots_and_memory() -> None:
     assert slots_per_gpu(256, 32, 32) == 9
     with pytest.raises(PlacementError, match="do not divide"):
         slots_per_gpu(64, 1, 8)
-    model = SimpleNamespace(num_moe_layers=58, expert_weight_bytes=lambda b=2: 3 * 7168 * 2048 * b)
-    gpu = SimpleNamespace(hbm_gb=80.0, slug="h100-sxm")
+    model = load_model("deepseek-v3")  # 58 MoE layers, experts of 3 * 7168 * 2048 parameters
+    gpu = load_gpu("h100-sxm")  # 80 GB
     check_memory(contiguous(256, 32, 1), model, gpu)  # 8 slots x 58 x 88 MB = 40.9 GB < 60 GB
     with pytest.raises(PlacementError, match="GPU memory"):
         check_memory(contiguous(256, 16, 1), model, gpu)  # 16 slots: 81.7 GB
@@ -80,8 +86,10 @@ def test_slots_and_memory() -> None:
 
 def test_load_errors(tmp_path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("format: moesim-placement/1\nnum_experts: 4\nnum_gpus: 2\nslots_per_gpu: 2\n"
-                   "layers:\n  - layer: 0\n    gpus:\n      - [[0, 1.0], [1, 1.0]]\n      - [[2, 1.0]]\n")
+    bad.write_text(
+        "format: moesim-placement/1\nnum_experts: 4\nnum_gpus: 2\nslots_per_gpu: 2\n"
+        "layers:\n  - layer: 0\n    gpus:\n      - [[0, 1.0], [1, 1.0]]\n      - [[2, 1.0]]\n"
+    )
     with pytest.raises(PlacementError, match=r"gpus\[1\]: expected 2 slots"):
         load_placement(bad)
     with pytest.raises(PlacementError, match=r"missing.yaml: file: no such file$"):
@@ -102,11 +110,53 @@ def test_header_sizes_do_not_allocate_before_the_slots_are_read(tmp_path) -> Non
     import sys
 
     bad = tmp_path / "huge.yaml"
-    bad.write_text("format: moesim-placement/1\nnum_experts: 8\nnum_gpus: 131072\nslots_per_gpu: 8192\n"
-                   "layers:\n  - layer: 0\n    gpus:\n      - [[0, 1.0]]\n")
-    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.RLIM_INFINITY))\n"
-            "from moesim.placement import load_placement\nload_placement(sys.argv[1])")
+    bad.write_text(
+        "format: moesim-placement/1\nnum_experts: 8\nnum_gpus: 131072\nslots_per_gpu: 8192\n"
+        "layers:\n  - layer: 0\n    gpus:\n      - [[0, 1.0]]\n"
+    )
+    code = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.RLIM_INFINITY))\n"
+        "from moesim.placement import load_placement\nload_placement(sys.argv[1])"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True, text=True, timeout=60)
-    assert "PlacementError" in proc.stderr and "layers[0]: gpus: expected 131072 GPUs, got 1" in proc.stderr, \
+    assert "PlacementError" in proc.stderr and "layers[0]: gpus: expected 131072 GPUs, got 1" in proc.stderr, (
         proc.stderr[-500:]
+    )
     assert "MemoryError" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"num_gpus": 0}, "num_gpus: must be >= 1"),
+        ({"phy2log": np.array([[0, 1, 2]])}, "shape"),
+        ({"phy2log": np.array([[0, 1, 2, 7, 3, 1]] * 2)}, r"ids must be in \[0, 4\)"),
+        ({"shares": np.full((2, 6), np.nan)}, r"must be in \[0, 1\]"),
+        ({"slots_per_gpu": 1, "num_gpus": 6}, None),  # the same slots, another split: still valid
+    ],
+)
+def test_no_invalid_placement_can_be_built(change, match) -> None:
+    """``Placement.__post_init__`` enforces the structure; ``dataclasses.replace`` goes through it too."""
+    import dataclasses
+
+    p = _replicated()
+    if match is None:
+        assert dataclasses.replace(p, **change).num_physical == 6
+        return
+    with pytest.raises(PlacementError, match=match):
+        dataclasses.replace(p, **change)
+
+
+def test_simulator_applies_the_same_rule() -> None:
+    """``moesim.simulate.check_placement`` checks the fit, then the one rule of ``Placement.validate``."""
+    from moesim.simulate import check_placement
+
+    model = load_model("olmoe-1b-7b")
+    good = contiguous(model.num_experts, 8, 2)
+    check_placement(good, model, 8)
+    broken_rows = good.phy2log.copy()
+    broken_rows[1, 5] = broken_rows[1, 4]
+    broken = Placement(8, good.slots_per_gpu, model.num_experts, broken_rows, good.shares)
+    for check in (lambda: broken.validate("p.yaml"), lambda: check_placement(broken, model, 8, "p.yaml")):
+        with pytest.raises(PlacementError, match=r"^p.yaml: layers\[1\]: expert 5 has no replica"):
+            check()

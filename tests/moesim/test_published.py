@@ -23,8 +23,9 @@ import yaml
 
 from moesim.dispatch import FlatAllToAll, link_classes, link_times_us
 from moesim.errors import SpecError
+from moesim.options import SimOptions
 from moesim.placement import contiguous
-from moesim.simulate import SimOptions, simulate_layer
+from moesim.simulate import simulate_layer
 
 REFERENCE = Path(__file__).resolve().parents[2] / "profiles" / "reference" / "published_numbers.yaml"
 TOLERANCE = 0.20  # the bound for the DeepEP rows
@@ -34,8 +35,6 @@ FP8_FACTOR = (1 + 4 / 128) / 2
 @pytest.fixture(scope="module")
 def published() -> dict:
     return yaml.safe_load(REFERENCE.read_text())
-
-
 
 
 def load_cluster_nodes(candidates: list[str], fallback: str, num_nodes: int):

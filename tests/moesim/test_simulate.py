@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moesim.errors import PlacementError, SpecError, TraceError
+from moesim.options import SimOptions
 from moesim.placement import Placement, contiguous
+from moesim.results import LayerResult
 from moesim.simulate import (
-    LayerResult,
-    SimOptions,
     default_placement,
     simulate,
     simulate_layer,
@@ -55,11 +55,9 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def zipf_trace(dsv3):
-    from moesim.trace import synthetic_trace
+    from moesim.traces.synthetic import synthetic_trace
 
     return synthetic_trace(dsv3, 1 << 15, skew="zipf", alpha=1.2, seed=0, with_topk_ids=False)
-
-
 
 
 def test_json_contract(dsv3, cluster, zipf_trace) -> None:
@@ -168,9 +166,7 @@ def test_capacity_drops_and_reroutes(dsv3, cluster, zipf_trace) -> None:
     assert 0 < layer.dropped_fraction < 1
     assert layer.max_gpu_tokens < dropless.layers[0].max_gpu_tokens
     assert layer.latency_us < dropless.layers[0].latency_us
-    rer = simulate(dsv3, cluster, zipf_trace, None, dataclasses.replace(opts, drop_policy="reroute")).layers[
-        0
-    ]
+    rer = simulate(dsv3, cluster, zipf_trace, None, dataclasses.replace(opts, drop_policy="reroute")).layers[0]
     assert rer.rerouted_fraction > 0
     assert rer.dropped_fraction == pytest.approx(layer.dropped_fraction - rer.rerouted_fraction, abs=1e-6)
 
@@ -222,7 +218,7 @@ def test_cluster_too_small(dsv3, cluster, zipf_trace) -> None:
 
 def test_trace_of_another_model(dsv3, cluster) -> None:
     from moesim.specs import load_model
-    from moesim.trace import synthetic_trace
+    from moesim.traces.synthetic import synthetic_trace
 
     other = load_model("olmoe-1b-7b")
     trace = synthetic_trace(other, 4096, seed=0, with_topk_ids=False)
@@ -288,7 +284,7 @@ def _exactly_equal(a: LayerResult, b: LayerResult) -> bool:
 )
 def test_simulate_layers_equals_simulate_layer_row_by_row(dsv3, zipf_trace, slug, opts) -> None:
     """One vectorised call over layers with mixed capacities gives each layer exactly its own simulate_layer."""
-    from moesim.calibration import resolve_calibration
+    from moesim.calibration.resolve import resolve_calibration
     from moesim.specs import load_cluster
 
     cluster = load_cluster(slug)

@@ -113,15 +113,11 @@ def test_published_gpu_and_cluster_numbers() -> None:
     )
     dgx = load_cluster("dgx-h100")
     assert dgx.num_gpus == 8 and dgx.num_nodes == 1 and dgx.nic is None
-    assert dgx.levels[0].bw_gb_s * dgx.efficiency(0, 1 << 30) == pytest.approx(
-        370, rel=0.01
-    )  # NCCL: ~370 of 450
+    assert dgx.levels[0].bw_gb_s * dgx.efficiency(0, 1 << 30) == pytest.approx(370, rel=0.01)  # NCCL: ~370 of 450
     h800 = load_cluster("h800-8x8-ib400")
     assert h800.num_gpus == 64 and h800.nic.layout == "rail" and h800.nic.nics_per_node == 8
     assert h800.levels[0].bw_gb_s * h800.efficiency(0, 1 << 30) == pytest.approx(160, rel=0.01)  # DeepEP H800
-    assert h800.levels[1].bw_gb_s * h800.efficiency(1, 1 << 30) == pytest.approx(
-        48, rel=0.01
-    )  # CX7 48-49 GB/s
+    assert h800.levels[1].bw_gb_s * h800.efficiency(1, 1 << 30) == pytest.approx(48, rel=0.01)  # CX7 48-49 GB/s
     assert load_cluster("h100-pcie-8").pcie.gpus_per_switch == 2
 
 
@@ -257,15 +253,88 @@ def test_specs_are_frozen() -> None:
 
 
 # ------------------------------------------------------------------ found by benchmarks/bench_fuzz.py (issue 15)
-@pytest.mark.parametrize("gpu, shown", [
-    ("x" * 300, "x" * 300),                 # OSError (file name too long) escaped Path.is_file()
-    ("x" * 300 + ".yaml", "x" * 300),       # ... on the path branch too
-    ("a\x00b", r"'a\x00b'"),                # a NUL byte
-    ("h100\n-sxm", r"'h100\n-sxm'"),        # a newline split the message in two
-])
+@pytest.mark.parametrize(
+    "gpu, shown",
+    [
+        ("x" * 300, "x" * 300),  # OSError (file name too long) escaped Path.is_file()
+        ("x" * 300 + ".yaml", "x" * 300),  # ... on the path branch too
+        ("a\x00b", r"'a\x00b'"),  # a NUL byte
+        ("h100\n-sxm", r"'h100\n-sxm'"),  # a newline split the message in two
+    ],
+)
 def test_cluster_gpu_name_that_cannot_be_a_file(tmp_path: Path, gpu: str, shown: str) -> None:
     data = yaml.safe_load((profiles_dir() / "clusters" / "dgx-h100.yaml").read_text())
     data["gpu"] = gpu
     p = _write(tmp_path, "c.yaml", yaml.safe_dump(data))
     msg = _expect(p, "gpu", loader=load_cluster)
     assert shown in msg
+
+
+# ------------------------------------------------------------------ every dataclass validates itself (issue 16)
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"top_k": 300}, "top_k"),
+        ({"num_experts": 10_000}, "num_experts"),
+        ({"n_group": 7}, "n_group"),
+        ({"topk_group": 9}, "topk_group"),
+        ({"moe_layers": (3, 3)}, "moe_layers"),
+        ({"moe_layers": (5, 4)}, "moe_layers"),
+        ({"moe_layers": (61,)}, "moe_layers"),
+        ({"moe_layers": ()}, "moe_layers"),
+        ({"dense_intermediate_size": 0}, "dense_intermediate_size"),
+        ({"num_shared_experts": 0}, "shared_expert_intermediate_size"),
+        ({"num_kv_heads": 3}, "num_kv_heads"),
+        ({"score_function": "relu"}, "score_function"),
+        ({"hidden_size": 1.5}, "hidden_size"),
+    ],
+)
+def test_no_invalid_model_can_be_built(change: dict, field: str) -> None:
+    import dataclasses
+
+    with pytest.raises(SpecError, match=rf"^deepseek-v3: {field}: "):
+        dataclasses.replace(load_model("deepseek-v3"), **change)
+
+
+def test_no_invalid_gpu_or_cluster_can_be_built() -> None:
+    import dataclasses
+
+    gpu = load_gpu("h100-sxm")
+    for change, field in (
+        ({"hbm_bw_gb_s": -1.0}, "hbm_bw_gb_s"),
+        ({"gemm_efficiency": 1.5}, "gemm_efficiency"),
+        ({"smem_per_block_kb": 1e6}, "smem_per_block_kb"),
+        ({"sm_count": 0}, "sm_count"),
+    ):
+        with pytest.raises(SpecError, match=rf"^h100-sxm: {field}: "):
+            dataclasses.replace(gpu, **change)
+    cluster = load_cluster("h100-2x8-ib400")
+    inter = cluster.levels[1]
+    for change, field in (
+        ({"size": -3}, "size"),
+        ({"kind": "ethernet"}, "kind"),
+        ({"bw_gb_s": 0.0}, "bw_gb_s"),
+        ({"efficiency": ((4096.0, 0.5), (1024.0, 0.9))}, r"efficiency\[1\]"),
+    ):
+        with pytest.raises(SpecError, match=rf"^link level: {field}: "):
+            dataclasses.replace(inter, **change)
+    with pytest.raises(SpecError, match="nic: gpus_per_nic: a rail layout"):
+        dataclasses.replace(cluster.nic, gpus_per_nic=2)
+    with pytest.raises(SpecError, match="fabric: oversubscription: must be >= 1"):
+        dataclasses.replace(cluster.fabric, oversubscription=0.5)
+    with pytest.raises(SpecError, match=r"^h100-2x8-ib400: nic: missing"):
+        dataclasses.replace(cluster, nic=None)
+    with pytest.raises(SpecError, match=r"^h100-2x8-ib400: nic.nics_per_node: "):
+        dataclasses.replace(cluster, nic=dataclasses.replace(cluster.nic, nics_per_node=4))
+    with pytest.raises(SpecError, match=r"^h100-2x8-ib400: levels\[1\].kind: "):
+        dataclasses.replace(cluster, levels=(cluster.levels[0], cluster.levels[0]))
+
+
+@pytest.mark.parametrize("nodes", [-3, 0, 1.5])
+def test_with_nodes_refuses_an_impossible_count(nodes: object) -> None:
+    """``with_nodes(-3)`` used to return a cluster of -24 GPUs."""
+    cluster = load_cluster("h100-2x8-ib400")
+    with pytest.raises(SpecError, match="h100-2x8-ib400: num_nodes: must be an integer >= 1"):
+        cluster.with_nodes(nodes)  # type: ignore[arg-type]
+    assert cluster.with_nodes(4).num_gpus == 32 and cluster.with_nodes(1).num_gpus == 8

@@ -67,7 +67,7 @@ def test_uncalibrated_model_is_far_off() -> None:
 def test_cli_rows_and_json(tmp_path: Path) -> None:
     rows = tmp_path / "r.csv"
     out = subprocess.run(
-        [sys.executable, "-m", "moesim", "validate", "--measured", str(SAMPLE), "--folds", "2",
+        [sys.executable, "-m", "cli", "validate", "--measured", str(SAMPLE), "--folds", "2",
          "--calibration", "none", "--rows", str(rows), "--json"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -98,7 +98,7 @@ def test_bad_records_exit_2_and_write_nothing(tmp_path: Path, content: str, need
     bad.write_text(content + "\n")
     rows = tmp_path / "r.csv"
     out = subprocess.run(
-        [sys.executable, "-m", "moesim", "validate", "--measured", str(bad), "--rows", str(rows)],
+        [sys.executable, "-m", "cli", "validate", "--measured", str(bad), "--rows", str(rows)],
         capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 2 and needle in out.stderr and str(bad) in out.stderr
@@ -109,6 +109,6 @@ def test_unknown_table_and_missing_file(tmp_path: Path) -> None:
     odd = tmp_path / "gemm_perf.parquet"
     odd.write_bytes(b"PAR1")
     for path, needle in ((odd, "unknown AIConfigurator table"), (tmp_path / "nope.jsonl", "no such file")):
-        out = subprocess.run([sys.executable, "-m", "moesim", "validate", "--measured", str(path)],
+        out = subprocess.run([sys.executable, "-m", "cli", "validate", "--measured", str(path)],
                              capture_output=True, text=True)  # fmt: skip
         assert out.returncode == 2 and needle in out.stderr

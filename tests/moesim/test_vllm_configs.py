@@ -257,15 +257,16 @@ def test_odd_values_and_keys_are_kept_as_vllm_keeps_them(vllm, tmp_path) -> None
 
 
 def _autotune_file(folder: Path, device: str, E: int, N: int, ms: Sequence[int]) -> Path:
-    """What ``moesim autotune kernel --save-dir folder`` writes (``tuner.autotune_kernel.save_results``)."""
+    """What ``moesim autotune kernel --save-dir folder`` writes (``tuner.autotune.kernel.results.save_results``)."""
     pytest.importorskip("triton", reason="the autotune writer records the Triton version (the kernels extra)")
-    from tuner import autotune_kernel as ak
-    from tuner import kernel_space as ks
+    from tuner.autotune import space as ks
+    from tuner.autotune.kernel import results as ak
+    from tuner.autotune.kernel.spec import KernelTuneSpec
 
     rng = np.random.default_rng(E * N)
     grid = [dict(zip(ks.PARAM_NAMES, c)) for c in itertools.product(*(ks.PARAM_CHOICES[k] for k in ks.PARAM_NAMES))]
     results = [ak.MResult(m, grid[int(rng.integers(len(grid)))], 10.0, 3, 0, 0, None, None, None, "trials") for m in ms]
-    return ak.save_results(ak.KernelTuneSpec(E=E, N=N, K=K, ms=tuple(ms)), results, str(folder), device)
+    return ak.save_results(KernelTuneSpec(E=E, N=N, K=K, ms=tuple(ms)), results, str(folder), device)
 
 
 @pytest.mark.parametrize("device", ["NVIDIA_H100_80GB_HBM3", "NVIDIA_H200", CPU_DEVICE_NAME])
@@ -298,7 +299,7 @@ def test_on_a_cpu_the_file_written_is_the_file_looked_up(vllm, tmp_path, monkeyp
     """`autotune kernel --backend interpret` writes the name that moesim's kernels and vLLM look up on a CPU."""
     torch = pytest.importorskip("torch", reason="the kernels extra")
     from kernels import configs as kconfigs
-    from tuner.autotune_kernel import device_label
+    from tuner.autotune.kernel.device import device_label
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     label = device_label("interpret")

@@ -24,9 +24,24 @@ WORKER = Path(__file__).with_name("budget_worker.py")
 def start_worker(storage: str, study: str, trials: int, sleep: float = 0.0, seed: int = 0) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     return subprocess.Popen(
-        [sys.executable, str(WORKER), "--storage", storage, "--study", study, "--trials", str(trials),
-         "--sleep", str(sleep), "--seed", str(seed)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            str(WORKER),
+            "--storage",
+            storage,
+            "--study",
+            study,
+            "--trials",
+            str(trials),
+            "--sleep",
+            str(sleep),
+            "--seed",
+            str(seed),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -51,8 +66,9 @@ def check_exact_budget(storage_url: str, study: str, trials: int, outs: list[str
     import optuna
 
     from tests.tuner.budget_worker import SMEM_LIMIT_KB
-    from tuner import kernel_space, storage
-    from tuner.autotune_kernel import counted_trials
+    from tuner.autotune import space as kernel_space
+    from tuner.autotune import storage
+    from tuner.autotune.kernel.study import counted_trials
 
     st = optuna.load_study(study_name=study, storage=storage.open_storage(storage_url))
     counted = counted_trials(st)

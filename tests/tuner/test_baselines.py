@@ -27,7 +27,7 @@ def vllm_expert_map(ep_size: int, ep_rank: int, num_experts: int, strategy: str)
 def placement_expert_map(p, gpu: int, layer: int = 0) -> np.ndarray:
     """Our placement as a vLLM expert_map: the expert in slot i of GPU g is local expert i."""
     emap = np.full(p.num_experts, -1, dtype=np.int32)
-    emap[p.phy2log[layer, gpu * p.slots_per_gpu:(gpu + 1) * p.slots_per_gpu]] = np.arange(p.slots_per_gpu)
+    emap[p.phy2log[layer, gpu * p.slots_per_gpu : (gpu + 1) * p.slots_per_gpu]] = np.arange(p.slots_per_gpu)
     return emap
 
 
@@ -43,8 +43,10 @@ def test_baselines_equal_vllm_expert_maps(E, G, ours, strategy) -> None:
 
 def test_vllm_uneven_split_restated() -> None:
     # E=10 on 4 ranks: 3, 3, 2, 2 experts; every expert on exactly one rank
-    for strategy, want in (("linear", [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]),
-                           ("round_robin", [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]])):
+    for strategy, want in (
+        ("linear", [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]),
+        ("round_robin", [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]]),
+    ):
         maps = [vllm_expert_map(4, r, 10, strategy) for r in range(4)]
         assert [np.flatnonzero(m >= 0).tolist() for m in maps] == want
         assert [m[m >= 0].tolist() for m in maps] == [list(range(len(w))) for w in want]
@@ -56,7 +58,7 @@ def test_round_robin_matches_vllm_expert_map() -> None:
     p.validate()
     assert p.slots_per_gpu == 4
     for g in range(4):
-        assert p.phy2log[0, g * 4:(g + 1) * 4].tolist() == list(range(g, 16, 4))
+        assert p.phy2log[0, g * 4 : (g + 1) * 4].tolist() == list(range(g, 16, 4))
     assert np.all(p.shares == 1.0)
 
 

@@ -16,8 +16,9 @@ BENCH = ROOT / "benchmarks" / "bench_autotune.py"
 
 def _bench(*args, timeout=300):
     env = dict(os.environ, TRITON_INTERPRET="1")
-    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
 
 
 def test_device_runs_without_cuda_exits_2():
@@ -30,8 +31,27 @@ def test_device_runs_without_cuda_exits_2():
 
 
 def test_interpret_smoke_then_replay(tmp_path):
-    proc = _bench("--device-runs", "--backend", "interpret", "--shape", "4,32,64", "--ms", "1,4", "--workers", "2",
-                  "--limit", "8", "--warmup", "0", "--repeats", "1", "--budget-s", "200", "--out", str(tmp_path))
+    proc = _bench(
+        "--device-runs",
+        "--backend",
+        "interpret",
+        "--shape",
+        "4,32,64",
+        "--ms",
+        "1,4",
+        "--workers",
+        "2",
+        "--limit",
+        "8",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--budget-s",
+        "200",
+        "--out",
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(x) for x in (tmp_path / "autotune_grid.jsonl").read_text().splitlines()]
     meta = json.loads((tmp_path / "autotune_grid.meta.json").read_text())

@@ -148,6 +148,7 @@ def test_objective_bound_sums_terms_and_gap() -> None:
     )
     assert b["objective_us"] == pytest.approx(want)
     plain = objective_bound(c, T, G, GPN, S, cost)
-    assert plain["objective_us"] == pytest.approx(want - network_load_bound(c, G, GPN, S, 2.0, 0.125)[0].sum()
-                                                  + 2.0 * load_bound(c, G, S).sum())
+    assert plain["objective_us"] == pytest.approx(
+        want - network_load_bound(c, G, GPN, S, 2.0, 0.125)[0].sum() + 2.0 * load_bound(c, G, S).sum()
+    )
     assert gap(10.0, 9.0) == pytest.approx(0.1) and gap(0.0, 0.0) == 0.0

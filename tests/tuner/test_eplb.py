@@ -5,11 +5,13 @@ import pytest
 
 from tuner.eplb import balanced_packing, eplb_placement, rebalance_experts, replicate_experts
 
-README_WEIGHT = np.array([[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
-                          [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27]])
+README_WEIGHT = np.array(
+    [[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86], [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27]]
+)
 # printed by the README of github.com/deepseek-ai/EPLB (section "Interface and Example"), hierarchical policy
-README_PHY2LOG = np.array([[5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1],
-                           [7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1]])
+README_PHY2LOG = np.array(
+    [[5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1], [7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1]]
+)
 
 
 def test_readme_example_phy2log() -> None:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tuner.eplb import eplb_placement
-from tuner.ilp import CostModel, _cbc_bound, predicted_terms, solve_ilp
+from tuner.ilp import CostModel, predicted_terms, solve_ilp
+from tuner.ilp.backends.cbc import log_bound as _cbc_bound
 
 COST = CostModel(us_per_token=0.02, us_per_gpu_token=0.002, us_per_node_token=0.01, bytes_per_token=8192.0)
 
@@ -30,8 +31,17 @@ def _instance(seed: int = 0, L: int = 3, E: int = 16, affinity: bool = True):
 def test_ilp_balances_no_worse_than_eplb_and_cuts_traffic(solver) -> None:
     counts, T = _instance()
     warm = eplb_placement(counts, 4, 4)
-    res = solve_ilp(counts, T, num_gpus=4, gpus_per_node=2, redundant_experts=4, cost=COST, warm_start=warm,
-                    solver=solver, time_limit_s=10)
+    res = solve_ilp(
+        counts,
+        T,
+        num_gpus=4,
+        gpus_per_node=2,
+        redundant_experts=4,
+        cost=COST,
+        warm_start=warm,
+        solver=solver,
+        time_limit_s=10,
+    )
     res.placement.validate()
     ilp_lb = res.placement.gpu_loads(counts)
     eplb_lb = warm.gpu_loads(counts)
@@ -56,14 +66,15 @@ def test_even_split_keeps_replica_counts_and_even_shares() -> None:
 def test_hierarchical_two_stage_is_valid_and_balanced() -> None:
     counts, T = _instance(2, E=16)
     warm = eplb_placement(counts, 4, 4, num_groups=1)
-    res = solve_ilp(counts, T, 4, 2, 4, COST, warm_start=warm, hierarchical=True, time_limit_s=10,
-                    split="continuous")
+    res = solve_ilp(counts, T, 4, 2, 4, COST, warm_start=warm, hierarchical=True, time_limit_s=10, split="continuous")
     assert res.hierarchical and {s.stage for s in res.subproblems} == {"nodes", "gpus[0]", "gpus[1]"}
     res.placement.validate()
     lb = res.placement.gpu_loads(counts)
     assert (lb.max(1) / lb.mean(1)).max() < 1.05
-    assert predicted_terms(res.placement, counts, T, 2, COST)["objective_us"] <= \
-        predicted_terms(warm, counts, T, 2, COST)["objective_us"] + 1e-6
+    assert (
+        predicted_terms(res.placement, counts, T, 2, COST)["objective_us"]
+        <= predicted_terms(warm, counts, T, 2, COST)["objective_us"] + 1e-6
+    )
 
 
 def test_move_cost_keeps_current_placement() -> None:
@@ -99,10 +110,12 @@ def test_a_cbc_fault_keeps_the_warm_start(monkeypatch) -> None:
 
 
 def test_cbc_bound_parsing() -> None:
-    log = ("Continuous objective value is 54.25 - 0.00 seconds\n"
-           "Cbc0010I After 100 nodes, 3 on tree, 60 best solution, best possible 55.5 (0.1 seconds)\n"
-           "Result - Stopped on time limit\n\nObjective value:                60.00000000\n"
-           "Lower bound:                    56.000\n")
+    log = (
+        "Continuous objective value is 54.25 - 0.00 seconds\n"
+        "Cbc0010I After 100 nodes, 3 on tree, 60 best solution, best possible 55.5 (0.1 seconds)\n"
+        "Result - Stopped on time limit\n\nObjective value:                60.00000000\n"
+        "Lower bound:                    56.000\n"
+    )
     assert _cbc_bound(log) == 56.0
     assert _cbc_bound("Continuous objective value is 54.25 - 0.00 seconds\n") == 54.25
 
@@ -113,6 +126,31 @@ def test_bad_solver() -> None:
     counts, T = _instance()
     with pytest.raises(SpecError, match="solver"):
         solve_ilp(counts, T, 4, 2, 4, COST, warm_start=eplb_placement(counts, 4, 4), solver="gurobi")
+
+
+def test_solver_choices_are_the_backend_registry() -> None:
+    """Every backend solves the same subproblem to the same optimum; the choices are the registry's keys."""
+    from tuner.ilp import BACKENDS, SOLVERS, Subproblem, solve_sub
+
+    assert SOLVERS == tuple(BACKENDS) == ("cbc", "highs")
+    w = np.array([8.0, 6.0, 5.0, 3.0, 2.0, 2.0])  # 6 experts, one replica each, into 3 bins of 2 slots
+    sub = Subproblem(
+        w=w,
+        slots=np.full(3, 2),
+        max_per_bin=1,
+        counts=np.ones(6, dtype=np.int64),
+        benefit=np.zeros((6, 3)),
+        ycost=np.zeros((6, 3)),
+        c_tok=1.0,
+        const=0.0,
+        blocks=[np.arange(3)],
+        allowed=np.ones((6, 3), bool),
+    )
+    for solver in SOLVERS:
+        y, x, status, objective, bound = solve_sub(sub, solver, 10.0, 0.0, 1)
+        assert status == "optimal" and objective == pytest.approx(10.0) and bound <= objective + 1e-9
+        assert np.array_equal(y.sum(axis=0), [2, 2, 2]) and np.array_equal(y.sum(axis=1), np.ones(6))
+        assert float((w @ x).max()) == pytest.approx(10.0)  # the best pairing: {8, 2}, {6, 3}, {5, 2}
 
 
 def test_packing_bound_is_valid_and_tight() -> None:
@@ -129,7 +167,7 @@ def test_packing_bound_is_valid_and_tight() -> None:
 
 def test_place_entry_point_on_real_trace() -> None:
     from moesim.specs import load_cluster, load_model
-    from moesim.trace import load_trace
+    from moesim.traces.formats import load_trace
     from tuner.plan import place
 
     model, cluster = load_model("olmoe-1b-7b"), load_cluster("dgx-h100")

@@ -9,7 +9,7 @@ import pytest
 from moesim.errors import PlacementError
 from moesim.placement import PlacementMethod
 from moesim.specs import load_cluster, load_model
-from moesim.trace import load_trace
+from moesim.traces.formats import load_trace
 from tuner.placers import BASELINES, REGISTRY, Budget, candidates, get_placer, place
 from tuner.placers.ilp import NETWORK_REPLICAS, REFINE_SHARE, solve
 
@@ -30,6 +30,24 @@ def test_registry_covers_every_method_and_parses_spellings() -> None:
     assert PlacementMethod.parse(" EPLB_Global ") is PlacementMethod.EPLB_GLOBAL
     with pytest.raises(PlacementError, match=r"^scenario: placement: unknown placement method 'greedy'"):
         PlacementMethod.parse("greedy", "scenario", "placement")
+
+
+def test_registry_entries_say_what_callers_need() -> None:
+    """Callers look a method up instead of testing its name: replicas, baseline, the MILP."""
+    from tuner.placers import WITHOUT_REPLICAS, get_method
+
+    assert WITHOUT_REPLICAS == (PlacementMethod.CONTIGUOUS, PlacementMethod.ROUND_ROBIN)
+    assert BASELINES == (
+        PlacementMethod.CONTIGUOUS,
+        PlacementMethod.ROUND_ROBIN,
+        PlacementMethod.EPLB_HIERARCHICAL,
+        PlacementMethod.EPLB_GLOBAL,
+    )
+    assert [m for m, spec in REGISTRY.items() if spec.milp] == [PlacementMethod.ILP]
+    assert get_method("node_spread").nearest_replica_only and get_method("eplb-hierarchical").optional
+    assert get_method("ilp").place is get_placer("ilp")
+    with pytest.raises(PlacementError, match=r"^scenario: placement: unknown placement method 'greedy'"):
+        get_method("greedy", "scenario", "placement")
 
 
 @pytest.mark.parametrize("method", [m for m in PlacementMethod if m != PlacementMethod.EPLB_HIERARCHICAL])

@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moesim.simulate import SimOptions, simulate
+from moesim.options import SimOptions
+from moesim.simulate import simulate
 from moesim.specs import load_cluster, load_model
-from moesim.trace import load_trace
+from moesim.traces.formats import load_trace
 from tuner.placers.ilp import NETWORK_REPLICAS
 from tuner.plan import plan
 
@@ -71,7 +72,7 @@ def test_transitions_dependency_prices_the_crossings() -> None:
 def test_memory_is_checked_in_the_weights_bytes() -> None:
     """16 expert slots of DeepSeek-V3 (58 layers) fit in an H100's 60 GB budget at fp8, not at bf16."""
     from moesim.errors import PlacementError
-    from moesim.synthetic import synthetic_trace
+    from moesim.traces.synthetic import synthetic_trace
 
     model, cluster = load_model("deepseek-v3"), load_cluster("h100-2x8-ib400")
     trace = synthetic_trace(model, 2048, seed=0, layers=model.moe_layers[:2], with_topk_ids=False)
@@ -79,3 +80,81 @@ def test_memory_is_checked_in_the_weights_bytes() -> None:
         plan(model, cluster, trace, time_limit_s=2)
     res = plan(model, cluster, trace, time_limit_s=2, weight_bytes=1.0)
     assert "ilp" in {r["method"] for r in res.rows}
+
+
+def test_scaled_routing_is_one_step_of_every_gpu() -> None:
+    """Every layer's counts sum to ``T * G * k``; transitions are scaled by their layer's factor."""
+    from tuner.plan import scaled_routing
+
+    trace = load_trace(TRACE)
+    counts, tr = scaled_routing(trace, 16, 1024)
+    assert counts.shape == trace.counts.shape
+    assert np.allclose(counts.sum(axis=1), 1024 * 16 * trace.top_k)
+    scale = counts.sum(axis=1) / np.asarray(trace.counts, dtype=np.float64).sum(axis=1)
+    if trace.transitions is None:
+        assert tr is None
+    else:
+        assert np.allclose(tr, np.asarray(trace.transitions, dtype=np.float64) * scale[:-1, None, None])
+
+
+def test_place_is_the_registry_on_scaled_counts() -> None:
+    from moesim.errors import PlacementError
+    from tuner.placers import Budget
+    from tuner.placers import place as place_with
+    from tuner.plan import place, scaled_routing
+
+    model, cluster, trace = load_model("olmoe-1b-7b"), load_cluster("h100-2x8-ib400"), load_trace(TRACE)
+    p = place("eplb_global", model, cluster, trace, redundant_experts=16, tokens_per_gpu=2048)
+    counts, tr = scaled_routing(trace, 16, 2048)
+    q = place_with("eplb-global", counts, tr, model, cluster, 16, "placement", Budget(), layers=trace.layers)
+    assert np.array_equal(p.phy2log, q.phy2log) and np.allclose(p.shares, q.shares)
+    with pytest.raises(PlacementError, match="unknown placement method 'greedy'"):
+        place("greedy", model, cluster, trace)
+    with pytest.raises(PlacementError, match="has no replicas"):
+        place("contiguous", model, cluster, trace, redundant_experts=16)
+
+
+def test_per_layer_choice_takes_each_layers_fastest() -> None:
+    """``_keep_better_layers`` picks, per layer, the lowest simulated latency among same-slot plans (the MILP on
+    ties); ``_layerwise`` stitches those rows; ``_tally`` counts the layers taken from others."""
+    from moesim.placement import Placement, even_shares
+    from tuner.plan import _keep_better_layers, _layerwise, _tally
+
+    def placement(rows: list[list[int]], name: str) -> Placement:
+        phy = np.array(rows, dtype=np.int64)
+        return Placement(2, phy.shape[1] // 2, 4, phy, even_shares(phy, 4), {"method": name})
+
+    ilp = placement([[0, 1, 2, 3], [0, 2, 1, 3], [3, 2, 1, 0]], "ilp")
+    eplb = placement([[1, 0, 3, 2], [2, 3, 0, 1], [0, 1, 2, 3]], "eplb-global")
+    other = placement([[0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 2, 3], [0, 1, 2, 3, 0, 3]], "six slots")
+    pool = {"ilp": ilp, "eplb-global": eplb, "six slots": other}
+    rows = [
+        {"method": "eplb-global", "layer_latencies_us": [5.0, 1.0, 3.0]},
+        {"method": "six slots", "layer_latencies_us": [0.1, 0.1, 0.1]},  # another slot count: never taken
+        {"method": "ilp", "layer_latencies_us": [4.0, 2.0, 3.0]},
+    ]
+    pick = _keep_better_layers(pool, rows, 2)
+    assert pick == ["ilp", "eplb-global", "ilp"]
+    mixed = _layerwise(pool, pick, {"method": "ilp"})
+    assert np.array_equal(mixed.phy2log, np.stack([ilp.phy2log[0], eplb.phy2log[1], ilp.phy2log[2]]))
+    assert mixed.meta == {"method": "ilp"}
+    assert _tally(pick) == {"eplb-global": 1}
+    rows[0]["layer_latencies_us"] = [5.0, 2.0, 3.0]  # ties go to the MILP: nothing to take
+    assert _keep_better_layers(pool, rows, 2) == []
+
+
+def test_evaluate_row_has_the_table_columns() -> None:
+    from tuner.placers import place as place_with
+    from tuner.plan import ROW_KEYS, cost_model, evaluate, scaled_routing
+
+    model, cluster, trace = load_model("olmoe-1b-7b"), load_cluster("h100-2x8-ib400"), load_trace(TRACE)
+    counts, tr = scaled_routing(trace, 16, 1024)
+    p = place_with("contiguous", counts, tr, model, cluster, layers=trace.layers)
+    cost = cost_model(model, cluster, 1024, p.slots_per_gpu)
+    row = evaluate(p, model, cluster, trace, counts, tr, cost, 1024, "contiguous")
+    assert set(ROW_KEYS) <= set(row) and row["method"] == "contiguous" and row["gap"] is None
+    assert row["max_mean_load"] >= 1.0 and len(row["layer_latencies_us"]) == len(trace.layers)
+    assert row["layer_latency_us"] == pytest.approx(np.mean(row["layer_latencies_us"]))
+    assert row["cross_node_bytes"] <= row["cross_gpu_bytes"]
+    # under the default dependency the objective prices compute (and NICs under SGLang), not the transitions
+    assert row["predicted_us"] == pytest.approx(cost.us_per_token * p.gpu_loads(counts).max(axis=1).sum(), rel=1e-9)

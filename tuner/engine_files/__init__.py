@@ -1,13 +1,14 @@
 """Engine files: a placement written for every serving engine, and any of them read back as ``--current``.
 
-One format per module, each an :class:`tuner.engine_files.base.EngineFormat`, all in :data:`REGISTRY`:
+One format per module, each following the :class:`tuner.engine_files.base.EngineFormat` protocol, all in
+:data:`REGISTRY` (the choices of every ``--export`` help and check, :data:`FORMATS`):
 
 * ``sglang-json`` (:mod:`.sglang_json`), ``sglang-pt`` (:mod:`.sglang_pt`): SGLang's
   ``--init-expert-location`` ``physical_to_logical_map``, as JSON or a torch ``.pt``;
 * ``sglang-count`` (:mod:`.sglang_count`): the ``{"logical_count": ...}`` JSON SGLang runs its own EPLB on;
 * ``trtllm`` (:mod:`.trtllm_yaml`): TensorRT-LLM's offline EPLB YAML;
-* ``vllm``, ``vllm-flags`` (:mod:`.vllm_eplb`): vLLM's ``--eplb-config`` JSON and its flag line (vLLM has no
-  placement file).
+* ``vllm`` (:mod:`.vllm_json`), ``vllm-flags`` (:mod:`.vllm_flags`): vLLM's ``--eplb-config`` JSON and its flag
+  line (vLLM has no placement file; the rules both share: :mod:`.vllm_eplb`).
 
 API (``moesim plan --export`` / ``--current``, and the rebalancer):
 
@@ -31,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from moesim.errors import PlacementError
-from tuner.engine_files import sglang_count, sglang_json, sglang_pt, trtllm_yaml, vllm_eplb
-from tuner.engine_files.base import EngineFormat
+from tuner.engine_files import sglang_count, sglang_json, sglang_pt, trtllm_yaml, vllm_eplb, vllm_flags, vllm_json
+from tuner.engine_files.base import EngineFormat, RenderRequest, check_path, layer_rows
 
 if TYPE_CHECKING:
     from moesim.placement import Placement
@@ -42,6 +43,7 @@ __all__ = [
     "FORMATS",
     "REGISTRY",
     "EngineFormat",
+    "RenderRequest",
     "check_export_paths",
     "get_format",
     "parse_export",
@@ -58,8 +60,8 @@ REGISTRY: dict[str, EngineFormat] = {
         sglang_pt.FORMAT,
         sglang_count.FORMAT,
         trtllm_yaml.FORMAT,
-        vllm_eplb.JSON_FORMAT,
-        vllm_eplb.FLAGS_FORMAT,
+        vllm_json.FORMAT,
+        vllm_flags.FORMAT,
     )
 }
 FORMATS: tuple[str, ...] = tuple(REGISTRY)
@@ -88,7 +90,7 @@ def render_engine_file(
     f = get_format(fmt, origin or fmt)
     if f.needs_counts and counts is None:
         raise PlacementError(f"{origin or fmt}: --export: {fmt} carries expert loads; counts are needed")
-    return f.render(placement, model, cluster, counts=counts, eplb=eplb, origin=origin or fmt)
+    return f.render(RenderRequest(placement, model, cluster, counts=counts, eplb=eplb, origin=origin or fmt))
 
 
 def write_engine_file(
@@ -105,7 +107,7 @@ def write_engine_file(
     name, the placement or the settings are refused."""
     from moesim.fileio import atomic_write_bytes
 
-    get_format(fmt, str(path)).check_path(path)
+    check_path(get_format(fmt, str(path)), path)
     data = render_engine_file(fmt, placement, model, cluster, counts=counts, eplb=eplb, origin=str(path))
     atomic_write_bytes(path, data)
 
@@ -126,7 +128,7 @@ def check_export_paths(exports: Sequence[tuple[str, Path]]) -> None:
     ``.pt``. (Collisions with inputs and other outputs: :func:`moesim.fileio.check_outputs`.)"""
     for name, path in exports:
         f = get_format(name, str(path))
-        f.check_path(path)
+        check_path(f, path)
         if not Path(path).parent.exists():
             raise PlacementError(f"{path}: --export: directory {Path(path).parent} does not exist")
         if f.needs_torch:
@@ -221,16 +223,12 @@ def read_current(
         cur = placement_from_dict(doc, str(p))
         _check_native(cur, p, model, cluster, redundant_experts)
         return cur
-    if fmt in ("vllm", "vllm-flags"):
-        raise PlacementError(f"{p}: format: {vllm_eplb.NO_PLACEMENT}")
     if fmt == "unknown":
         raise PlacementError(
             f"{p}: format: not a placement moesim reads (moesim YAML, SGLang .json/.pt physical_to_logical_map or "
             "logical_count, TensorRT-LLM EPLB YAML)"
         )
-    reader = REGISTRY[fmt].read
-    assert reader is not None  # every sniffed placement format has a reader
-    cur = reader(p, doc, model, cluster, redundant_experts)
+    cur = REGISTRY[fmt].read(p, doc, model, cluster, redundant_experts)  # vLLM's formats: no placement
     _check_native(cur, p, model, cluster, redundant_experts)
     return cur
 
@@ -245,14 +243,12 @@ def rows_for_layers(placement: Placement, layers: Sequence[int], origin: str = "
     want = [int(x) for x in layers]
     if have is None or len(have) != placement.num_layers or [int(x) for x in have] == want:
         return placement
-    index = {int(layer): row for row, layer in enumerate(have)}
-    missing = [layer for layer in want if layer not in index]
+    rows, missing = layer_rows(have, want)
     if missing:
         raise PlacementError(
             f"{origin}: layers: no row for layer {missing[0]} ({len(missing)} of the trace's "
             f"{len(want)} layers missing)"
         )
-    rows = [index[layer] for layer in want]
     meta = dict(placement.meta)
     meta["layers"] = want
     return Placement(

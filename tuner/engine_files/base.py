@@ -5,10 +5,10 @@ experts, G GPUs (the EP size), S slots per GPU, P = G * S physical experts (slot
 ``p // S`` in every engine here (SGLang, TensorRT-LLM and vLLM all cut the physical experts into equal
 contiguous ranges, one per rank).
 
-A format is an :class:`EngineFormat`: a ``render`` that turns a placement into the file's bytes (every rule of
-the engine checked first, so a rejected placement writes nothing) and, for the formats that hold a placement, a
-``read`` that turns the parsed file back into a :class:`Placement` of the model's MoE layers with even shares
-(the engine rule, :mod:`moesim.engine_dispatch`, re-scores it later).
+A format follows the :class:`EngineFormat` protocol: a ``render`` that turns a placement into the file's bytes
+(every rule of the engine checked first, so a rejected placement writes nothing) and a ``read`` that turns the
+parsed file back into a :class:`Placement` of the model's MoE layers with even shares (the engine rule,
+:mod:`moesim.engine_dispatch`, re-scores it later), or says the file holds none.
 """
 
 from __future__ import annotations
@@ -27,53 +27,51 @@ if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
 
 
-class Render(Protocol):
-    """The file's bytes for ``placement`` (``PlacementError`` ``ORIGIN: FIELD: ...`` for what the engine would
-    reject). ``counts``: ``[L, E]`` expert loads aligned with the placement's rows (formats that carry loads);
-    ``eplb``: engine settings the caller recommends (vLLM's ``EPLBConfig`` fields)."""
-
-    def __call__(
-        self,
-        placement: Placement,
-        model: ModelSpec,
-        cluster: ClusterSpec,
-        *,
-        counts: np.ndarray | None,
-        eplb: Mapping[str, Any] | None,
-        origin: str,
-    ) -> bytes: ...
-
-
-class Read(Protocol):
-    """The placement a parsed file ``doc`` deploys: one row per MoE layer of ``model`` (``meta["layers"]``),
-    even shares; ``PlacementError`` ``PATH: FIELD: ...`` for a file the engine would reject or one made for
-    another model, GPU count or slot count (``redundant_experts`` None: taken from the file)."""
-
-    def __call__(
-        self, path: Path, doc: Any, model: ModelSpec, cluster: ClusterSpec, redundant_experts: int | None
-    ) -> Placement: ...
-
-
 @dataclass(frozen=True)
-class EngineFormat:
-    """One engine file format: its registry name, the engine, the file names the engine reads, and how to write
-    and (where it holds a placement) read it."""
+class RenderRequest:
+    """What a format renders: ``placement`` for ``model`` on ``cluster``; ``counts [L, E]`` expert loads aligned
+    with the placement's rows (formats that carry loads); ``eplb`` engine settings the caller recommends (vLLM's
+    ``EPLBConfig`` fields); ``origin`` the name every error line starts with."""
+
+    placement: Placement
+    model: ModelSpec
+    cluster: ClusterSpec
+    counts: np.ndarray | None = None
+    eplb: Mapping[str, Any] | None = None
+    origin: str = "engine file"
+
+
+class EngineFormat(Protocol):
+    """One engine file format (one module each, an instance in :data:`tuner.engine_files.REGISTRY`): its registry
+    name, the engine, one line for help texts, the file names the engine reads (``()``: any name), whether it
+    carries expert loads (``needs_counts``) or needs torch (``needs_torch``), and how to write and read it."""
 
     name: str
     engine: str
-    what: str  # one line for help texts
-    suffixes: tuple[str, ...]  # names the engine reads the file under; () = any name
-    render: Render
-    read: Read | None = None  # None: the file holds no placement (vLLM's settings)
-    needs_counts: bool = False
-    needs_torch: bool = False
+    what: str
+    suffixes: tuple[str, ...]
+    needs_counts: bool
+    needs_torch: bool
 
-    def check_path(self, path: str | Path, option: str = "--export") -> None:
-        """``PlacementError`` unless ``path`` has a name the engine reads (before any work)."""
-        if self.suffixes and not str(path).endswith(self.suffixes):
-            raise PlacementError(
-                f"{path}: {option}: {self.name} must be named *{' or *'.join(self.suffixes)} ({self.what})"
-            )
+    def render(self, request: RenderRequest) -> bytes:
+        """The file's bytes for ``request.placement`` (``PlacementError`` ``ORIGIN: FIELD: ...`` for what the
+        engine would reject)."""
+        ...
+
+    def read(
+        self, path: Path, doc: Any, model: ModelSpec, cluster: ClusterSpec, redundant_experts: int | None
+    ) -> Placement:
+        """The placement a parsed file ``doc`` deploys: one row per MoE layer of ``model`` (``meta["layers"]``),
+        even shares; ``PlacementError`` ``PATH: FIELD: ...`` for a file the engine would reject, one made for
+        another model, GPU count or slot count (``redundant_experts`` None: taken from the file), or a format
+        that holds no placement (vLLM's settings)."""
+        ...
+
+
+def check_path(fmt: EngineFormat, path: str | Path, option: str = "--export") -> None:
+    """``PlacementError`` unless ``path`` has a name the engine of ``fmt`` reads (before any work)."""
+    if fmt.suffixes and not str(path).endswith(fmt.suffixes):
+        raise PlacementError(f"{path}: {option}: {fmt.name} must be named *{' or *'.join(fmt.suffixes)} ({fmt.what})")
 
 
 # ------------------------------------------------------------------------------------------------ map rules
@@ -173,6 +171,15 @@ def placement_layers(placement: Placement, model: ModelSpec, origin: str) -> lis
             f"{model.num_moe_layers} MoE layers"
         )
     return [int(x) for x in model.moe_layers]
+
+
+def layer_rows(have: Sequence[int], want: Sequence[int]) -> tuple[list[int], list[int]]:
+    """``(rows, missing)``: the index in ``have`` (the model layer of each placement row) of every layer of
+    ``want`` it holds, in ``want``'s order, and the layers of ``want`` it does not hold."""
+    index = {int(layer): row for row, layer in enumerate(have)}
+    rows = [index[int(layer)] for layer in want if int(layer) in index]
+    missing = [int(layer) for layer in want if int(layer) not in index]
+    return rows, missing
 
 
 def moe_rows_placement(rows: np.ndarray, model: ModelSpec, cluster: ClusterSpec, path: str, method: str) -> Placement:

@@ -23,7 +23,6 @@ tied experts goes where (the loads per GPU are the same).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +40,15 @@ from tuner.engine_files.base import (
 if TYPE_CHECKING:
     from moesim.placement import Placement
     from moesim.specs import ClusterSpec, ModelSpec
+    from tuner.engine_files.base import RenderRequest
 
 KEY = "logical_count"
+
+
+def _check_loads(loads: np.ndarray, origin: str) -> None:
+    """``PlacementError`` unless every load is finite and >= 0."""
+    if not np.all(np.isfinite(loads)) or np.any(loads < 0):
+        raise PlacementError(f"{origin}: {KEY}: loads must be finite and >= 0")
 
 
 def full_counts(placement: Placement, model: ModelSpec, counts: np.ndarray, origin: str) -> np.ndarray:
@@ -53,8 +59,7 @@ def full_counts(placement: Placement, model: ModelSpec, counts: np.ndarray, orig
             f"{origin}: {KEY}: counts of shape {counts.shape}, the placement has {placement.num_layers} layers x "
             f"{model.num_experts} experts"
         )
-    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
-        raise PlacementError(f"{origin}: {KEY}: loads must be finite and >= 0")
+    _check_loads(counts, origin)
     layers = placement_layers(placement, model, origin)
     out = np.tile(counts.mean(axis=0), (model.num_layers, 1))
     for row, layer in enumerate(layers):
@@ -79,15 +84,9 @@ def _policy(model: ModelSpec, cluster: ClusterSpec, P: int, origin: str) -> bool
     return hierarchical
 
 
-def render(
-    placement: Placement,
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    *,
-    counts: np.ndarray | None = None,
-    eplb: Mapping[str, Any] | None = None,
-    origin: str = "sglang-count",
-) -> bytes:
+def render(request: RenderRequest) -> bytes:
+    placement, model, cluster, origin = request.placement, request.model, request.cluster, request.origin
+    counts = request.counts
     if counts is None:
         raise PlacementError(f"{origin}: {KEY}: this format carries expert loads; give counts")
     check_for_cluster(placement, model, cluster, origin)
@@ -127,8 +126,7 @@ def read(path: Path, doc: Any, model: ModelSpec, cluster: ClusterSpec, redundant
             f"{src}: {KEY}: shape {loads.shape}, {model.slug} needs [{model.num_layers} hidden layers, "
             f"{model.num_experts} experts]"
         )
-    if not np.all(np.isfinite(loads)) or np.any(loads < 0):
-        raise PlacementError(f"{src}: {KEY}: loads must be finite and >= 0")
+    _check_loads(loads, src)
     # SGLang takes the physical count from --ep-num-redundant-experts (default 0), not from this file
     R = 0 if redundant_experts is None else int(redundant_experts)
     P = model.num_experts + R
@@ -137,12 +135,17 @@ def read(path: Path, doc: Any, model: ModelSpec, cluster: ClusterSpec, redundant
     return moe_rows_placement(rows, model, cluster, src, "sglang-eplb")
 
 
-FORMAT = EngineFormat(
-    name="sglang-count",
-    engine="sglang",
-    what="SGLang --init-expert-location loads (logical_count); SGLang runs its EPLB on them",
-    suffixes=(".json",),
-    render=render,
-    read=read,
-    needs_counts=True,
-)
+class SglangCount:
+    """The :class:`~tuner.engine_files.base.EngineFormat` ``sglang-count``."""
+
+    name = "sglang-count"
+    engine = "sglang"
+    what = "SGLang --init-expert-location loads (logical_count); SGLang runs its EPLB on them"
+    suffixes = (".json",)
+    needs_counts = True
+    needs_torch = False
+    render = staticmethod(render)
+    read = staticmethod(read)
+
+
+FORMAT: EngineFormat = SglangCount()

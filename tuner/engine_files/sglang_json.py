@@ -14,7 +14,6 @@ Read back, the MoE layers' rows are the placement (dense layers' rows are never 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,7 @@ from tuner.engine_files.base import (
 if TYPE_CHECKING:
     from moesim.placement import Placement
     from moesim.specs import ClusterSpec, ModelSpec
+    from tuner.engine_files.base import RenderRequest
 
 KEY = "physical_to_logical_map"
 
@@ -47,16 +47,8 @@ def full_map(placement: Placement, model: ModelSpec, cluster: ClusterSpec, origi
     return mapping
 
 
-def render(
-    placement: Placement,
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    *,
-    counts: np.ndarray | None = None,
-    eplb: Mapping[str, Any] | None = None,
-    origin: str = "sglang-json",
-) -> bytes:
-    mapping = full_map(placement, model, cluster, origin)
+def render(request: RenderRequest) -> bytes:
+    mapping = full_map(request.placement, request.model, request.cluster, request.origin)
     return json.dumps({KEY: mapping.tolist()}, separators=(",", ":")).encode()
 
 
@@ -91,11 +83,17 @@ def read(path: Path, doc: Any, model: ModelSpec, cluster: ClusterSpec, redundant
     return placement_from_map(check_document(doc, path), path, model, cluster, redundant_experts)
 
 
-FORMAT = EngineFormat(
-    name="sglang-json",
-    engine="sglang",
-    what="SGLang --init-expert-location map, JSON",
-    suffixes=(".json",),
-    render=render,
-    read=read,
-)
+class SglangJson:
+    """The :class:`~tuner.engine_files.base.EngineFormat` ``sglang-json``."""
+
+    name = "sglang-json"
+    engine = "sglang"
+    what = "SGLang --init-expert-location map, JSON"
+    suffixes = (".json",)
+    needs_counts = False
+    needs_torch = False
+    render = staticmethod(render)
+    read = staticmethod(read)
+
+
+FORMAT: EngineFormat = SglangJson()

@@ -11,7 +11,6 @@ plain dict of tensors is all ``weights_only=True`` needs. Writing and reading ne
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from tuner.engine_files.base import EngineFormat
 if TYPE_CHECKING:
     from moesim.placement import Placement
     from moesim.specs import ClusterSpec, ModelSpec
+    from tuner.engine_files.base import RenderRequest
 
 
 def require_torch(origin: str, option: str = "--export") -> Any:
@@ -36,17 +36,9 @@ def require_torch(origin: str, option: str = "--export") -> Any:
     return torch
 
 
-def render(
-    placement: Placement,
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    *,
-    counts: np.ndarray | None = None,
-    eplb: Mapping[str, Any] | None = None,
-    origin: str = "sglang-pt",
-) -> bytes:
-    torch = require_torch(origin)
-    mapping = sglang_json.full_map(placement, model, cluster, origin)
+def render(request: RenderRequest) -> bytes:
+    torch = require_torch(request.origin)
+    mapping = sglang_json.full_map(request.placement, request.model, request.cluster, request.origin)
     buf = io.BytesIO()
     torch.save({sglang_json.KEY: torch.from_numpy(np.ascontiguousarray(mapping, dtype=np.int64))}, buf)
     return buf.getvalue()
@@ -79,12 +71,17 @@ def read(path: Path, doc: Any, model: ModelSpec, cluster: ClusterSpec, redundant
     return sglang_json.read(path, doc, model, cluster, redundant_experts)
 
 
-FORMAT = EngineFormat(
-    name="sglang-pt",
-    engine="sglang",
-    what="SGLang --init-expert-location map, torch .pt",
-    suffixes=(".pt",),
-    render=render,
-    read=read,
-    needs_torch=True,
-)
+class SglangPt:
+    """The :class:`~tuner.engine_files.base.EngineFormat` ``sglang-pt``."""
+
+    name = "sglang-pt"
+    engine = "sglang"
+    what = "SGLang --init-expert-location map, torch .pt"
+    suffixes = (".pt",)
+    needs_counts = False
+    needs_torch = True
+    render = staticmethod(render)
+    read = staticmethod(read)
+
+
+FORMAT: EngineFormat = SglangPt()

@@ -25,7 +25,6 @@ the placement does not cover take TensorRT-LLM's own default row, ``(rank * E //
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +44,7 @@ from tuner.engine_files.base import (
 if TYPE_CHECKING:
     from moesim.placement import Placement
     from moesim.specs import ClusterSpec, ModelSpec
+    from tuner.engine_files.base import RenderRequest
 
 KEYS = ("num_slots", "initial_global_assignments", "layer_updates_per_iter")
 FIELD = "initial_global_assignments"
@@ -81,15 +81,8 @@ def assignments(placement: Placement, model: ModelSpec, cluster: ClusterSpec, or
     return {layer: rows[layer].tolist() for layer in moe}
 
 
-def render(
-    placement: Placement,
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    *,
-    counts: np.ndarray | None = None,
-    eplb: Mapping[str, Any] | None = None,
-    origin: str = "trtllm",
-) -> bytes:
+def render(request: RenderRequest) -> bytes:
+    placement, model, cluster, origin = request.placement, request.model, request.cluster, request.origin
     import yaml
 
     doc = {
@@ -158,11 +151,17 @@ def looks_like(doc: Any) -> bool:
     return isinstance(doc, dict) and FIELD in doc and "num_slots" in doc
 
 
-FORMAT = EngineFormat(
-    name="trtllm",
-    engine="trtllm",
-    what="TensorRT-LLM EPLB config YAML (moe_config.load_balancer)",
-    suffixes=(".yaml", ".yml"),
-    render=render,
-    read=read,
-)
+class TrtllmYaml:
+    """The :class:`~tuner.engine_files.base.EngineFormat` ``trtllm``."""
+
+    name = "trtllm"
+    engine = "trtllm"
+    what = "TensorRT-LLM EPLB config YAML (moe_config.load_balancer)"
+    suffixes = (".yaml", ".yml")
+    needs_counts = False
+    needs_torch = False
+    render = staticmethod(render)
+    read = staticmethod(read)
+
+
+FORMAT: EngineFormat = TrtllmYaml()

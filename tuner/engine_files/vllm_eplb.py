@@ -1,4 +1,5 @@
-"""vLLM's EPLB settings: the ``--eplb-config`` JSON, and the flag line that starts vLLM with them.
+"""vLLM's EPLB settings, the rules both vLLM formats share: the ``--eplb-config`` JSON (:mod:`.vllm_json`) and the
+flag line that starts vLLM with them (:mod:`.vllm_flags`).
 
 vLLM 0.33 reads no placement file: its initial layout is ``--expert-placement-strategy linear|round_robin`` and
 ``--enable-eplb`` then rearranges the experts online from the loads it records. So for vLLM moesim writes the
@@ -7,8 +8,9 @@ and a vLLM file cannot be read back as ``--current``.
 
 Checked against vLLM 0.33.0 (wheel source):
 
-* ``vllm/config/parallel.py`` ``EPLBConfig`` fields (:data:`FIELDS`): ``window_size`` (int > 0, default 1000),
-  ``step_interval`` (int > 0, default 3000), ``num_redundant_experts`` (int >= 0, default 0),
+* ``vllm/config/parallel.py`` ``EPLBConfig`` fields (:data:`FIELDS`): ``window_size`` (int > 0) and
+  ``step_interval`` (int > 0), defaults in :mod:`tuner.engine_facts` (:func:`defaults`),
+  ``num_redundant_experts`` (int >= 0, default 0),
   ``log_balancedness`` (bool), ``log_balancedness_interval`` (int > 0), ``use_async`` (bool, default True),
   ``policy`` (``"default"``), ``communicator`` (``torch_nccl | torch_gloo | torch_xccl | nixl | pynccl`` or null),
   ``enable_migration_batching`` (bool); its validator rejects ``use_async`` with a policy other than
@@ -25,12 +27,14 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from moesim.errors import PlacementError
-from tuner.engine_files.base import EngineFormat, check_for_cluster
+from tuner.engine_facts import engine_facts
+from tuner.engine_files.base import check_for_cluster
 
 if TYPE_CHECKING:
     from moesim.placement import Placement
@@ -50,8 +54,14 @@ FIELDS: dict[str, tuple[str, int | None]] = {
     "communicator": ("communicator", None),
     "enable_migration_batching": ("bool", None),
 }
-# written even when the caller does not set them, so the file says which window and interval vLLM will use
-DEFAULTS = {"window_size": 1000, "step_interval": 3000}
+
+
+def defaults() -> dict[str, int]:
+    """vLLM's own ``window_size`` and ``step_interval`` (``profiles/reference/engine_rebalance.yaml``), written even
+    when the caller does not set them, so the file says which window and interval vLLM will use."""
+    facts = engine_facts()["vllm"]
+    assert facts.window_steps is not None  # the YAML gives vLLM's window
+    return {"window_size": facts.window_steps, "step_interval": facts.interval_steps}
 
 
 def check_settings(settings: Mapping[str, Any], origin: str) -> None:
@@ -98,7 +108,7 @@ def settings_for(
             f"{origin}: eplb_config.num_redundant_experts: {given['num_redundant_experts']!r}, "
             f"but the placement has {redundant} redundant slots"
         )
-    out: dict[str, Any] = {k: given.pop(k, v) for k, v in DEFAULTS.items()}
+    out: dict[str, Any] = {k: given.pop(k, v) for k, v in defaults().items()}
     given.pop("num_redundant_experts", None)
     out["num_redundant_experts"] = int(redundant)
     out.update(given)
@@ -111,34 +121,10 @@ def settings_for(
     return {k: (int(v) if isinstance(v, np.integer) else v) for k, v in out.items()}
 
 
-def render_json(
-    placement: Placement,
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    *,
-    counts: np.ndarray | None = None,
-    eplb: Mapping[str, Any] | None = None,
-    origin: str = "vllm",
-) -> bytes:
-    return (json.dumps(settings_for(placement, model, cluster, eplb, origin), indent=1) + "\n").encode()
-
-
 def flag_line(settings: Mapping[str, Any]) -> str:
     """``--enable-expert-parallel --enable-eplb --eplb-config '{...}'`` (a shell word for the JSON)."""
     text = json.dumps(dict(settings), separators=(",", ":"))
     return f"--enable-expert-parallel --enable-eplb --eplb-config {shlex.quote(text)}"
-
-
-def render_flags(
-    placement: Placement,
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    *,
-    counts: np.ndarray | None = None,
-    eplb: Mapping[str, Any] | None = None,
-    origin: str = "vllm-flags",
-) -> bytes:
-    return (flag_line(settings_for(placement, model, cluster, eplb, origin)) + "\n").encode()
 
 
 def looks_like(doc: Any) -> bool:
@@ -151,17 +137,9 @@ NO_PLACEMENT = (
     "rebalances online with --enable-eplb); give the placement moesim wrote with -o"
 )
 
-JSON_FORMAT = EngineFormat(
-    name="vllm",
-    engine="vllm",
-    what="vLLM --eplb-config settings, JSON",
-    suffixes=(),
-    render=render_json,
-)
-FLAGS_FORMAT = EngineFormat(
-    name="vllm-flags",
-    engine="vllm",
-    what="vLLM --enable-eplb flag line",
-    suffixes=(),
-    render=render_flags,
-)
+
+def no_placement(
+    path: Path, doc: Any, model: ModelSpec, cluster: ClusterSpec, redundant_experts: int | None
+) -> Placement:
+    """The ``read`` of both vLLM formats: one ``PlacementError`` line, :data:`NO_PLACEMENT`."""
+    raise PlacementError(f"{path}: format: {NO_PLACEMENT}")

@@ -1,4 +1,5 @@
-"""The placement family's shared shape: the budget every method gets and the protocol every method follows.
+"""The placement family's shared shape: the budget every method gets, the protocol every method follows, and what
+the registry (:data:`tuner.placers.REGISTRY`) knows of each member (:class:`MethodSpec`).
 
 Dimension legend: L recorded MoE layers, E logical experts, G GPUs.
 """
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from moesim.errors import PlacementError
+from tuner.engine_facts import engine_facts
 
 if TYPE_CHECKING:
     from moesim.placement import Placement
@@ -19,9 +21,10 @@ if TYPE_CHECKING:
 
 # Replica moves are a one-off cost; spread it over this many steps to compare with per-step time. SGLang's
 # dynamic EPLB rebalances every ``--eplb-rebalance-num-iterations`` forward passes, default 1000
-# (``ServerArgs.eplb_rebalance_num_iterations``, python/sglang/srt/server_args.py), so a placement is assumed to
-# stay deployed that long; a longer-lived plan makes moves cheaper (``Budget.amortise_steps``).
-DEFAULT_AMORTISE_STEPS = 1000
+# (``ServerArgs.eplb_rebalance_num_iterations``; the figure: profiles/reference/engine_rebalance.yaml, through
+# tuner.engine_facts), so a placement is assumed to stay deployed that long; a longer-lived plan makes moves
+# cheaper (``Budget.amortise_steps``).
+DEFAULT_AMORTISE_STEPS = engine_facts()["sglang"].interval_steps
 
 # Where a token goes between two MoE layers, which decides whether the MILP prices cross-layer transitions:
 # ``home``: back to its home rank (data-parallel attention with DeepEP in SGLang and vLLM, Megatron's all-to-all
@@ -85,6 +88,27 @@ class Placer(Protocol):
         *,
         layers: Sequence[int] | None = None,
     ) -> Placement: ...
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One member of the placement family: its :class:`Placer` and what callers need to know of it, so that
+    they look it up instead of testing names.
+
+    replicas: it can place redundant experts (False: each expert once; ``moesim plan`` compares it at its own
+    slot count when replicas are asked). baseline: ``moesim plan`` compares it (and the MILP may start from it).
+    nearest_replica_only: compared only under SGLang's nearest-replica rules on several nodes, which it is made
+    for. optional: it does not apply to every shape, and a plan skips it without a note where it does not.
+    milp: the MILP, which ``moesim plan`` and ``moesim whatif`` build through :func:`tuner.plan.plan` (the
+    comparison and the per-layer refinement) rather than through :func:`tuner.placers.place` alone.
+    """
+
+    place: Placer
+    replicas: bool = True
+    baseline: bool = False
+    nearest_replica_only: bool = False
+    optional: bool = False
+    milp: bool = False
 
 
 def heuristic(fn: Callable[[np.ndarray, ModelSpec, ClusterSpec, int], Placement]) -> Placer:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from moesim.placement import Placement, contiguous
-from tuner.placers.base import heuristic, no_replicas
+from tuner.placers.base import MethodSpec, heuristic, no_replicas
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
@@ -18,3 +18,6 @@ def place(counts: np.ndarray, model: ModelSpec, cluster: ClusterSpec, redundant_
     """GPU g holds experts ``[g*E/G, (g+1)*E/G)`` in every layer (any E, G: see ``moesim.placement``)."""
     no_replicas("contiguous", redundant_experts)
     return contiguous(int(model.num_experts), int(cluster.num_gpus), counts.shape[0])
+
+
+METHOD = MethodSpec(place, replicas=False, baseline=True)

@@ -11,7 +11,7 @@ import numpy as np
 from moesim.errors import PlacementError
 from moesim.placement import Placement
 from tuner.eplb import eplb_placement
-from tuner.placers.base import heuristic
+from tuner.placers.base import MethodSpec, heuristic
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
@@ -55,3 +55,8 @@ def place_hierarchical(counts: np.ndarray, model: ModelSpec, cluster: ClusterSpe
 def place_global(counts: np.ndarray, model: ModelSpec, cluster: ClusterSpec, redundant_experts: int) -> Placement:
     """EPLB's global policy (replicas and packing over all GPUs at once)."""
     return _eplb(counts, model, cluster, redundant_experts, False)
+
+
+METHOD = MethodSpec(place)
+HIERARCHICAL = MethodSpec(place_hierarchical, baseline=True, optional=True)
+GLOBAL = MethodSpec(place_global, baseline=True)

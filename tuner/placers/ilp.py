@@ -1,5 +1,7 @@
 """The MILP placement (``tuner.ilp``): warm-started from the best baseline under the engine's rule, then refined
-under SGLang's replica choice (``tuner.engine_refine``) when that is the engine.
+under SGLang's replica choice (``tuner.engine_refine``) when that is the engine. Its registry entry's ``place``
+(the baselines of the registry, then :func:`solve`) lives with the registry, in ``tuner/placers/__init__.py``:
+this file does not import the registry, so the family has no import cycle.
 
 The objective's prices (:func:`cost_model`) come from the simulator's own compute model and the cluster's links.
 """
@@ -292,30 +294,3 @@ def eplb_load_caps(
         return None
     loads = [apply_engine(pool[n], engine, gpus_per_node, model, layers).gpu_loads(counts).max(axis=1) for n in names]
     return np.min(loads, axis=0)
-
-
-def place(
-    counts: np.ndarray,
-    transitions: np.ndarray | None,
-    model: ModelSpec,
-    cluster: ClusterSpec,
-    redundant_experts: int,
-    engine: str,
-    budget: Budget,
-    *,
-    layers: Sequence[int] | None = None,
-) -> Placement:
-    """The MILP's plan, warm-started from the best of the baselines that have ``E + redundant_experts`` slots
-    (:func:`solve`); ``meta`` carries its gap, status, solve time and warm start."""
-    from tuner.placers import compared
-
-    candidates, _ = compared(counts, transitions, model, cluster, redundant_experts, engine, budget, layers=layers)
-    out = solve(counts, transitions, model, cluster, redundant_experts, engine, budget, candidates, layers=layers)
-    res = out.result
-    return out.placement.with_meta(
-        gap=None if not np.isfinite(res.gap) else res.gap,
-        solve_s=out.solve_s,
-        status=res.status,
-        warm_start=out.warm_name,
-        layers=[int(x) for x in recorded_layers(model, np.asarray(counts), layers)],
-    )

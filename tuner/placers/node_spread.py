@@ -27,7 +27,7 @@ import numpy as np
 
 from moesim.placement import Placement, even_shares, slots_per_gpu
 from tuner.eplb import replicate_experts
-from tuner.placers.base import heuristic
+from tuner.placers.base import MethodSpec, heuristic
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
@@ -88,3 +88,6 @@ def place(counts: np.ndarray, model: ModelSpec, cluster: ClusterSpec, redundant_
     phy = np.stack([spread_row(counts[l], replicas[l], G, min(gpn, G), S) for l in range(counts.shape[0])])
     p = Placement(G, S, E, phy, even_shares(phy, E), {"method": "node-spread"})
     return p  # memory is the caller's check, in the weights' real dtype (plan, simulate)
+
+
+METHOD = MethodSpec(place, baseline=True, nearest_replica_only=True)

@@ -8,7 +8,7 @@ import numpy as np
 
 from moesim.placement import Placement
 from tuner.baselines import round_robin
-from tuner.placers.base import heuristic, no_replicas
+from tuner.placers.base import MethodSpec, heuristic, no_replicas
 
 if TYPE_CHECKING:
     from moesim.specs import ClusterSpec, ModelSpec
@@ -19,3 +19,6 @@ def place(counts: np.ndarray, model: ModelSpec, cluster: ClusterSpec, redundant_
     """GPU g holds experts ``g, g+G, g+2G, ...``; ``PlacementError`` unless G divides E."""
     no_replicas("round-robin", redundant_experts)
     return round_robin(int(model.num_experts), int(cluster.num_gpus), counts.shape[0])
+
+
+METHOD = MethodSpec(place, replicas=False, baseline=True)

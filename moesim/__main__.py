@@ -1,3 +1,0 @@
-from moesim.cli.main import main
-
-main()
