@@ -344,13 +344,13 @@ def _load_or_synthesize(spec: str, model, tokens: int, seed: int):
     """A trace from a file, or a synthetic one when ``spec`` is ``zipf:A``/``dirichlet:A``/``uniform``."""
     from moesim.errors import field_error
     from moesim.traces.formats import load_trace
-    from moesim.traces.synthetic import parse_synthetic, synthetic_trace
+    from moesim.traces.synthetic import SKEWS, parse_synthetic, synthetic_trace
 
     if Path(spec).exists():
         trace = load_trace(spec, model=model)
         trace.check_model(model, spec)
         return trace
-    if spec.split(":")[0] in ("zipf", "dirichlet", "uniform"):
+    if spec.split(":")[0] in SKEWS:
         params = parse_synthetic(spec)
         params.setdefault("seed", seed)  # a seed inside the spec (zipf:1.2,seed=3) wins over --seed
         return synthetic_trace(model, tokens, **params)

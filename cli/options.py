@@ -1,6 +1,6 @@
-"""Options several commands share, defined once: the calibration a simulation runs with, the engine whose
-replica choice it scores. The simulator's own options are ``moesim.options.SimOptions``' fields (``moesim
-simulate`` derives its flags from them)."""
+"""Options several commands share, defined once: the calibration a simulation runs with, SGLang rank dedup,
+seeds, progress. The simulator's own options (the engine's help included, ``ENGINE_HELP``) are
+``moesim.options.SimOptions``' fields (``moesim simulate`` derives its flags from them)."""
 
 from __future__ import annotations
 
@@ -36,13 +36,6 @@ def announce_calibration(cal: EfficiencyModel | None, spec: str) -> None:
     from moesim.calibration.resolve import describe_calibration
 
     print(describe_calibration(cal, spec), file=sys.stderr)
-
-
-def engine_help() -> str:
-    """The rules of :data:`moesim.engine_dispatch.ENGINES`, one phrase each (``SimOptions.engine``'s help)."""
-    from moesim.options import ENGINE_HELP
-
-    return ENGINE_HELP
 
 
 DEDUP_RANKS_HELP = (

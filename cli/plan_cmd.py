@@ -13,11 +13,11 @@ from cli.options import (
     announce_calibration,
     calibration_option,
     dedup_ranks_option,
-    engine_help,
     task_progress,
     use_calibration,
 )
 from moesim.errors import SpecError
+from moesim.options import ENGINE_HELP
 from tuner.engine_files import FORMATS
 
 EXAMPLE = (
@@ -126,7 +126,7 @@ def plan_cmd(
         help=f"also write an engine file, FORMAT=PATH (repeatable); FORMAT: {', '.join(FORMATS)}",
     ),
     engine: str | None = typer.Option(
-        None, "--engine", help=engine_help() + ". Default: sglang-static with --sglang, else placement"
+        None, "--engine", help=ENGINE_HELP + ". Default: sglang-static with --sglang, else placement"
     ),
     dependency: str = typer.Option(
         "home",

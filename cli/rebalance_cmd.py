@@ -12,12 +12,12 @@ import typer
 from cli.options import (
     announce_calibration,
     calibration_option,
-    engine_help,
     task_progress,
     use_calibration,
 )
 from cli.rebalance_tables import cadence_dict, print_cadence, print_points, rebalance_dict
 from moesim.errors import SpecError
+from moesim.options import ENGINE_HELP
 from tuner.engine_files import FORMATS
 from tuner.rebalance import (
     DEFAULT_DUMP_STEPS,
@@ -81,7 +81,7 @@ def rebalance_cmd(
         help="the full replan compared with: eplb (what the engines run "
         "online) | ilp (moesim plan's MILP, within --time-limit)",
     ),
-    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=engine_help()),
+    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=ENGINE_HELP),
     stall: str = typer.Option(
         "auto",
         "--stall",

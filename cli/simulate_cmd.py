@@ -60,7 +60,9 @@ def _bar(step: Any, width: int = 60) -> Any:
     from rich.text import Text
 
     phases = step.phase_us()
-    moe_parts = {k: phases[f"{k}_us"] for k in ("router", "permute", "dispatch", "compute", "combine")}
+    from moesim.results import PHASES
+
+    moe_parts = {k: phases[f"{k}_us"] for k in PHASES}
     # with overlap the MoE phases add up to more than the MoE time: show them in proportion to it
     moe_sum = sum(moe_parts.values())
     if moe_sum > 0:

@@ -15,8 +15,10 @@ CONVERT_EXAMPLE = "moesim trace convert expert_distribution_recorder_1.pt dsv3.n
 SYNTH_EXAMPLE = "moesim trace synth --model deepseek-v3 --tokens 524288 --skew zipf:1.2 -o dsv3_zipf.npz"
 SUCCESSORS = 8  # "top-8 successors": concentration measure of the issue, independent of the model's top-k
 # `trace synth` keeps per-token ids by default up to this many (tokens x layers x top_k). A limit we chose, not a
-# measured one: 5e7 int32 ids are 200 MB, and drawing them at DeepSeek-V3 shape (58 layers, top-8, about 0.27 ms
-# per token measured on a shared 2-core machine, see moesim/traces/synthetic.py) takes about 30 s.
+# measured one: 5e7 int32 ids are 200 MB, and drawing them at DeepSeek-V3 shape (58 layers, top-8: 107,759 tokens)
+# takes about 30 s at the measured 0.2-0.27 ms per token (synthetic_trace, zipf:1.2, OMP_NUM_THREADS=1 on a shared
+# 2-core machine: 8192 tokens in 1.7 s in moesim/traces/synthetic.py's run, 2.1-2.2 s and 32768 in 9.2 s in
+# issue 16's review).
 MAX_DEFAULT_TOPK_IDS = 50_000_000
 
 

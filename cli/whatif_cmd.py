@@ -78,7 +78,6 @@ def register(app: typer.Typer) -> None:
         from moesim.fileio import OutputSet
 
         err = Console(stderr=True)
-        hits = 0
         # started before the sweep: the plot workers import matplotlib (0.25 s) while the sweep draws its traces
         plot_pool = start_plot_pool(workers)
         try:
@@ -95,8 +94,6 @@ def register(app: typer.Typer) -> None:
                 task = progress.add_task(Path(sf.path).name, total=len(sf.scenarios))
 
                 def on_done(i: int, rec: dict, cached: bool) -> None:
-                    nonlocal hits
-                    hits += cached
                     progress.update(task, advance=1)
 
                 run = run_whatif(sf, workers=workers, use_cache=not no_cache, on_done=on_done)

@@ -45,6 +45,17 @@ def device_name() -> str:
     return normalize_device_name(torch.cuda.get_device_name())
 
 
+# default_config's tiles by tokens per expert: (up to this many, BLOCK_SIZE_M, BLOCK_SIZE_N, BLOCK_SIZE_K,
+# GROUP_SIZE_M, num_warps), every one with 4 stages. 16 is one row tile; the 64 and 256 steps are our heuristic's
+# choice (an assumption, not a measurement or vLLM's rule).
+_DEFAULT_TILES = (
+    (16, 16, 64, 128, 1, 4),
+    (64, 32, 64, 128, 16, 4),
+    (256, 64, 128, 64, 16, 4),
+    (float("inf"), 128, 128, 64, 16, 8),
+)
+
+
 def default_config(M: int, E: int, N: int, K: int, top_k: int = 2) -> Config:
     """A config chosen by batch size when no tuned file fits.
 
@@ -54,42 +65,15 @@ def default_config(M: int, E: int, N: int, K: int, top_k: int = 2) -> Config:
     and L2 grouping. All values lie in vLLM's tuning grid (tuner.autotune.space) so the tuner can start from it.
     """
     per_expert = M * top_k / max(E, 1)
-    if per_expert <= 16:
-        cfg = {
-            "BLOCK_SIZE_M": 16,
-            "BLOCK_SIZE_N": 64,
-            "BLOCK_SIZE_K": 128,
-            "GROUP_SIZE_M": 1,
-            "num_warps": 4,
-            "num_stages": 4,
-        }
-    elif per_expert <= 64:
-        cfg = {
-            "BLOCK_SIZE_M": 32,
-            "BLOCK_SIZE_N": 64,
-            "BLOCK_SIZE_K": 128,
-            "GROUP_SIZE_M": 16,
-            "num_warps": 4,
-            "num_stages": 4,
-        }
-    elif per_expert <= 256:
-        cfg = {
-            "BLOCK_SIZE_M": 64,
-            "BLOCK_SIZE_N": 128,
-            "BLOCK_SIZE_K": 64,
-            "GROUP_SIZE_M": 16,
-            "num_warps": 4,
-            "num_stages": 4,
-        }
-    else:
-        cfg = {
-            "BLOCK_SIZE_M": 128,
-            "BLOCK_SIZE_N": 128,
-            "BLOCK_SIZE_K": 64,
-            "GROUP_SIZE_M": 16,
-            "num_warps": 8,
-            "num_stages": 4,
-        }
+    _, bm, bn, bk, group, warps = next(row for row in _DEFAULT_TILES if per_expert <= row[0])
+    cfg = {
+        "BLOCK_SIZE_M": bm,
+        "BLOCK_SIZE_N": bn,
+        "BLOCK_SIZE_K": bk,
+        "GROUP_SIZE_M": group,
+        "num_warps": warps,
+        "num_stages": 4,
+    }
     # narrow experts (small N) leave few column tiles: halve BLOCK_SIZE_N so more programs run
     if N < 512 and cfg["BLOCK_SIZE_N"] > 64:
         cfg["BLOCK_SIZE_N"] = 64

@@ -116,7 +116,8 @@ def simulate_arrays(
     )
 
     # slots
-    slot_mass = p_kept[layer_idx, phy2log] * shares  # [L, P] fraction of assignments per slot
+    expert_mass = p_kept[layer_idx, phy2log]  # [L, P] the slot's expert's mass, before the split
+    slot_mass = expert_mass * shares  # [L, P] fraction of assignments per slot
     n_group = max(1, int(model.n_group))
     group_size = max(1, num_experts // n_group)
     expert_group = np.minimum(np.arange(num_experts) // group_size, n_group - 1)  # [E]
@@ -141,28 +142,26 @@ def simulate_arrays(
             options.dedup,
         )
 
+    by_node = options.alltoall == "hierarchical" and links.multi_node  # node deliveries: only DeepEP's RDMA leg
+    u_node = np.zeros((num_layers, links.num_nodes))
     if options.ep_mode == "allgather":
         # every token goes to every GPU (all-gather), and its output comes back from each (reduce-scatter)
         u_gpu = np.ones((num_layers, num_gpus))
-        u_node = np.ones((num_layers, links.num_nodes)) if links.multi_node else np.zeros((num_layers, 1))
-        if not (options.alltoall == "hierarchical" and links.multi_node):
-            u_node = np.zeros((num_layers, links.num_nodes))
+        if by_node:
+            u_node = np.ones((num_layers, links.num_nodes))
     else:
         u_gpu = deliveries(slot_gpu, num_gpus)
-        if options.alltoall == "hierarchical" and links.multi_node:
+        if by_node:
             u_node = deliveries(slot_gpu // links.gpus_per_node, links.num_nodes)
-        else:
-            u_node = np.zeros((num_layers, links.num_nodes))
     u_src = un_src = None
     if rank_weights is not None and options.ep_mode != "allgather":
         # each source rank delivers by its own split: one row of deliveries per (layer, source)
         w = np.asarray(rank_weights, dtype=np.float64)  # [L, G, P]
         rows = num_layers * num_gpus
-        slot_mass_kept = p_kept[layer_idx, phy2log]  # [L, P] the expert's mass, before the split
 
         def deliveries_by_source(slot_bin: np.ndarray, num_bins: int) -> np.ndarray:
             out = delivery_per_token(
-                (slot_mass_kept[:, None, :] * w).reshape(rows, -1),
+                (expert_mass[:, None, :] * w).reshape(rows, -1),
                 w.reshape(rows, -1),
                 slot_bin,
                 np.repeat(slot_group, num_gpus, axis=0),
@@ -177,7 +176,7 @@ def simulate_arrays(
 
         u_src = deliveries_by_source(slot_gpu, num_gpus)
         un_src = np.zeros((num_layers, num_gpus, links.num_nodes))
-        if options.alltoall == "hierarchical" and links.multi_node:
+        if by_node:
             un_src = deliveries_by_source(slot_gpu // links.gpus_per_node, links.num_nodes)
         u_gpu = u_src.mean(axis=1)  # what a GPU receives, per source on average
 
@@ -215,12 +214,11 @@ def simulate_arrays(
     )
     received = num_gpus * tokens * u_gpu if options.dedup else gpu_tokens
     padded = pad_to_block(slot_tokens, options.block_size_m).sum(axis=-1)
-    in_bytes = bytes_per_token(hidden, options.dispatch_dtype) / hidden
-    permute = permute_us(gpu, received, gpu_tokens, padded, hidden, in_bytes, calibration)
+    d_row = bytes_per_token(hidden, options.dispatch_dtype)
+    permute = permute_us(gpu, received, gpu_tokens, padded, hidden, d_row / hidden, calibration)
 
     # all-to-all
     strategy = make_alltoall(options.alltoall)
-    d_row = bytes_per_token(hidden, options.dispatch_dtype)
     c_row = bytes_per_token(hidden, options.combine_dtype)
     if u_src is not None:
         d_loads = strategy.loads_by_source(links, u_src, un_src, tokens, d_row)

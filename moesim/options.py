@@ -26,6 +26,7 @@ from moesim.dispatch import ALLTOALL, DTYPES
 from moesim.engine_dispatch import ENGINES
 from moesim.errors import field_error
 from moesim.fused_moe import EP_MODES
+from moesim.placement import DEFAULT_MEMORY_RESERVE
 from moesim.specs.limits import MAX_TOKENS_PER_GPU
 
 # bytes per weight element of the expert, dense and attention matmuls
@@ -151,6 +152,9 @@ class SimOptions:
     all-to-all scheme, EP mode, engine rule) or a dtype (bytes per element, ``WEIGHT_DTYPES``).
     """
 
+    # The numeric defaults are assumptions, not measurements: 4096 tokens per GPU and a 4096-token sequence (a
+    # prefill-sized step), 64-row tiles (the BLOCK_SIZE_M of vLLM's default config for 96 < M <= 512,
+    # moesim.vllm_configs.vllm_default_config). Pass the deployment's own values.
     tokens_per_gpu: int = option(
         4096,
         "tokens on each GPU per layer",
@@ -207,7 +211,8 @@ class SimOptions:
     )
     check_memory: bool = option(
         True,
-        "do not refuse placements whose expert weights overflow the planner's HBM budget (75% of HBM)",
+        "do not refuse placements whose expert weights overflow the planner's HBM budget "
+        f"({1 - DEFAULT_MEMORY_RESERVE:.0%} of HBM)",
         short="memcheck",
     )
     ep_mode: str = option(

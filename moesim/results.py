@@ -14,6 +14,9 @@ import numpy as np
 
 from moesim.options import SimOptions
 
+# the phases of one MoE layer, in order (each a ``<phase>_us`` field of LayerResult)
+PHASES = ("router", "permute", "dispatch", "compute", "combine")
+
 
 @dataclass(frozen=True)
 class LayerResult:
@@ -85,7 +88,7 @@ class StepResult:
 
     def phase_us(self) -> dict[str, float]:
         """Phase times of the tail GPUs summed over the simulated layers (us)."""
-        names = ("router_us", "permute_us", "dispatch_us", "compute_us", "combine_us", "latency_us")
+        names = (*(f"{p}_us" for p in PHASES), "latency_us")
         return {n: float(sum(getattr(layer, n) for layer in self.layers)) for n in names}
 
     def to_dict(self, per_gpu: bool = False) -> dict[str, Any]:

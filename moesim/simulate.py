@@ -67,9 +67,9 @@ def check_placement(placement: Placement, model: ModelSpec, num_gpus: int, origi
 def _check_memory(
     placement: Placement, model: ModelSpec, cluster: ClusterSpec, weight_bytes: float, user_placement: bool
 ) -> None:
-    """The planner's memory rule (``moesim.placement.check_memory``: routed-expert weights within 75% of HBM),
-    so a plan the tuner accepts is one the simulator accepts. ``PlacementError`` for a given placement,
-    ``SpecError`` ("cluster too small") for the default one."""
+    """The planner's memory rule (``moesim.placement.check_memory``: routed-expert weights within
+    ``1 - DEFAULT_MEMORY_RESERVE`` of HBM), so a plan the tuner accepts is one the simulator accepts.
+    ``PlacementError`` for a given placement, ``SpecError`` ("cluster too small") for the default one."""
     try:
         check_memory(placement, model, cluster.gpu, weight_bytes)
     except PlacementError as exc:

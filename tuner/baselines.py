@@ -10,7 +10,7 @@ Dimension legend: L MoE layers, E logical experts, G GPUs, S slots per GPU, P = 
   (``num_expert_group > 1``, e.g. DeepSeek-V3), without redundant experts or EPLB, and, with an all-to-all
   kernel backend, only DeepEP low-latency or NIXL EP; otherwise it falls back to ``linear`` (our contiguous).
   We allow no replicas either.
-- :func:`eplb`: the EPLB-equivalent (``tuner.eplb``), with replicas.
+- EPLB, with replicas, is :func:`tuner.eplb.eplb_placement`.
 
 When G does not divide E, vLLM gives the first ``E % G`` ranks one extra expert under both strategies
 (``linear``: rank r starts at ``r*(E//G) + min(r, E%G)``); our placements need equal slot counts, so both
@@ -23,7 +23,7 @@ import numpy as np
 
 from moesim.placement import Placement, contiguous
 
-__all__ = ["contiguous", "eplb", "round_robin"]
+__all__ = ["contiguous", "round_robin"]
 
 
 def round_robin(num_experts: int, num_gpus: int, num_layers: int) -> Placement:
@@ -48,17 +48,3 @@ def round_robin(num_experts: int, num_gpus: int, num_layers: int) -> Placement:
         shares=np.ones(phy2log.shape),
         meta={"method": "round_robin"},
     )
-
-
-def eplb(
-    counts: np.ndarray,
-    num_gpus: int,
-    redundant_experts: int,
-    num_groups: int = 1,
-    num_nodes: int = 1,
-    hierarchical: bool | None = None,
-) -> Placement:
-    """EPLB-equivalent placement of ``counts [L, E]`` with ``E + redundant_experts`` slots (see ``tuner.eplb``)."""
-    from tuner.eplb import eplb_placement
-
-    return eplb_placement(counts, num_gpus, redundant_experts, num_groups, num_nodes, hierarchical)

@@ -66,8 +66,8 @@ def synthetic_tokens(scenario: Scenario, num_gpus: int) -> int:
 
 # Synthetic traces made in this process, by ``synthetic_key``. Drawing one for a 58-layer model takes ~0.3 s
 # (DeepSeek-V3, 2^18 tokens, counts only, measured), so a parallel sweep draws each distinct trace once, in the
-# pool, before forking the scenario workers (``run_whatif``), and the workers inherit them. Bounded: a
-# DeepSeek-V3 trace with transitions is 57 x 256 x 256 int64 = 30 MB.
+# pool, before forking the scenario workers (``run_whatif``), and the workers inherit them. Bounded: drawn
+# without transitions or top-k ids, a DeepSeek-V3 trace is its counts, 58 x 256 int64 = 0.12 MB (measured).
 TRACES: dict[tuple, Any] = {}
 TRACES_MAX = 16
 

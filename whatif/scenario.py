@@ -49,7 +49,8 @@ PLACEMENT_METHODS = tuple(m.value for m in PlacementMethod)
 OBJECTIVES = {"step_latency_us": "min", "tokens_per_s_per_gpu": "max"}
 SYNTHETIC_PREFIX = "synthetic:"
 # Most scenarios one file may expand to: a limit that stops a mistyped sweep, not a comfortable size. results.json
-# held 19.6 MB for 100 DeepSeek-V3 scenarios (issue 17's measurement), so 100,000 would be about 20 GB.
+# holds 0.3 MB for the 100 DeepSeek-V3 scenarios of benchmarks/bench_whatif.py, 8.3 MB with --detail
+# (docs/WHATIF.md), so 100,000 would be about 0.3 GB, or 8 GB with --detail.
 MAX_SCENARIOS = 100_000
 
 

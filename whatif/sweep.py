@@ -9,7 +9,7 @@ For every ``whatif.scenario.Scenario`` the evaluation is
 2. placement over the trace's L layers, by the placement family's registry (``tuner.placers.place``; the
    names are ``moesim.placement.PlacementMethod``): ``contiguous`` is what ``moesim simulate`` uses without
    ``--placement``; ``ilp`` is ``tuner.plan.plan``'s plan, as ``moesim plan`` makes it (``tuner`` imported
-   lazily: moesim never imports tuner at import time; issue 16 moves this layer above ``tuner``);
+   lazily, only when a scenario needs a placement solved);
 3. ``moesim.simulate.simulate(model, cluster, trace, placement, scenario.options)``;
 4. a flat record: step latency, the phase breakdown, dropped fraction, per-GPU load, traffic per link class,
    and the simulator's own ``StepResult.to_dict()`` for the full detail.
@@ -39,12 +39,10 @@ from typing import Any
 import numpy as np
 
 from moesim.errors import InfeasibleError, MoesimError
+from moesim.results import PHASES
 from whatif.cache import cache_get, cache_key, cache_put
 from whatif.inputs import build_inputs, prepare_traces, scenario_calibration, synthetic_tokens
 from whatif.scenario import Scenario, ScenarioFile
-
-PHASES = ("router", "permute", "dispatch", "compute", "combine")
-
 
 # Placements solved in this process, keyed by what determines them: scenarios of a sweep that differ only in
 # capacity, overlap or dtypes share one EPLB/ILP solve. Bounded: a placement is at most L * P numbers.

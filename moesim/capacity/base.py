@@ -18,7 +18,7 @@ import numpy as np
 
 from moesim.errors import field_error
 
-__all__ = ["DropPolicy", "capacity_per_expert", "drop_overflow_counts", "rank_within_expert"]
+__all__ = ["DropPolicy", "DropsOverflow", "capacity_per_expert", "rank_within_expert"]
 
 
 @runtime_checkable
@@ -81,6 +81,16 @@ def rank_within_expert(flat_ids: np.ndarray, order: np.ndarray) -> np.ndarray:
     return rank
 
 
-def drop_overflow_counts(kept: np.ndarray, overflow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every overflow assignment dropped: ``(kept, overflow summed per layer, no reroutes)``."""
-    return kept, overflow.sum(axis=1), np.zeros(kept.shape[0], dtype=np.int64)
+class DropsOverflow(DropPolicy):
+    """The members that drop every assignment beyond capacity (``position``, ``probs``): only ``order`` differs."""
+
+    def place_overflow(
+        self, new_ids: np.ndarray, keep: np.ndarray, capacity: int, expert_gpu: np.ndarray | None
+    ) -> None:
+        return None
+
+    def place_overflow_counts(
+        self, kept: np.ndarray, overflow: np.ndarray, capacity: np.ndarray, expert_gpu: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every overflow assignment dropped: ``(kept, overflow summed per layer, no reroutes)``."""
+        return kept, overflow.sum(axis=1), np.zeros(kept.shape[0], dtype=np.int64)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.capacity.base import DropPolicy, drop_overflow_counts
+from moesim.capacity.base import DropsOverflow
 
 __all__ = ["Position"]
 
 
-class Position(DropPolicy):
+class Position(DropsOverflow):
     """First come, first kept; the overflow is dropped."""
 
     name = "position"
@@ -18,13 +18,3 @@ class Position(DropPolicy):
 
     def order(self, flat_ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return np.argsort(flat_ids, kind="stable")
-
-    def place_overflow(
-        self, new_ids: np.ndarray, keep: np.ndarray, capacity: int, expert_gpu: np.ndarray | None
-    ) -> None:
-        return None
-
-    def place_overflow_counts(
-        self, kept: np.ndarray, overflow: np.ndarray, capacity: np.ndarray, expert_gpu: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return drop_overflow_counts(kept, overflow)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from moesim.capacity.base import DropPolicy, drop_overflow_counts
+from moesim.capacity.base import DropsOverflow
 
 __all__ = ["Probs"]
 
 
-class Probs(DropPolicy):
+class Probs(DropsOverflow):
     """Highest router weight first; the overflow is dropped."""
 
     name = "probs"
@@ -20,13 +20,3 @@ class Probs(DropPolicy):
         pos = np.arange(flat_ids.size, dtype=np.int64)  # (token, k) order
         # lexsort: last key is primary -> expert, then weight descending, then (token, k) position
         return np.lexsort((pos, -weights.reshape(-1).astype(np.float64), flat_ids))
-
-    def place_overflow(
-        self, new_ids: np.ndarray, keep: np.ndarray, capacity: int, expert_gpu: np.ndarray | None
-    ) -> None:
-        return None
-
-    def place_overflow_counts(
-        self, kept: np.ndarray, overflow: np.ndarray, capacity: np.ndarray, expert_gpu: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return drop_overflow_counts(kept, overflow)

@@ -112,12 +112,15 @@ def switch_loads(links: LinkClasses, u_gpu: np.ndarray, per_pair: float) -> tupl
     return sw_in, sw_out
 
 
-def leaf_loads(links: LinkClasses, u_gpu: np.ndarray, tb: float) -> tuple[np.ndarray, np.ndarray]:
+def leaf_loads(links: LinkClasses, u_gpu: np.ndarray, tb: float) -> tuple[np.ndarray, np.ndarray] | tuple[float, float]:
     """Leaf (rail) uplink bytes of the flat all-to-all (per GPU: its leaf's), when every GPU sends ``tb * u(d)``
     bytes to every GPU d of another node from its own NIC to d's NIC: traffic between different rails crosses
     the spine. ``up_out(i) = gpnic (N-1) tb (sum u - R(i))``, ``up_in(j) = (N-1) (gpn - gpnic) tb R(j)`` with
-    ``R(i)`` the sum of u over the GPUs on rail (NIC index) i.
+    ``R(i)`` the sum of u over the GPUs on rail (NIC index) i. ``(0.0, 0.0)`` on one node or with no leaf
+    uplink class (``uplink_bw_gb_s`` 0).
     """
+    if not (links.multi_node and links.uplink_bw_gb_s > 0):
+        return 0.0, 0.0
     num_layers = u_gpu.shape[0]
     gpnic, gpn, num_nodes = links.gpus_per_nic, links.gpus_per_node, links.num_nodes
     rail = u_gpu.reshape(num_layers, num_nodes, gpn // gpnic, gpnic).sum(axis=(1, 3))  # [L, R]

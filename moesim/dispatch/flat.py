@@ -38,10 +38,7 @@ class FlatAllToAll(AllToAll):
             nic_in = nic_out = np.zeros_like(u_gpu)
             latency = links.nvl_latency_us
         sw_in, sw_out = switch_loads(links, u_gpu, tb)
-        up_in: np.ndarray | float = 0.0
-        up_out: np.ndarray | float = 0.0
-        if links.multi_node and links.uplink_bw_gb_s > 0:
-            up_in, up_out = leaf_loads(links, u_gpu, tb)
+        up_in, up_out = leaf_loads(links, u_gpu, tb)
         return LinkLoads(nvl_in, nvl_out, nic_in, nic_out, pair, pair, latency, 0.0, sw_in, sw_out, up_in, up_out)
 
     def loads_by_source(
@@ -70,8 +67,5 @@ class FlatAllToAll(AllToAll):
             nic_in = nic_out = np.zeros_like(u_mean)
             latency = links.nvl_latency_us
         sw_in, sw_out = switch_loads(links, u_mean, tb)
-        up_in: np.ndarray | float = 0.0
-        up_out: np.ndarray | float = 0.0
-        if links.multi_node and links.uplink_bw_gb_s > 0:
-            up_in, up_out = leaf_loads(links, u_mean, tb)
+        up_in, up_out = leaf_loads(links, u_mean, tb)
         return LinkLoads(nvl_in, nvl_out, nic_in, nic_out, msg, msg, latency, 0.0, sw_in, sw_out, up_in, up_out)

@@ -11,11 +11,18 @@ expectation (static: the expectation of the fair draw; dynamic: a uniform draw p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from moesim.engine_dispatch.base import replica_counts
+from moesim.engine_dispatch.base import EngineRule, checked_weights, replica_counts
 
-__all__ = ["sglang_nearest", "sglang_weights"]
+if TYPE_CHECKING:
+    from moesim.placement import Placement
+    from moesim.specs import ModelSpec
+
+__all__ = ["NearestReplica", "sglang_nearest", "sglang_weights"]
 
 
 def sglang_nearest(phy2log: np.ndarray, num_experts: int, num_gpus: int, gpus_per_node: int) -> np.ndarray:
@@ -57,3 +64,19 @@ def sglang_weights(phy2log: np.ndarray, num_experts: int, num_gpus: int, gpus_pe
     slot = np.arange(phy2log.shape[1])[None, None, :]
     fair = 1.0 / np.take_along_axis(cnt, phy2log, axis=1)[:, None, :]
     return np.where(target == slot, 1.0, 0.0) + np.where(target < 0, fair, 0.0)
+
+
+class NearestReplica(EngineRule):
+    """What ``sglang-static`` and ``sglang-dynamic`` share: the weights of :func:`sglang_weights`, and as the
+    view each rank's expected split."""
+
+    per_rank = True
+
+    def weights(self, phy2log: np.ndarray, num_experts: int, num_gpus: int, gpus_per_node: int) -> np.ndarray:
+        return sglang_weights(phy2log, num_experts, num_gpus, gpus_per_node)
+
+    def view_weights(
+        self, placement: Placement, gpus_per_node: int, model: ModelSpec | None, layers: Sequence[int] | None
+    ) -> tuple[np.ndarray | None, dict[str, str]]:
+        w = checked_weights(self, placement.phy2log, placement.num_experts, placement.num_gpus, gpus_per_node)
+        return w.copy(), {}

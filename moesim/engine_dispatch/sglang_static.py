@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from moesim.engine_dispatch.base import EngineRule, check_shape, checked_weights
-from moesim.engine_dispatch.sglang_nearest import sglang_nearest, sglang_weights
+from moesim.engine_dispatch.base import check_shape
+from moesim.engine_dispatch.sglang_nearest import NearestReplica, sglang_nearest
 from moesim.errors import field_error
 
 if TYPE_CHECKING:
@@ -42,16 +42,12 @@ SGLANG_STATIC_SEED = 42  # compute_logical_to_rank_dispatch_physical_map(..., se
 MAX_EXACT_DRAW = 4e6
 
 
-class SglangStatic(EngineRule):
+class SglangStatic(NearestReplica):
     """Nearest replica, else one fair-drawn replica per rank: the draw itself when the model is known."""
 
     name = "sglang-static"
     summary = "nearest replica (same GPU, else same node), else one fair-drawn replica per rank"
     source = "SGLang 0.5.14 srt/eplb/expert_location.py compute_logical_to_rank_dispatch_physical_map"
-    per_rank = True
-
-    def weights(self, phy2log: np.ndarray, num_experts: int, num_gpus: int, gpus_per_node: int) -> np.ndarray:
-        return sglang_weights(phy2log, num_experts, num_gpus, gpus_per_node)
 
     def view_weights(
         self, placement: Placement, gpus_per_node: int, model: ModelSpec | None, layers: Sequence[int] | None
@@ -72,8 +68,8 @@ class SglangStatic(EngineRule):
                 picked = np.take_along_axis(chosen, np.broadcast_to(phy[None], (chosen.shape[0], *phy.shape)), axis=2)
                 weights = (picked == np.arange(phy.shape[1])).astype(np.float64).transpose(1, 0, 2)  # [R, G, P]
                 return weights, {"engine_draw": "exact"}
-        w = checked_weights(self, placement.phy2log, placement.num_experts, placement.num_gpus, gpus_per_node)
-        return w.copy(), {"engine_draw": "expected"}
+        expected, _ = super().view_weights(placement, gpus_per_node, model, layers)
+        return expected, {"engine_draw": "expected"}
 
 
 def _fair_choices(candidates: list[int], k: int, rng: random.Random) -> list[int]:

@@ -24,19 +24,20 @@ __all__ = [
 def vllm_configs_dir() -> Path | None:
     """The folder of vLLM's tuned fused-MoE config files: ``$MOESIM_VLLM_CONFIG_DIR`` when set, else the copy
     shipped in ``profiles/vllm_configs/``; None when neither is a folder."""
-    env = os.environ.get("MOESIM_VLLM_CONFIG_DIR")
-    for d in ([Path(env)] if env else []) + [profiles_dir() / "vllm_configs"]:
-        if d.is_dir():
-            return d
-    return None
+    return _config_dir("MOESIM_VLLM_CONFIG_DIR", "vllm_configs")
 
 
 def sglang_configs_dir() -> Path | None:
     """The folder of SGLang's tuned fused-MoE config files (``triton_<version>/`` sub-folders):
     ``$MOESIM_SGLANG_CONFIG_DIR`` when set, else the copy shipped in ``profiles/sglang_configs/``; None when
     neither is a folder."""
-    env = os.environ.get("MOESIM_SGLANG_CONFIG_DIR")
-    for d in ([Path(env)] if env else []) + [profiles_dir() / "sglang_configs"]:
+    return _config_dir("MOESIM_SGLANG_CONFIG_DIR", "sglang_configs")
+
+
+def _config_dir(env_var: str, shipped: str) -> Path | None:
+    """``$env_var`` when set, else ``profiles/<shipped>/``: the first that is a folder, or None."""
+    env = os.environ.get(env_var)
+    for d in ([Path(env)] if env else []) + [profiles_dir() / shipped]:
         if d.is_dir():
             return d
     return None

@@ -66,7 +66,7 @@ import numpy as np
 from moesim.errors import TraceError
 from moesim.traces.synthetic_counts import cap_layer_counts, direct_counts
 from moesim.traces.synthetic_sampling import sample_topk_ids
-from moesim.traces.trace import RoutingTrace, counts_from_topk, transitions_from_topk
+from moesim.traces.trace import RoutingTrace
 
 if TYPE_CHECKING:
     from moesim.specs import ModelSpec
@@ -231,17 +231,7 @@ def synthetic_trace(
             source=source,
         )
     ids = sample_topk_ids(rng, p, sigma, float(affinity), k, int(num_tokens), groups)
-    return RoutingTrace(
-        model=model.slug,
-        num_experts=E,
-        top_k=k,
-        layers=lay,
-        counts=counts_from_topk(ids, E),
-        num_tokens=int(num_tokens),
-        transitions=transitions_from_topk(ids, E),
-        topk_ids=ids,
-        source=source,
-    )
+    return RoutingTrace.from_topk_ids(ids, E, layers=lay, model=model.slug, source=source)
 
 
 def drift_trace(trace: RoutingTrace, sigma: float, seed: int = 0, steps: int = 1) -> list[RoutingTrace]:

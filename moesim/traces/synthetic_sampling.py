@@ -71,6 +71,14 @@ def _draw_distinct(
     return cand
 
 
+def _merge_followers(follow: np.ndarray, succ: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """A layer's ids [C, k]: a following rank takes its successor ``succ``, the j-th non-following rank the j-th
+    of the drawn candidates ``cand`` (all [C, k])."""
+    pos = np.cumsum(~follow, axis=1) - 1
+    fill = np.take_along_axis(cand, np.clip(pos, 0, follow.shape[1] - 1), axis=1)
+    return np.where(follow, succ, fill)
+
+
 def _sample_chunk(
     rng: np.random.Generator, p: np.ndarray, sigma: np.ndarray, affinity: float, k: int, C: int
 ) -> np.ndarray:
@@ -85,10 +93,7 @@ def _sample_chunk(
         succ = sigma[l - 1][prev]  # [C, k], distinct within a row (sigma is a permutation)
         # experts taken by followed ranks are not drawn again
         cand = _draw_distinct(rng, p[l], inv_p[l], C, k, succ, follow)
-        # the j-th non-following rank takes the j-th draw
-        pos = np.cumsum(~follow, axis=1) - 1
-        fill = np.take_along_axis(cand, np.clip(pos, 0, k - 1), axis=1)
-        out[:, l] = np.where(follow, succ, fill)
+        out[:, l] = _merge_followers(follow, succ, cand)
     return out
 
 
@@ -139,9 +144,7 @@ def _sample_chunk_grouped(
         fr, fc = np.nonzero(follow)
         keys[fr, succ[fr, fc]] = np.inf  # experts taken by followed ranks are not drawn again
         cand = _race_topk(keys, k)  # kept groups hold >= k experts, so the first k - #followers are finite
-        pos = np.cumsum(~follow, axis=1) - 1
-        fill = np.take_along_axis(cand, np.clip(pos, 0, k - 1), axis=1)
-        out[:, l] = np.where(follow, succ, fill)
+        out[:, l] = _merge_followers(follow, succ, cand)
     return out
 
 

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PLAN = ["plan", "--cluster", "dgx-h100", "--time-limit", "2"]
 SYNTH = ["simulate", "--cluster", "dgx-h100", "--synthetic", "zipf:1.2"]
+# the smallest `autotune kernel` problem, run by Triton's interpreter on the CPU
+TINY_KERNEL = ["autotune", "kernel", "--backend", "interpret", "--E", "4", "--N", "32", "--K", "64"]
 SWEEP = (
     'base: {model: olmoe-1b-7b, cluster: dgx-h100, trace: "synthetic:zipf:1.2"}\naxes: {capacity_factor: [1.0, 1.25]}\n'
 )

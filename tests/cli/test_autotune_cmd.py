@@ -9,20 +9,13 @@ import sys
 
 import pytest
 
-from cli.main import main
-
-
-def _run(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
+from tests.cli.cli_harness import TINY_KERNEL, run_cli
 
 
 def test_help_shows_examples(capsys):
-    code, out, _ = _run(["autotune", "kernel", "--help"], capsys)
+    code, out, _ = run_cli(["autotune", "kernel", "--help"], capsys)
     assert code == 0 and "Example: moesim autotune kernel" in out
-    code, out, _ = _run(["autotune", "capacity", "--help"], capsys)
+    code, out, _ = run_cli(["autotune", "capacity", "--help"], capsys)
     assert code == 0 and "--max-drop" in out
 
 
@@ -43,9 +36,7 @@ def test_kernel_without_cuda_exits_2_with_a_clear_message():
 
 
 def test_kernel_bad_ms_is_an_error(capsys):
-    code, _, err = _run(
-        ["autotune", "kernel", "--backend", "interpret", "--E", "4", "--N", "32", "--K", "64", "--ms", "0"], capsys
-    )
+    code, _, err = run_cli([*TINY_KERNEL, "--ms", "0"], capsys)
     assert code == 2 and "--ms" in err
 
 
@@ -56,16 +47,7 @@ def test_kernel_interpret_json(tmp_path):
             sys.executable,
             "-m",
             "cli",
-            "autotune",
-            "kernel",
-            "--backend",
-            "interpret",
-            "--E",
-            "4",
-            "--N",
-            "32",
-            "--K",
-            "64",
+            *TINY_KERNEL,
             "--ms",
             "2",
             "--trials",
@@ -95,7 +77,7 @@ def test_kernel_interpret_json(tmp_path):
 def test_capacity_front_and_max_drop(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MOESIM_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "front.json"
-    code, stdout, err = _run(
+    code, stdout, err = run_cli(
         [
             "autotune",
             "capacity",
@@ -125,7 +107,7 @@ def test_capacity_front_and_max_drop(tmp_path, capsys, monkeypatch):
 
 
 def test_capacity_bad_trace(capsys):
-    code, _, err = _run(
+    code, _, err = run_cli(
         ["autotune", "capacity", "--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", "nope.npz"], capsys
     )
     assert code == 2 and "nope.npz" in err
@@ -211,7 +193,9 @@ def test_capacity_bad_storage_is_one_line_and_writes_nothing(tmp_path, capsys, s
     tmp = tmp_path / "dir.log"
     tmp.mkdir()
     out = tmp_path / "front.json"
-    code, stdout, err = _run([*CAPACITY, "--trials", "5", "--storage", storage.format(tmp=tmp), "-o", str(out)], capsys)
+    code, stdout, err = run_cli(
+        [*CAPACITY, "--trials", "5", "--storage", storage.format(tmp=tmp), "-o", str(out)], capsys
+    )
     assert code == 2 and stdout == ""
     assert err.startswith(f"moesim: error: {message.format(tmp=tmp)}") and len(err.strip().splitlines()) == 1
     assert not out.exists() and list(tmp.iterdir()) == []

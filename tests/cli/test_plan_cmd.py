@@ -12,6 +12,7 @@ from moesim.placement import load_placement
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "profiles" / "traces" / "olmoe_c4.npz"
+OLMOE_DGX = ("--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", str(TRACE))
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -23,12 +24,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_plan_json_rows_and_files(tmp_path) -> None:
     out, js = tmp_path / "p.yaml", tmp_path / "p.json"
     r = _run(
-        "--model",
-        "olmoe-1b-7b",
-        "--cluster",
-        "dgx-h100",
-        "--trace",
-        str(TRACE),
+        *OLMOE_DGX,
         "--redundant-experts",
         "8",
         "--time-limit",
@@ -70,12 +66,7 @@ def test_plan_json_rows_and_files(tmp_path) -> None:
             "-m",
             "cli",
             "simulate",
-            "--model",
-            "olmoe-1b-7b",
-            "--cluster",
-            "dgx-h100",
-            "--trace",
-            str(TRACE),
+            *OLMOE_DGX,
             "--placement",
             str(out),
             "--json",
@@ -92,12 +83,7 @@ def test_plan_json_rows_and_files(tmp_path) -> None:
 def _run_flags(tmp_path, js) -> str:
     """The launch line `plan` prints after writing an SGLang file."""
     r = _run(
-        "--model",
-        "olmoe-1b-7b",
-        "--cluster",
-        "dgx-h100",
-        "--trace",
-        str(TRACE),
+        *OLMOE_DGX,
         "--redundant-experts",
         "8",
         "--time-limit",
@@ -212,12 +198,7 @@ def test_highs_json_stdout_is_only_json(tmp_path) -> None:
     """HiGHS prints a banner from C when it starts; with --json stdout must still parse."""
     pytest.importorskip("highspy", reason="HiGHS comes with PuLP's optional highspy")
     r = _run(
-        "--model",
-        "olmoe-1b-7b",
-        "--cluster",
-        "dgx-h100",
-        "--trace",
-        str(TRACE),
+        *OLMOE_DGX,
         "--redundant-experts",
         "8",
         "--time-limit",
@@ -247,18 +228,7 @@ def test_export_every_engine_file_and_read_them_back_as_current(tmp_path) -> Non
     }
     assert set(names) == set(FORMATS)
     exports = [w for fmt, name in names.items() for w in ("--export", f"{fmt}={tmp_path / name}")]
-    base = [
-        "--model",
-        "olmoe-1b-7b",
-        "--cluster",
-        "dgx-h100",
-        "--trace",
-        str(TRACE),
-        "--redundant-experts",
-        "8",
-        "--time-limit",
-        "4",
-    ]
+    base = [*OLMOE_DGX, "--redundant-experts", "8", "--time-limit", "4"]
     r = _run(*base, "-o", str(tmp_path / "p.yaml"), *exports)
     assert r.returncode == 0, r.stderr
     assert f"{tmp_path / 'v.txt'}" in " ".join(r.stdout.split())  # listed among the files written
@@ -303,17 +273,7 @@ def test_export_and_current_bad_input_one_line_exit_2_nothing_written(tmp_path, 
     (tmp_path / "odd.yaml").write_text("layers: 3\n")
     (tmp_path / "m.json").write_text(json.dumps({"physical_to_logical_map": [list(range(64)) + list(range(8))] * 16}))
     before = sorted(tmp_path.iterdir())
-    r = _run(
-        "--model",
-        "olmoe-1b-7b",
-        "--cluster",
-        "dgx-h100",
-        "--trace",
-        str(TRACE),
-        "-o",
-        str(tmp_path / "p.yaml"),
-        *[a.replace("{w}", str(tmp_path)) for a in extra],
-    )
+    r = _run(*OLMOE_DGX, "-o", str(tmp_path / "p.yaml"), *[a.replace("{w}", str(tmp_path)) for a in extra])
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("moesim: error:") and message in lines[0], r.stderr

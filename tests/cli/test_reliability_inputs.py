@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cli.cli_harness import PLAN, SWEEP, assert_one_line_error, file_hashes, make_work, run_cli
-
-
-@pytest.fixture()
-def work(tmp_path, capsys):
-    return make_work(tmp_path, capsys)
+from tests.cli.cli_harness import PLAN, SWEEP, TINY_KERNEL, assert_one_line_error, file_hashes, run_cli
 
 
 @pytest.mark.parametrize(
@@ -168,16 +163,7 @@ def test_autotune_kernel_checks_inputs_before_touching_storage(work, capsys, cas
     pytest.importorskip("triton", reason="autotune kernel needs the kernels extra")
     journal = work / "j.log"
     args = [
-        "autotune",
-        "kernel",
-        "--backend",
-        "interpret",
-        "--E",
-        "4",
-        "--N",
-        "32",
-        "--K",
-        "64",
+        *TINY_KERNEL,
         "--ms",
         "4",
         "--trials",

@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from tests.cli.cli_harness import ROOT, SWEEP, file_hashes
+from tests.cli.cli_harness import ROOT, SWEEP, TINY_KERNEL, file_hashes
 
 
 def test_plan_killed_at_random_points_leaves_whole_outputs_or_none(tmp_path) -> None:
@@ -206,7 +206,7 @@ def test_autotune_kernel_resumes_a_journal_cut_mid_append(tmp_path) -> None:
     env = dict(os.environ, MOESIM_CACHE_DIR=str(tmp_path / "cache"), TRITON_INTERPRET="1")
 
     def tune(trials: int):
-        args = ["autotune", "kernel", "--backend", "interpret", "--E", "4", "--N", "32", "--K", "64", "--ms", "2"]
+        args = [*TINY_KERNEL, "--ms", "2"]
         args += ["--trials", trials, "--warmup", "0", "--repeats", "1", "--seed", "0"]
         return _moesim([*args, "--storage", f"journal://{journal}"], env=env)
 

@@ -7,12 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.cli_harness import ROOT, SYNTH, assert_one_line_error, file_hashes, make_work, run_cli
-
-
-@pytest.fixture()
-def work(tmp_path, capsys):
-    return make_work(tmp_path, capsys)
+from tests.cli.cli_harness import PLAN, ROOT, SYNTH, TINY_KERNEL, assert_one_line_error, file_hashes, run_cli
 
 
 def _mutated(src: Path, dst: Path, old: str, new: str) -> Path:
@@ -58,22 +53,12 @@ def test_bad_values_are_one_line(work, capsys, case) -> None:
     olmoe = models / "olmoe-1b-7b.yaml"
     if case in ("placement_layer", "placement_expert", "placement_inf", "placement_gpus", "current_shape"):
         code, _, err = run_cli(
-            [
-                "plan",
-                "--model",
-                "olmoe-1b-7b",
-                "--cluster",
-                "dgx-h100",
-                "--trace",
-                work / "t.npz",
-                "-o",
-                work / "p.yaml",
-                "--time-limit",
-                "2",
-            ],
-            capsys,
+            [*PLAN, "--model", "olmoe-1b-7b", "--trace", work / "t.npz", "-o", work / "p.yaml"], capsys
         )
         assert code == 0, err
+    # the four placement cases run the same command on a broken copy q.yaml of plan's p.yaml
+    simulate_q = ["simulate", "--model", "olmoe-1b-7b", "--cluster", "dgx-h100", "--trace", work / "t.npz"]
+    simulate_q += ["--placement", work / "q.yaml"]
     native = None
     if case in ("version", "counts_inf"):
         code, _, err = run_cli(["trace", "convert", work / "t.npz", work / "n.json"], capsys)
@@ -143,59 +128,19 @@ def test_bad_values_are_one_line(work, capsys, case) -> None:
             "o2.json: expert_counts_crosslayer: expected a mapping, got int",
         ),
         "placement_layer": (
-            [
-                "simulate",
-                "--model",
-                "olmoe-1b-7b",
-                "--cluster",
-                "dgx-h100",
-                "--trace",
-                work / "t.npz",
-                "--placement",
-                work / "q.yaml",
-            ],
+            simulate_q,
             "q.yaml: layers[0]: layer: expected",
         ),
         "placement_expert": (
-            [
-                "simulate",
-                "--model",
-                "olmoe-1b-7b",
-                "--cluster",
-                "dgx-h100",
-                "--trace",
-                work / "t.npz",
-                "--placement",
-                work / "q.yaml",
-            ],
+            simulate_q,
             "q.yaml: layers[0]: gpus[0][0]:",
         ),
         "placement_inf": (
-            [
-                "simulate",
-                "--model",
-                "olmoe-1b-7b",
-                "--cluster",
-                "dgx-h100",
-                "--trace",
-                work / "t.npz",
-                "--placement",
-                work / "q.yaml",
-            ],
+            simulate_q,
             "q.yaml: layers[0]: gpus[0][0]:",
         ),
         "placement_gpus": (
-            [
-                "simulate",
-                "--model",
-                "olmoe-1b-7b",
-                "--cluster",
-                "dgx-h100",
-                "--trace",
-                work / "t.npz",
-                "--placement",
-                work / "q.yaml",
-            ],
+            simulate_q,
             "q.yaml: num_gpus: must be >= 1",
         ),
         "objective": (["whatif", work / "s.yaml", "-o", work / "wi"], "s.yaml: objective: must be one of"),
@@ -288,7 +233,7 @@ def test_bad_values_are_one_line(work, capsys, case) -> None:
         ),
         (["whatif", "{work}/huge.yaml", "-o", "{work}/wi"], "tokens_per_gpu: must be <= 16,777,216"),
         (
-            ["autotune", "kernel", "--backend", "interpret", "--E", "4", "--N", "32", "--K", "64", "--ms", "2"]
+            [*TINY_KERNEL, "--ms", "2"]
             + ["--trials", "2", "--patience", "-1", "--save-dir", "{work}/kdir", "--storage", "{work}/j.log"],
             "--patience: value: must be >= 0 (0: off), got -1",
         ),

@@ -85,11 +85,6 @@ def test_inspect_errors_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_inspect_model_mismatch() -> None:
-    specs = pytest.importorskip("moesim.specs", reason="moesim/specs/ is written in parallel (issue 2)")
-    try:
-        specs.load_model("deepseek-v3")
-    except Exception as e:  # noqa: BLE001 - profiles not shipped yet
-        pytest.skip(f"deepseek-v3 profile not available yet: {e}")
     proc = run("inspect", "profiles/traces/olmoe_c4.npz", "--model", "deepseek-v3")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
@@ -110,11 +105,6 @@ def test_convert_round_trip(tmp_path: Path) -> None:
 
 
 def test_synth(tmp_path: Path) -> None:
-    specs = pytest.importorskip("moesim.specs", reason="moesim/specs/ is written in parallel (issue 2)")
-    try:
-        specs.load_model("deepseek-v3")
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"deepseek-v3 profile not available yet: {e}")
     out = tmp_path / "dsv3.npz"
     proc = run(
         "synth", "--model", "deepseek-v3", "--tokens", "4096", "--skew", "zipf:1.2", "--affinity", "0.3", "-o", str(out)

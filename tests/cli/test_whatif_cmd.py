@@ -9,10 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-pytest.importorskip("moesim.specs", reason="moesim.specs (specs engineer) not in this checkout yet")
-pytest.importorskip("moesim.traces", reason="moesim.traces (trace engineer) not in this checkout yet")
-
 from typer.testing import CliRunner
 
 from cli.main import app

@@ -18,10 +18,9 @@ from moesim.compute import (
 
 
 @pytest.fixture(scope="module")
-def gpu():
-    from moesim.specs import load_gpu
-
-    return load_gpu("h100-sxm")
+def gpu(h100_sxm):
+    """conftest's H100 SXM spec."""
+    return h100_sxm
 
 
 def test_large_gemm_is_compute_bound(gpu) -> None:

@@ -17,7 +17,6 @@ from moesim.engine_dispatch import (
 )
 from moesim.errors import SpecError
 from moesim.placement import Placement, even_shares
-from moesim.specs import load_model
 from tuner.eplb import eplb_placement
 
 
@@ -88,12 +87,12 @@ def test_dynamic_weights_match_sglang_candidates(sglang_location, name, phy, ep_
         np.testing.assert_allclose(w[:, rank, :], expect)
 
 
-def test_static_shares_are_the_draw_of_the_loaded_map() -> None:
+def test_static_shares_are_the_draw_of_the_loaded_map(deepseek_v3) -> None:
     """With the model, ``sglang-static`` scores the draw SGLang makes on the map it loads (dense and unplanned
     layers as trivial rows, which consume draws too): per-GPU loads equal the rank-by-rank sum over
     :func:`sglang_static_map`. The expected shares miss the draw's luck: on this DeepSeek-V3-sized case the
     busiest GPU differs by a few percent."""
-    model = load_model("deepseek-v3")  # 61 hidden layers, MoE from layer 3
+    model = deepseek_v3  # 61 hidden layers, MoE from layer 3
     rng = np.random.default_rng(3)
     counts = rng.dirichlet(np.full(256, 0.5), size=3) * 1e6
     p = eplb_placement(counts, 64, 64).with_meta(layers=[3, 30, 60])

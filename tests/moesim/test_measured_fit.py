@@ -22,10 +22,9 @@ from moesim.measured_rows import fused_moe_rows
 
 
 @pytest.fixture(scope="module")
-def gpu():  # noqa: ANN201
-    from moesim.specs import load_gpu
-
-    return load_gpu("h100-sxm")
+def gpu(h100_sxm):  # noqa: ANN001, ANN201
+    """conftest's H100 SXM spec."""
+    return h100_sxm
 
 
 def fused(**over: Any) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from moesim.placement import (
     save_placement,
     slots_per_gpu,
 )
-from moesim.specs import load_gpu, load_model
 
 
 def _replicated() -> Placement:
@@ -73,12 +72,12 @@ def test_zero_share_spare_slot_is_valid() -> None:
     default_placement(10, 4, 1).validate()  # 3 slots per GPU, the last two hold share-0 copies
 
 
-def test_slots_and_memory() -> None:
+def test_slots_and_memory(deepseek_v3, h100_sxm) -> None:
     assert slots_per_gpu(256, 32, 32) == 9
     with pytest.raises(PlacementError, match="do not divide"):
         slots_per_gpu(64, 1, 8)
-    model = load_model("deepseek-v3")  # 58 MoE layers, experts of 3 * 7168 * 2048 parameters
-    gpu = load_gpu("h100-sxm")  # 80 GB
+    model = deepseek_v3  # 58 MoE layers, experts of 3 * 7168 * 2048 parameters
+    gpu = h100_sxm  # 80 GB
     check_memory(contiguous(256, 32, 1), model, gpu)  # 8 slots x 58 x 88 MB = 40.9 GB < 60 GB
     with pytest.raises(PlacementError, match="GPU memory"):
         check_memory(contiguous(256, 16, 1), model, gpu)  # 16 slots: 81.7 GB
@@ -147,11 +146,11 @@ def test_no_invalid_placement_can_be_built(change, match) -> None:
         dataclasses.replace(p, **change)
 
 
-def test_simulator_applies_the_same_rule() -> None:
+def test_simulator_applies_the_same_rule(olmoe) -> None:
     """``moesim.simulate.check_placement`` checks the fit, then the one rule of ``Placement.validate``."""
     from moesim.simulate import check_placement
 
-    model = load_model("olmoe-1b-7b")
+    model = olmoe
     good = contiguous(model.num_experts, 8, 2)
     check_placement(good, model, 8)
     broken_rows = good.phy2log.copy()

@@ -40,17 +40,15 @@ CONTRACT_LAYER_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def dsv3():
-    from moesim.specs import load_model
-
-    return load_model("deepseek-v3")
+def dsv3(deepseek_v3):
+    """conftest's DeepSeek-V3 spec, under this file's short name."""
+    return deepseek_v3
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    from moesim.specs import load_cluster
-
-    return load_cluster("h100-8x8-ib400")
+def cluster(h100_cluster):
+    """conftest's 8x8 H100 cluster (``h100-8x8-ib400``)."""
+    return h100_cluster
 
 
 @pytest.fixture(scope="module")
@@ -216,11 +214,10 @@ def test_cluster_too_small(dsv3, cluster, zipf_trace) -> None:
         simulate(dsv3, cluster.with_nodes(1), zipf_trace, None, SimOptions())
 
 
-def test_trace_of_another_model(dsv3, cluster) -> None:
-    from moesim.specs import load_model
+def test_trace_of_another_model(dsv3, cluster, olmoe) -> None:
     from moesim.traces.synthetic import synthetic_trace
 
-    other = load_model("olmoe-1b-7b")
+    other = olmoe
     trace = synthetic_trace(other, 4096, seed=0, with_topk_ids=False)
     with pytest.raises(TraceError):
         simulate(dsv3, cluster, trace)

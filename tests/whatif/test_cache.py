@@ -25,11 +25,6 @@ OLMOE_C4 = PROFILES / "traces" / "olmoe_c4.npz"
 CLUSTER = "h100-2x8-ib400"
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOESIM_CACHE_DIR", str(tmp_path / "cache"))
-
-
 def scenario(**settings) -> Scenario:
     return Scenario.from_settings(**{"model": "olmoe-1b-7b", "cluster": CLUSTER, "tokens_per_gpu": 256, **settings})
 

@@ -73,7 +73,6 @@ def test_bad_values_are_one_line(base: dict, message: str) -> None:
 
 
 def _evaluate(doc: dict) -> list[dict]:
-    pytest.importorskip("tuner.placers", reason="tuner.placers (placement engineer) not in this checkout yet")
     from whatif.sweep import evaluate_scenario
 
     sf = parse_scenarios(doc, "x.yaml")

@@ -15,9 +15,6 @@ import numpy as np
 import pytest
 import yaml
 
-pytest.importorskip("moesim.specs", reason="moesim.specs (specs engineer) not in this checkout yet")
-pytest.importorskip("moesim.traces", reason="moesim.traces (trace engineer) not in this checkout yet")
-
 from moesim.errors import SpecError
 from whatif.report import write_report
 from whatif.scenario import load_scenarios, parse_scenarios
@@ -26,11 +23,6 @@ from whatif.sweep import PHASES, run_whatif
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "profiles" / "scenarios"
 SMALL_TOKENS = 256
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOESIM_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def shrink(name: str, tmp_path: Path, **base_overrides) -> Path:
@@ -258,7 +250,6 @@ def test_shipped_example_matches_direct_simulate(example, overrides, tmp_path):
 
 def test_placement_methods_example_with_solvers(tmp_path):
     """contiguous, round-robin, EPLB and ILP on a tiny instance: 2 recorded OLMoE layers, 5 s ILP limit."""
-    pytest.importorskip("tuner.ilp", reason="tuner.ilp (placement engineer) not in this checkout yet")
     path = shrink("placement_methods.yaml", tmp_path, layers=[0, 7])
     sf = load_scenarios(path)
     run = run_whatif(sf, workers=2)

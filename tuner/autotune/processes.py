@@ -10,6 +10,10 @@ import os
 import socket
 from typing import Any
 
+# A kernel trial RUNNING longer than this is stale. An assumption: 15 minutes is far longer than one measurement
+# (a compile and 20 graph replays), so only a dead worker's trial gets that old.
+KERNEL_STALE_AFTER_S = 900.0
+
 
 def owner_label() -> str:
     """This process as a trial's owner: ``host:pid``."""

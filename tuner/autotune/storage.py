@@ -174,8 +174,9 @@ def open_storage(url: str | None = None, fsync: bool = True) -> BaseStorage:
     except ImportError as exc:
         raise SpecError(f"--storage: {redact(url)}: missing database driver ({exc.name or exc})") from exc
     except Exception as exc:  # optuna/sqlalchemy raise many types; the message is what matters here
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SpecError(f"--storage: {redact(url)}: cannot open: {first}") from exc
+        from moesim.traces.trace import first_line
+
+        raise SpecError(f"--storage: {redact(url)}: cannot open: {first_line(exc)}") from exc
 
 
 def _UnsyncedJournalFileBackend():  # noqa: N802 -- a class, made on first use (optuna imports lazily)

@@ -63,8 +63,9 @@ def load(path: Path) -> Any:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged or unsafe file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PlacementError(f"{path}: pt: torch.load(weights_only=True) failed: {first}") from None
+        from moesim.traces.trace import first_line
+
+        raise PlacementError(f"{path}: pt: torch.load(weights_only=True) failed: {first_line(exc)}") from None
 
 
 def read(path: Path, doc: Any, model: ModelSpec, cluster: ClusterSpec, redundant_experts: int | None) -> Placement:

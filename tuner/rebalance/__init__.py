@@ -17,11 +17,15 @@ The engines' own defaults (their rebalance intervals, whether a rebalance stops 
 from __future__ import annotations
 
 DEFAULT_ENGINE = "sglang-static"  # the dispatch rule a rebalance is scored under (moesim.engine_dispatch.ENGINES)
-DEFAULT_TIME_LIMIT_S = 20.0  # seconds for the move search (and again for the walks; and the ilp replan)
+# seconds for the move search (and again for the walks; and the ilp replan): a choice (assumption), not a measured
+# optimum
+DEFAULT_TIME_LIMIT_S = 20.0
 DEFAULT_WEIGHT_BYTES = 2.0  # bytes per expert weight parameter (bf16)
 
 REPLANS = ("eplb", "ilp")  # the full replan a rebalance is measured against (tuner.rebalance.replan)
 DEFAULT_POINTS = 8  # curve states simulated and shown (besides the deployed one, the replan and the choice)
 
 POLICIES = ("eplb", "moesim")  # who rebalances in the cadence study (tuner.rebalance.cadence)
-DEFAULT_DUMP_STEPS = 1000  # forward steps between two snapshots of a series (a recorder dump every 1000 steps)
+# forward steps between two snapshots of a series: an assumption (a recorder dump every 1000 steps, as often as
+# SGLang rebalances by default, tuner.engine_facts); --dump-steps sets it
+DEFAULT_DUMP_STEPS = 1000

@@ -130,21 +130,20 @@ MAX_TRANSITION_ENTRIES = 1 << 28
 def from_ids(
     ids: np.ndarray, model: ModelSpec | None, layers: tuple[int, ...], origin: str, source: str
 ) -> RoutingTrace:
-    if ids.size and ids.min() < 0:
-        raise trace_error(origin, "routed_experts", f"negative expert id {int(ids.min())}")
-    if ids.size and model is None and ids.max() >= MAX_EXPERTS:
-        raise trace_error(
-            origin, "routed_experts", f"expert id {int(ids.max())}, more than moesim's limit of {MAX_EXPERTS} experts"
-        )
-    E = int(model.num_experts) if model is not None else int(ids.max()) + 1 if ids.size else 1
-    if ids.size and ids.max() >= E:
-        raise trace_error(
-            origin,
-            "num_experts",
-            f"trace has expert id {int(ids.max())} but model {model.slug} has {E} experts"
-            if model is not None
-            else f"expert id {int(ids.max())} out of range",
-        )
+    # one pass each over the ids (T * L * k of them): every range check below uses these two
+    lo, hi = (int(ids.min()), int(ids.max())) if ids.size else (0, -1)
+    if lo < 0:
+        raise trace_error(origin, "routed_experts", f"negative expert id {lo}")
+    if model is None:  # E = max id + 1, so every id is in range
+        if hi >= MAX_EXPERTS:
+            raise trace_error(
+                origin, "routed_experts", f"expert id {hi}, more than moesim's limit of {MAX_EXPERTS} experts"
+            )
+        E = max(hi + 1, 1)
+    else:
+        E = int(model.num_experts)
+        if hi >= E:
+            raise trace_error(origin, "num_experts", f"trace has expert id {hi} but model {model.slug} has {E} experts")
     L = ids.shape[1]
     if L > MAX_LAYERS:
         raise trace_error(origin, "routed_experts", f"{L} layers, more than moesim's limit of {MAX_LAYERS}")

@@ -168,6 +168,43 @@ def _to_logical(phys: np.ndarray, p2l: np.ndarray | None, origin: str) -> np.nda
     return np.where(valid, mapped, -1)
 
 
+def _record_part(
+    r: dict[str, Any], p2l: np.ndarray | None, model: ModelSpec | None, origin: str
+) -> tuple[np.ndarray, str]:
+    """One record's logical routing: ``("ids", [L_model, T_pass, 8])`` from ``topk_ids_of_layer`` (per_token
+    mode) or ``("counts", [L_model, E])`` from ``global_physical_count`` (per_pass mode), mapped by its dump's
+    ``p2l`` [L_model, P]."""
+    if "topk_ids_of_layer" in r:
+        phys = int_array(
+            _np(r["topk_ids_of_layer"], origin, "topk_ids_of_layer"), origin, "topk_ids_of_layer", minimum=-1
+        )
+        if phys.ndim != 3:
+            raise trace_error(origin, "topk_ids_of_layer", f"expected [num_layers, num_tokens, k], got {phys.shape}")
+        return _to_logical(phys, p2l, origin), "ids"
+    if "global_physical_count" not in r:
+        raise trace_error(origin, "records", "records carry neither 'topk_ids_of_layer' nor 'global_physical_count'")
+    if p2l is None:
+        raise trace_error(origin, "last_physical_to_logical_map", "missing (needed to map physical counts)")
+    phys = int_array(
+        _np(r["global_physical_count"], origin, "global_physical_count"), origin, "global_physical_count", 0, ndim=2
+    )
+    if phys.shape != p2l.shape:
+        raise trace_error(
+            origin,
+            "global_physical_count",
+            f"shape {phys.shape}, but the last_physical_to_logical_map is {p2l.shape}",
+        )
+    E = int(model.num_experts) if model is not None else int(p2l.max(initial=0)) + 1
+    limit, whose = (E, f"{model.slug}'s experts") if model is not None else (MAX_EXPERTS, "moesim's limit")
+    if p2l.size and p2l.max() >= limit:
+        raise trace_error(
+            origin, "last_physical_to_logical_map", f"logical expert {int(p2l.max())}, beyond the {limit} of {whose}"
+        )
+    part = np.zeros((phys.shape[0], E), dtype=np.int64)
+    np.add.at(part, (np.arange(phys.shape[0])[:, None], p2l), phys)
+    return part, "counts"
+
+
 def from_sglang_records(
     obj: dict[str, Any] | list[dict[str, Any]],
     model: ModelSpec | None,
@@ -205,46 +242,7 @@ def from_sglang_records(
                 ndim=2,
             )
         for r in records:
-            if "topk_ids_of_layer" in r:
-                phys = int_array(
-                    _np(r["topk_ids_of_layer"], origin, "topk_ids_of_layer"), origin, "topk_ids_of_layer", minimum=-1
-                )
-                if phys.ndim != 3:
-                    raise trace_error(
-                        origin, "topk_ids_of_layer", f"expected [num_layers, num_tokens, k], got {phys.shape}"
-                    )
-                part, kind = _to_logical(phys, p2l, origin), "ids"
-            elif "global_physical_count" in r:
-                if p2l is None:
-                    raise trace_error(origin, "last_physical_to_logical_map", "missing (needed to map physical counts)")
-                phys = int_array(
-                    _np(r["global_physical_count"], origin, "global_physical_count"),
-                    origin,
-                    "global_physical_count",
-                    0,
-                    ndim=2,
-                )
-                if phys.shape != p2l.shape:
-                    raise trace_error(
-                        origin,
-                        "global_physical_count",
-                        f"shape {phys.shape}, but the last_physical_to_logical_map is {p2l.shape}",
-                    )
-                E = int(model.num_experts) if model is not None else int(p2l.max(initial=0)) + 1
-                limit, whose = (E, f"{model.slug}'s experts") if model is not None else (MAX_EXPERTS, "moesim's limit")
-                if p2l.size and p2l.max() >= limit:
-                    raise trace_error(
-                        origin,
-                        "last_physical_to_logical_map",
-                        f"logical expert {int(p2l.max())}, beyond the {limit} of {whose}",
-                    )
-                part = np.zeros((phys.shape[0], E), dtype=np.int64)
-                np.add.at(part, (np.arange(phys.shape[0])[:, None], p2l), phys)
-                kind = "counts"
-            else:
-                raise trace_error(
-                    origin, "records", "records carry neither 'topk_ids_of_layer' nor 'global_physical_count'"
-                )
+            part, kind = _record_part(r, p2l, model, origin)
             # repr: the ids may be any value in a damaged file, lists included (unhashable)
             key = (kind, repr(r.get("forward_pass_id")), repr(r.get("gatherer_key")), part.shape, part.tobytes())
             if dedup_ranks and key in seen:
@@ -281,7 +279,7 @@ def from_sglang_records(
     # tokens not routed in some kept layer (padding) are dropped whole, so every layer sees the same tokens
     full = (ids >= 0).all(axis=(0, 2))
     ids = ids[:, full, :].transpose(1, 0, 2)  # [T, L, k]
-    # no int32 cast here: _from_ids checks the ids' range first (a cast would wrap 2**32 + 3 to 3)
+    # no int32 cast here: from_ids checks the ids' range first (a cast would wrap 2**32 + 3 to 3)
     return from_ids(ids, model, layers, origin, f"SGLang expert distribution (per_token) {origin}")
 
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from moesim.errors import TraceError
-from moesim.specs import ModelSpec, load_model
 from moesim.traces.formats import load_trace
 from moesim.traces.native import save_trace
 from moesim.traces.trace import RoutingTrace
@@ -19,26 +17,6 @@ REPO = Path(__file__).resolve().parents[3]
 SHIPPED = REPO / "profiles" / "traces"
 SHARED = REPO.parent / "shared" / "data" / "routing" / "olmoe_analysis"
 DOMAINS = ("arxiv", "book", "c4", "github", "wikipedia")
-
-
-def model(E: int, k: int, moe: tuple[int, ...], num_layers: int, slug: str = "m") -> ModelSpec:
-    """A real ModelSpec (DeepSeek-V3's, ungrouped) with ``E`` experts, top-``k``, MoE layers ``moe`` of
-    ``num_layers``."""
-    return replace(
-        load_model("deepseek-v3"),
-        slug=slug,
-        num_experts=E,
-        top_k=k,
-        moe_layers=moe,
-        num_layers=num_layers,
-        n_group=1,
-        topk_group=1,
-    )
-
-
-def random_ids(T: int, L: int, E: int, k: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.argsort(rng.random((T, L, E)), axis=2)[:, :, :k].astype(np.int32)
 
 
 # ------------------------------------------------------------------ OLMoE analysis JSON (real data)
@@ -80,16 +58,16 @@ def test_olmoe_json_bad_fields(tmp_path: Path) -> None:
         load_trace(p)
 
 
-def test_olmoe_with_model_check() -> None:
-    t = load_trace(SHIPPED / "olmoe_c4.npz", model=model(64, 8, tuple(range(16)), 16, "olmoe-1b-7b"))
+def test_olmoe_with_model_check(make_model) -> None:
+    t = load_trace(SHIPPED / "olmoe_c4.npz", model=make_model(64, 8, tuple(range(16)), 16, "olmoe-1b-7b"))
     assert t.model == "olmoe-1b-7b"
     with pytest.raises(
         TraceError, match="olmoe_c4.npz: num_experts: trace has 64 experts but model deepseek-v3 has 256"
     ):
-        load_trace(SHIPPED / "olmoe_c4.npz", model=model(256, 8, tuple(range(3, 61)), 61, "deepseek-v3"))
+        load_trace(SHIPPED / "olmoe_c4.npz", model=make_model(256, 8, tuple(range(3, 61)), 61, "deepseek-v3"))
 
 
-def test_native_json_wrong_version(tmp_path: Path) -> None:
+def test_native_json_wrong_version(tmp_path: Path, random_ids) -> None:
     p = tmp_path / "t.json"
     save_trace(RoutingTrace.from_topk_ids(random_ids(3, 1, 4, 2), 4), p)
     doc = json.loads(p.read_text())

@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from moesim.errors import TraceError
-from moesim.specs import ModelSpec, load_model
 from moesim.traces.formats import detect_format, load_trace
 from moesim.traces.trace import counts_from_topk, transitions_from_topk
-
-
-def model(E: int, k: int, moe: tuple[int, ...], num_layers: int, slug: str = "m") -> ModelSpec:
-    """A real ModelSpec (DeepSeek-V3's, ungrouped) with ``E`` experts, top-``k``, MoE layers ``moe`` of
-    ``num_layers``."""
-    return replace(
-        load_model("deepseek-v3"),
-        slug=slug,
-        num_experts=E,
-        top_k=k,
-        moe_layers=moe,
-        num_layers=num_layers,
-        n_group=1,
-        topk_group=1,
-    )
-
-
-def random_ids(T: int, L: int, E: int, k: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.argsort(rng.random((T, L, E)), axis=2)[:, :, :k].astype(np.int32)
 
 
 # ------------------------------------------------------------------ SGLang dumps (real torch.save files)
@@ -40,7 +18,7 @@ def _torch():
     return pytest.importorskip("torch", reason="writing SGLang .pt dumps needs torch (the kernels extra)")
 
 
-def test_sglang_stat(tmp_path: Path) -> None:
+def test_sglang_stat(tmp_path: Path, make_model, random_ids) -> None:
     """stat mode: {"rank", "logical_count": int32 [steps, num_layers, E], "average_utilization_rate_over_window"}."""
     torch = _torch()
     rng = np.random.default_rng(0)
@@ -63,7 +41,7 @@ def test_sglang_stat(tmp_path: Path) -> None:
     assert detect_format(path) == "pt"
     with pytest.raises(TraceError, match="top_k: SGLang stat dumps do not record top-k"):
         load_trace(path)
-    m = model(E, k, tuple(range(1, L_model)), L_model)
+    m = make_model(E, k, tuple(range(1, L_model)), L_model)
     t = load_trace(path, model=m)
     assert t.layers == (1, 2, 3, 4, 5) and t.num_tokens == 100 and t.transitions is None
     assert np.array_equal(t.counts, counts_from_topk(ids, E))
@@ -72,7 +50,7 @@ def test_sglang_stat(tmp_path: Path) -> None:
     del rng
 
 
-def test_sglang_per_token(tmp_path: Path) -> None:
+def test_sglang_per_token(tmp_path: Path, make_model, random_ids) -> None:
     """per_token mode: records with topk_ids_of_layer int32 [num_layers, tokens, 8] of physical ids (-1 unused)
     and last_physical_to_logical_map [num_layers, num_physical]."""
     torch = _torch()
@@ -107,12 +85,12 @@ def test_sglang_per_token(tmp_path: Path) -> None:
     t = load_trace(path)  # no model: dense layer and unused columns found from the -1s
     assert t.layers == moe and t.top_k == k and t.num_tokens == 50
     assert np.array_equal(t.topk_ids, ids)
-    t2 = load_trace(path, model=model(E, k, moe, L_model))
+    t2 = load_trace(path, model=make_model(E, k, moe, L_model))
     assert np.array_equal(t2.counts, counts_from_topk(ids, E))
     assert np.array_equal(t2.transitions, transitions_from_topk(ids, E))
 
 
-def test_sglang_per_pass_counts(tmp_path: Path) -> None:
+def test_sglang_per_pass_counts(tmp_path: Path, make_model, random_ids) -> None:
     torch = _torch()
     L_model, E, k = 3, 8, 2
     p2l = np.tile(np.arange(E), (L_model, 1))
@@ -126,7 +104,7 @@ def test_sglang_per_pass_counts(tmp_path: Path) -> None:
         },
         path,
     )
-    t = load_trace(path, model=model(E, k, (0, 1, 2), L_model))
+    t = load_trace(path, model=make_model(E, k, (0, 1, 2), L_model))
     assert np.array_equal(t.counts, gpc) and t.num_tokens == 40
 
 
@@ -175,13 +153,13 @@ def _per_token_dump(torch, phys: np.ndarray, p2l: np.ndarray, rank: int, first_p
     return {"records": records, "last_physical_to_logical_map": torch.from_numpy(p2l)}
 
 
-def test_sglang_dump_directory_per_rank(tmp_path: Path) -> None:
+def test_sglang_dump_directory_per_rank(tmp_path: Path, make_model, random_ids) -> None:
     """per_token mode writes expert_distribution_recorder_{time}_{rank}.pt per rank into one directory. Tensor
     parallel ranks record the same passes (counted once with dedup_ranks); data-parallel ranks record different
     tokens, and each file maps physical ids with its own last_physical_to_logical_map."""
     torch = _torch()
     L_model, E, k = 3, 8, 2
-    m = model(E, k, (1, 2), L_model)
+    m = make_model(E, k, (1, 2), L_model)
     a, b = random_ids(20, 2, E, k, 5), random_ids(30, 2, E, k, 6)  # logical ids of rank 0 and rank 1
     p2l_0 = np.tile(np.r_[np.arange(E), 0, 1], (L_model, 1))  # slots 8, 9 replicate experts 0, 1
     p2l_1 = np.tile(np.r_[np.arange(E)[::-1], 7, 6], (L_model, 1))  # another map: slot s holds expert 7 - s
@@ -205,7 +183,7 @@ def test_sglang_dump_directory_per_rank(tmp_path: Path) -> None:
     assert detect_format(dp) == "pt-dir"
 
 
-def test_sglang_stat_directory_sums_dumps(tmp_path: Path) -> None:
+def test_sglang_stat_directory_sums_dumps(tmp_path: Path, make_model, random_ids) -> None:
     """stat mode: rank 0 writes expert_distribution_recorder_{time}.pt per dump; several dumps are summed."""
     torch = _torch()
     E, k = 8, 2
@@ -217,12 +195,12 @@ def test_sglang_stat_directory_sums_dumps(tmp_path: Path) -> None:
             {"rank": 0, "logical_count": torch.from_numpy(lc), "average_utilization_rate_over_window": 0.9},
             tmp_path / f"expert_distribution_recorder_17000000{i}.25.pt",
         )
-    t = load_trace(tmp_path, model=model(E, k, (1, 2), 3))
+    t = load_trace(tmp_path, model=make_model(E, k, (1, 2), 3))
     assert t.num_tokens == 60 and np.array_equal(t.counts, counts_from_topk(ids, E))
     assert load_trace(tmp_path, top_k=k).layers == (1, 2)
 
 
-def test_sglang_directory_mixed_modes_and_suffixes(tmp_path: Path) -> None:
+def test_sglang_directory_mixed_modes_and_suffixes(tmp_path: Path, random_ids) -> None:
     torch = _torch()
     torch.save({"rank": 0, "logical_count": torch.zeros((1, 2, 4), dtype=torch.int32)}, tmp_path / "a.pt")
     torch.save(
@@ -235,7 +213,7 @@ def test_sglang_directory_mixed_modes_and_suffixes(tmp_path: Path) -> None:
         load_trace(tmp_path)
 
 
-def test_sglang_per_pass_top_k_from_caller(tmp_path: Path) -> None:
+def test_sglang_per_pass_top_k_from_caller(tmp_path: Path, random_ids) -> None:
     torch = _torch()
     E, k = 8, 2
     gpc = counts_from_topk(random_ids(40, 3, E, k), E)
@@ -304,7 +282,7 @@ def test_sglang_damaged_dumps(tmp_path: Path) -> None:
             load_trace(p, top_k=1)  # per_pass counts do not record top-k either
 
 
-def test_sglang_records_with_odd_ids(tmp_path: Path) -> None:
+def test_sglang_records_with_odd_ids(tmp_path: Path, random_ids) -> None:
     """A list as forward_pass_id or gatherer_key made the dedup key unhashable (TypeError); records whose
     topk_ids_of_layer disagree on columns failed in np.concatenate (ValueError)."""
     torch = _torch()

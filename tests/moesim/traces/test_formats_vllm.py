@@ -2,47 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from moesim.errors import TraceError
-from moesim.specs import ModelSpec, load_model
 from moesim.traces.formats import load_trace
 from moesim.traces.trace import counts_from_topk, transitions_from_topk
 
 
-def model(E: int, k: int, moe: tuple[int, ...], num_layers: int, slug: str = "m") -> ModelSpec:
-    """A real ModelSpec (DeepSeek-V3's, ungrouped) with ``E`` experts, top-``k``, MoE layers ``moe`` of
-    ``num_layers``."""
-    return replace(
-        load_model("deepseek-v3"),
-        slug=slug,
-        num_experts=E,
-        top_k=k,
-        moe_layers=moe,
-        num_layers=num_layers,
-        n_group=1,
-        topk_group=1,
-    )
-
-
-def random_ids(T: int, L: int, E: int, k: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.argsort(rng.random((T, L, E)), axis=2)[:, :, :k].astype(np.int32)
-
-
 # ------------------------------------------------------------------ vLLM routed_experts
-def test_vllm_npy_file_and_directory(tmp_path: Path) -> None:
+def test_vllm_npy_file_and_directory(tmp_path: Path, make_model, random_ids) -> None:
     a, b = random_ids(30, 4, 16, 2, 1), random_ids(12, 4, 16, 2, 2)
     np.save(tmp_path / "req_000.npy", a)
     np.save(tmp_path / "req_001.npy", b)
     one = load_trace(tmp_path / "req_000.npy")
     assert one.topk_ids.shape == (30, 4, 2) and np.array_equal(one.topk_ids, a)
     assert one.num_experts == int(a.max()) + 1  # without a model, E = max id + 1
-    m = model(16, 2, (1, 2, 3, 4), 5)
+    m = make_model(16, 2, (1, 2, 3, 4), 5)
     both = load_trace(tmp_path, model=m)
     ids = np.concatenate([a, b])
     assert both.num_tokens == 42 and both.layers == (1, 2, 3, 4) and both.model == "m"
@@ -50,17 +28,17 @@ def test_vllm_npy_file_and_directory(tmp_path: Path) -> None:
     assert np.array_equal(both.transitions, transitions_from_topk(ids, 16))
 
 
-def test_vllm_all_layers_drops_dense(tmp_path: Path) -> None:
+def test_vllm_all_layers_drops_dense(tmp_path: Path, make_model, random_ids) -> None:
     ids = random_ids(10, 5, 8, 2)
     ids[:, 0] = 0  # a dense layer would not route; the importer drops it by the model's MoE layers
     np.save(tmp_path / "r.npy", ids)
-    t = load_trace(tmp_path / "r.npy", model=model(8, 2, (1, 2, 3, 4), 5))
+    t = load_trace(tmp_path / "r.npy", model=make_model(8, 2, (1, 2, 3, 4), 5))
     assert t.layers == (1, 2, 3, 4) and np.array_equal(t.topk_ids, ids[:, 1:])
     with pytest.raises(TraceError, match="num_layers: file has 5 layers"):
-        load_trace(tmp_path / "r.npy", model=model(8, 2, (1, 2), 3))
+        load_trace(tmp_path / "r.npy", model=make_model(8, 2, (1, 2), 3))
 
 
-def test_vllm_all_hidden_layers_without_model(tmp_path: Path) -> None:
+def test_vllm_all_hidden_layers_without_model(tmp_path: Path, random_ids) -> None:
     """vllm/model_executor/layers/fused_moe/routed_experts_capturer.py sizes its int32 buffer by num_hidden_layers
     and fills it with zeros, so dense layers (DeepSeek's first_k_dense_replace) come back as all-zero rows."""
     ids = random_ids(12, 4, 8, 2, 9)
@@ -74,14 +52,14 @@ def test_vllm_all_hidden_layers_without_model(tmp_path: Path) -> None:
     assert load_trace(tmp_path / "k1.npy").layers == (0, 1, 2)
 
 
-def test_vllm_bad_arrays(tmp_path: Path) -> None:
+def test_vllm_bad_arrays(tmp_path: Path, make_model, random_ids) -> None:
     np.save(tmp_path / "f.npy", np.zeros((3, 2), dtype=np.int64))
     with pytest.raises(TraceError, match=r"f.npy: routed_experts: expected an int array"):
         load_trace(tmp_path / "f.npy")
     ids = random_ids(4, 2, 8, 2)
     np.save(tmp_path / "g.npy", ids)
     with pytest.raises(TraceError, match="num_experts: trace has expert id 7 but model m has 4 experts"):
-        load_trace(tmp_path / "g.npy", model=model(4, 2, (0, 1), 2))
+        load_trace(tmp_path / "g.npy", model=make_model(4, 2, (0, 1), 2))
     d = tmp_path / "d"
     d.mkdir()
     np.save(d / "a.npy", random_ids(4, 2, 8, 2))
@@ -113,7 +91,7 @@ def test_npy_sizes_from_ids_are_bounded(tmp_path: Path, ids: np.ndarray, match: 
         load_trace(_npy(tmp_path, ids))
 
 
-def test_npy_unsigned_ids(tmp_path: Path) -> None:
+def test_npy_unsigned_ids(tmp_path: Path, random_ids) -> None:
     """uint64 ids: np.bincount cannot cast them (TypeError); now counted as int32 once their range is checked."""
     ids = random_ids(6, 2, 4, 2)
     assert load_trace(_npy(tmp_path, ids.astype(np.uint64))) == load_trace(_npy(tmp_path, ids))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moesim.errors import SpecError, TraceError
-from moesim.specs import ModelSpec, load_model
+from moesim.specs import ModelSpec
 from moesim.traces.formats import load_trace
 from moesim.traces.native import save_trace
 from moesim.traces.trace import RoutingTrace, counts_from_topk, top_successor_share, transitions_from_topk
@@ -171,24 +170,9 @@ def test_top_successor_share_by_hand() -> None:
     assert top_successor_share(np.zeros((0, 3, 3), dtype=int))[0].shape == (0,)
 
 
-def _model(
-    slug: str = "deepseek-v3", E: int = 256, k: int = 8, moe: tuple[int, ...] = tuple(range(3, 61))
-) -> ModelSpec:
-    """A real ModelSpec: DeepSeek-V3's, ungrouped, with ``E`` experts, top-``k`` and MoE layers ``moe``."""
-    return replace(
-        load_model("deepseek-v3"),
-        slug=slug,
-        num_experts=E,
-        top_k=k,
-        moe_layers=moe,
-        num_layers=max(moe) + 1,
-        n_group=1,
-        topk_group=1,
-    )
-
-
-def test_check_model_messages() -> None:
-    t = RoutingTrace(
+def _olmoe_counts_trace() -> RoutingTrace:
+    """Counts only, OLMoE's shape (64 experts, top-8) in the shipped traces' layers 0, 7, 15."""
+    return RoutingTrace(
         model="olmoe-1b-7b",
         num_experts=64,
         top_k=8,
@@ -197,35 +181,25 @@ def test_check_model_messages() -> None:
         num_tokens=64,
         source="x",
     )
+
+
+def test_check_model_messages(make_model) -> None:
+    t = _olmoe_counts_trace()
     with pytest.raises(TraceError) as exc:
-        t.check_model(_model(), "olmoe_c4.npz")
+        t.check_model(make_model(256, 8, tuple(range(3, 61)), 61, "deepseek-v3"), "olmoe_c4.npz")
     assert str(exc.value) == "olmoe_c4.npz: num_experts: trace has 64 experts but model deepseek-v3 has 256"
     with pytest.raises(TraceError, match=r"^o: top_k: trace has top_k 8 but model q has 4$"):
-        t.check_model(_model("q", 64, 4, tuple(range(16))), "o")
+        t.check_model(make_model(64, 4, tuple(range(16)), 16, "q"), "o")
     with pytest.raises(TraceError, match=r"^o: layers: trace layers \[0\] are not MoE layers of model d"):
-        t.check_model(_model("d", 64, 8, tuple(range(1, 16))), "o")
-    t.check_model(_model("olmoe-1b-7b", 64, 8, tuple(range(16))), "o")  # fits
+        t.check_model(make_model(64, 8, tuple(range(1, 16)), 16, "d"), "o")
+    t.check_model(make_model(64, 8, tuple(range(16)), 16, "olmoe-1b-7b"), "o")  # fits
 
 
-def test_check_model_with_real_spec() -> None:
-    specs = pytest.importorskip("moesim.specs", reason="moesim/specs/ is written in parallel (issue 2)")
-    try:
-        dsv3 = specs.load_model("deepseek-v3")
-        olmoe = specs.load_model("olmoe-1b-7b")
-    except SpecError as e:  # profiles/models not shipped yet
-        pytest.skip(f"model profiles not available yet: {e}")
-    t = RoutingTrace(
-        model="olmoe-1b-7b",
-        num_experts=64,
-        top_k=8,
-        layers=(0, 7, 15),
-        counts=np.full((3, 64), 8),
-        num_tokens=64,
-        source="x",
-    )
+def test_check_model_with_real_spec(deepseek_v3: ModelSpec, olmoe: ModelSpec) -> None:
+    t = _olmoe_counts_trace()
     t.check_model(olmoe, "x")
     with pytest.raises(TraceError, match="num_experts: trace has 64 experts but model deepseek-v3 has 256"):
-        t.check_model(dsv3, "x")
+        t.check_model(deepseek_v3, "x")
 
 
 # ------------------------------------------------------------------ found by benchmarks/bench_fuzz.py (issue 15)

@@ -52,9 +52,19 @@ def test_a_finished_study_takes_no_more_trials(tmp_path):
     check_exact_budget(url, "again", 8, outs)
 
 
+def _run_in_threads(target, count: int = 4) -> None:
+    """Run ``target`` in ``count`` threads at once and wait for all of them."""
+    import threading
+
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_budget_lock_serialises(tmp_path):
     # Two holders of the same study's lock never overlap; different studies do not block each other.
-    import threading
     import time
 
     url = f"journal://{tmp_path / 'x.log'}"
@@ -69,11 +79,7 @@ def test_budget_lock_serialises(tmp_path):
             time.sleep(0.05)
             inside.pop()
 
-    threads = [threading.Thread(target=hold) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_in_threads(hold)
     assert not overlap
 
 
@@ -112,7 +118,6 @@ def test_journal_lock_of_a_killed_holder_is_free_at_once(tmp_path):
 
 
 def test_journal_lock_excludes_threads_of_one_process(tmp_path):
-    import threading
     import time
 
     from tuner.autotune.storage import FlockJournalLock
@@ -129,11 +134,7 @@ def test_journal_lock_excludes_threads_of_one_process(tmp_path):
             inside[0] -= 1
             lock.release()
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _run_in_threads(work)
     assert worst[0] == 1
 
 

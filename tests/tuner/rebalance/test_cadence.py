@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from moesim.errors import TraceError
-from moesim.specs import load_cluster, load_model
-from moesim.traces.formats import load_trace
+from moesim.specs import load_model
 from moesim.traces.native import save_trace
 from moesim.traces.synthetic import drift_trace
 from tuner.plan import place
 from tuner.rebalance.cadence import cadence, drift, interval_flags, load_series
 
-TRACES = Path(__file__).resolve().parents[3] / "profiles" / "traces"
-
 
 @pytest.fixture(scope="module")
-def series(tmp_path_factory):
-    model = load_model("olmoe-1b-7b")
-    c4 = load_trace(TRACES / "olmoe_c4.npz", model=model)
+def series(tmp_path_factory, olmoe_traces):
+    model, _, c4, _ = olmoe_traces
     folder = tmp_path_factory.mktemp("series")
     for i, t in enumerate([c4, *drift_trace(c4, 0.2, seed=1, steps=4)]):
         save_trace(t, folder / f"dump_{i}.npz")
@@ -41,9 +35,9 @@ def test_series_is_read_in_natural_order_and_drifts(series) -> None:
     assert tv[-1] > tv[0]  # a random walk drifts further with the lag
 
 
-def test_every_interval_is_scored_and_the_best_is_the_least_time(series) -> None:
+def test_every_interval_is_scored_and_the_best_is_the_least_time(series, olmoe_traces) -> None:
     model, folder = series
-    cluster = load_cluster("h100-2x8-ib400")
+    cluster = olmoe_traces[1]
     names, traces = load_series(folder, model)
     deployed = place("eplb", model, cluster, traces[0], redundant_experts=16, engine="sglang-static")
     for policy in ("eplb", "moesim"):
@@ -72,9 +66,8 @@ def test_series_of_mixed_models_is_refused(series, tmp_path) -> None:
         load_series(tmp_path, model)
 
 
-def test_drift_is_seeded_and_keeps_the_token_count() -> None:
-    model = load_model("olmoe-1b-7b")
-    c4 = load_trace(TRACES / "olmoe_c4.npz", model=model)
+def test_drift_is_seeded_and_keeps_the_token_count(olmoe_traces) -> None:
+    c4 = olmoe_traces[2]
     a = drift_trace(c4, 0.3, seed=4, steps=2)
     b = drift_trace(c4, 0.3, seed=4, steps=2)
     np.testing.assert_array_equal(a[1].counts, b[1].counts)

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from moesim.errors import PlacementError
 from moesim.specs import load_cluster, load_model
-from moesim.traces.formats import load_trace
 from tuner.plan import place
 from tuner.rebalance.flow import rebalance
 from tuner.rebalance.replan import align_to
 
-TRACES = Path(__file__).resolve().parents[3] / "profiles" / "traces"
-
 
 @pytest.fixture(scope="module")
-def olmoe():
-    model = load_model("olmoe-1b-7b")
-    cluster = load_cluster("h100-2x8-ib400")
-    c4 = load_trace(TRACES / "olmoe_c4.npz", model=model)
-    github = load_trace(TRACES / "olmoe_github.npz", model=model)
+def olmoe(olmoe_traces):
+    model, cluster, c4, github = olmoe_traces
     deployed = place("eplb", model, cluster, c4, redundant_experts=16, engine="sglang-static")
     return model, cluster, c4, github, deployed.with_meta(layers=list(c4.layers))
 

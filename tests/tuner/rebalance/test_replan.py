@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from moesim.errors import PlacementError
 from moesim.placement import Placement
-from moesim.specs import load_cluster, load_model
-from moesim.traces.formats import load_trace
 from tuner.plan import place
 from tuner.rebalance.replan import align_to, as_placement, full_replan, replan_moves
-
-TRACES = Path(__file__).resolve().parents[3] / "profiles" / "traces"
 
 
 def _gpu_sets(row: np.ndarray, S: int) -> list[frozenset[int]]:
@@ -157,36 +152,27 @@ def test_as_placement_of_a_map_missing_an_expert_does_not_validate() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- full_replan
-@pytest.fixture(scope="module")
-def olmoe():
-    model = load_model("olmoe-1b-7b")
-    cluster = load_cluster("h100-2x8-ib400")
-    c4 = load_trace(TRACES / "olmoe_c4.npz", model=model)
-    github = load_trace(TRACES / "olmoe_github.npz", model=model)
-    return model, cluster, c4, github
-
-
-def _replan(replan, olmoe, trace, redundant=16, time_limit_s=5.0):
-    model, cluster, *_ = olmoe
+def _replan(replan, olmoe_traces, trace, redundant=16, time_limit_s=5.0):
+    model, cluster, *_ = olmoe_traces
     return full_replan(replan, model, cluster, trace, redundant, "sglang-static", 4096, time_limit_s, "highs", None)
 
 
-def test_eplb_replan_is_the_engines_placement_for_the_trace(olmoe) -> None:
-    model, cluster, c4, github = olmoe
-    raw = _replan("eplb", olmoe, github)
+def test_eplb_replan_is_the_engines_placement_for_the_trace(olmoe_traces) -> None:
+    model, cluster, c4, github = olmoe_traces
+    raw = _replan("eplb", olmoe_traces, github)
     assert raw.shape == (len(github.layers), model.num_experts + 16)
     assert all(set(row.tolist()) == set(range(model.num_experts)) for row in raw)
     # replanning for the deployed trace gives back the deployed map: nothing to move
     deployed = place("eplb", model, cluster, c4, redundant_experts=16, engine="sglang-static").phy2log
-    same = _replan("eplb", olmoe, c4)
+    same = _replan("eplb", olmoe_traces, c4)
     aligned = np.stack([align_to(d, s, 16, 8) for d, s in zip(deployed, same)])
     assert replan_moves(aligned, deployed, 16, 64) == [0] * len(c4.layers)
 
 
-def test_relabelling_the_eplb_replan_saves_moves(olmoe) -> None:
-    model, cluster, c4, github = olmoe
+def test_relabelling_the_eplb_replan_saves_moves(olmoe_traces) -> None:
+    model, cluster, c4, github = olmoe_traces
     deployed = place("eplb", model, cluster, c4, redundant_experts=16, engine="sglang-static").phy2log
-    raw = _replan("eplb", olmoe, github)
+    raw = _replan("eplb", olmoe_traces, github)
     aligned = np.stack([align_to(d, r, 16, 8) for d, r in zip(deployed, raw)])
     before, after = replan_moves(raw, deployed, 16, 64), replan_moves(aligned, deployed, 16, 64)
     assert after == _moves_by_hand(aligned, deployed, 5)
@@ -196,9 +182,9 @@ def test_relabelling_the_eplb_replan_saves_moves(olmoe) -> None:
         assert sorted(map(sorted, _gpu_sets(r, 5))) == sorted(map(sorted, _gpu_sets(a, 5)))
 
 
-def test_ilp_replan_holds_every_expert_in_the_slots_there_are(olmoe) -> None:
-    model, _, _, github = olmoe
-    raw = _replan("ilp", olmoe, github, redundant=0, time_limit_s=1.0)
+def test_ilp_replan_holds_every_expert_in_the_slots_there_are(olmoe_traces) -> None:
+    model, _, _, github = olmoe_traces
+    raw = _replan("ilp", olmoe_traces, github, redundant=0, time_limit_s=1.0)
     assert raw.shape == (len(github.layers), model.num_experts)
     for row in raw:
         assert sorted(row.tolist()) == list(range(model.num_experts))  # no spare slot: each expert once

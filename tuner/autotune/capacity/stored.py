@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from moesim.errors import SpecError
 from tuner.autotune.capacity.space import PARAMS_ATTR, search_space, suggest
-from tuner.autotune.processes import fail_stale_running
+from tuner.autotune.processes import fail_stale_running, owner_label
 
 
 class StoredStudy:
@@ -35,7 +33,7 @@ class StoredStudy:
             self._lock = contextlib.nullcontext
         self._stale_after_s = stale_after_s
         self._space = search_space(num_layers)
-        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._owner = owner_label()
         self._seen: set[int] = set()  # stored trial ids already in the sampler's study (copied in, or ours)
         with self._lock():
             try:
@@ -46,9 +44,10 @@ class StoredStudy:
                     load_if_exists=True,
                 )
             except Exception as exc:  # a storage that opened but cannot hold the study (read-only file, ...)
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                from moesim.traces.trace import first_line
+
                 where = tstorage.redact(storage) if isinstance(storage, str) else type(storage).__name__
-                raise SpecError(f"--storage: {where}: cannot create study {name}: {first}") from exc
+                raise SpecError(f"--storage: {where}: cannot create study {name}: {first_line(exc)}") from exc
 
     def pull(self, study: Any) -> None:
         """Copy stored COMPLETE trials the sampler's study does not hold yet (earlier runs', other workers')."""

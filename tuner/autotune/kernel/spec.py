@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tuner.autotune.kernel.errors import KernelSpecError
 from tuner.autotune.kernel.routing import parse_routing
+from tuner.autotune.processes import KERNEL_STALE_AFTER_S
 from tuner.autotune.samplers import SAMPLERS
 from tuner.autotune.samplers.base import MAX_SEED
 
@@ -48,9 +49,7 @@ class KernelTuneSpec:
     storage: str | None = None  # Optuna storage URL; None = embedded journal file
     gpu: str | None = None  # GPU profile slug for the smem filter
     study_prefix: str = "moesim-kernel"
-    # A RUNNING trial older than this is stale. An assumption: 15 minutes is far longer than one measurement (a
-    # compile and 20 graph replays), so only a dead worker's trial gets that old.
-    stale_after_s: float = 900.0
+    stale_after_s: float = KERNEL_STALE_AFTER_S  # a RUNNING trial older than this is stale (an assumption)
     reference_dir: str | None = None
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.autotune import space
-from tuner.autotune.processes import owner_label
+from tuner.autotune.processes import KERNEL_STALE_AFTER_S, owner_label
 from tuner.autotune.space import PARAM_CHOICES, Config
 
 
@@ -185,10 +185,12 @@ def _cached_outcome(counted: Sequence[Any], config: Config) -> tuple[float | Non
     return None
 
 
-def _wait_for(study: Any, trial_id: int, timeout_s: float = 900.0) -> tuple[float | None, str | None] | None:
+def _wait_for(
+    study: Any, trial_id: int, timeout_s: float = KERNEL_STALE_AFTER_S
+) -> tuple[float | None, str | None] | None:
     """Poll until trial ``trial_id`` finishes; its (value, None) or (None, error); None if it never does.
 
-    ``timeout_s``: the same 15 minutes after which a RUNNING trial counts as stale (``KernelTuneSpec``).
+    ``timeout_s``: the time after which a RUNNING trial counts as stale by default (``KernelTuneSpec.stale_after_s``).
     """
     import optuna
 
